@@ -1,0 +1,37 @@
+# Two commands for a new user: `make demo` and `make test`. Both create .venv if missing
+# and install repas with the pinned set in constraints.txt.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.repas-installed
+# Two cores are easily oversubscribed: idle OpenMP threads must sleep, not spin.
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: install data demo test lint clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[deploy,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fashion-MNIST from the Debian package dataset-fashion-mnist (installed when apt-get can).
+data: install
+	$(PY) -m repas data
+
+demo: data
+	$(PY) -m repas pipeline --config configs/fmnist.yaml
+
+# The data step is tried so that the tests on the real data run; they skip cleanly
+# (and say why) where the package cannot be installed.
+test: install
+	-$(PY) -m repas data
+	$(PY) -m pytest -q
+	$(PY) -m ruff check repas tests scripts
+
+lint: install
+	$(PY) -m ruff check repas tests scripts
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,7 @@
+"""``python -m repas`` runs the CLI."""
+
+import sys
+
+from repas.cli import main
+
+sys.exit(main())

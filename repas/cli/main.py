@@ -1,0 +1,163 @@
+"""The ``repas`` command: one subcommand per pipeline stage, plus pipeline, data and info.
+
+Every subcommand reads a YAML config (``--config``, default: built-in defaults) with
+``--set section.key=value`` overrides and a few shortcuts (``--target``, ``--target-macs``,
+``--epochs``, ``--data``). Errors print one line (a traceback only with ``--debug``) and
+exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from repas.config import PipelineConfig, load_config
+from repas.errors import RepasError
+
+TRAINING = ("train", "search", "finetune")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="repas", description="Pruning-as-Search with structural reparameterization")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, source: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", help="YAML config (default: built-in defaults)")
+        sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set search.alpha=2 (repeatable)")
+        sp.add_argument("--run-dir", help="where stages write (config: run_dir)")
+        sp.add_argument("--seed", type=int)
+        sp.add_argument("--threads", type=int, help="torch intra-op threads")
+        sp.add_argument("--data", metavar="DIR", help="folder of the dataset's files (config: data.root)")
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
+        if source:
+            sp.add_argument("--from", dest="source", metavar="DIR", help="input model directory "
+                            "(default: the previous stage's directory in the run directory)")
+        return sp
+
+    add("data", "obtain the dataset (installs Fashion-MNIST's Debian package when possible)")
+    for name, help_ in (("train", "train the dense supernet"), ("search", "search layer widths under a budget"),
+                        ("finetune", "fine-tune the extracted subnet"), ("pipeline", "run every stage")):
+        sp = add(name, help_, source=name in ("search", "finetune"))
+        sp.add_argument("--epochs", type=int, help="epochs of this stage (pipeline: of every training stage)")
+        sp.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint.pt")
+        if name in ("search", "pipeline"):
+            _budget_args(sp)
+    sp = add("extract", "cut the searched subnet out of the supernet", source=True)
+    _budget_args(sp)
+    sp.add_argument("--round-to", type=int, help="round widths to a multiple (e.g. 8)")
+    add("fuse", "fuse every multi-branch block into one conv", source=True)
+    add("export", "export the fused net to ONNX, check it, measure latency", source=True)
+    sp = sub.add_parser("info", help="per-layer widths, MACs and params of a spec",
+                        description="per-layer widths, MACs and params of a spec")
+    sp.add_argument("target", help="a search space name, a spec.json, or a model directory")
+    sp.add_argument("--debug", action="store_true")
+    return p
+
+
+def _budget_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--target", type=float, help="budget as a fraction of the dense cost, e.g. 0.5")
+    sp.add_argument("--target-macs", metavar="N", help="absolute MACs budget, e.g. 2.5M")
+    sp.add_argument("--target-params", metavar="N", help="absolute parameter budget, e.g. 40K")
+
+
+def _config(args: argparse.Namespace) -> PipelineConfig:
+    sets = list(args.set)
+    for flag, key in (("run_dir", "run_dir"), ("seed", "seed"), ("threads", "threads"), ("data", "data.root")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            sets.append(f"{key}={value}")
+    if getattr(args, "epochs", None) is not None:
+        stages = TRAINING if args.command == "pipeline" else (args.command,)
+        sets += [f"{s}.epochs={args.epochs}" for s in stages]
+    if getattr(args, "target", None) is not None:
+        sets += [f"search.target={args.target}", "search.target_abs=null"]
+    for metric in ("macs", "params"):
+        value = getattr(args, f"target_{metric}", None)
+        if value is not None:
+            sets += [f"search.metric={metric}", f"search.target_abs={value}"]
+    if getattr(args, "round_to", None) is not None:
+        sets.append(f"extract.round_to={args.round_to}")
+    return load_config(args.config, sets)
+
+
+def _info(target: str) -> None:
+    from repas.search.cost import cost
+    from repas.spec import ArchSpec
+    from repas.supernet import create_supernet_spec
+
+    path = Path(target)
+    spec = ArchSpec.load(path) if path.exists() else create_supernet_spec(target)
+    sizes = spec.feature_sizes()
+    print(f"{spec.name}: {spec.task}, input {spec.in_channels}x{spec.input_size[0]}x{spec.input_size[1]}, "
+          f"{spec.num_classes} classes")
+    print(f"{'layer':>5} {'in':>5} {'out':>5} {'k':>2} {'s':>2} {'size':>7} {'gated':>5} {'MACs':>12} "
+          f"{'params':>10}  branches")
+    for i, lay in enumerate(spec.layers):
+        widths = [0] * len(spec.layers)
+        widths[i] = lay.out_channels
+        c_in = spec.in_channels_of(i)
+        k2 = lay.kernel ** 2
+        h, w = sizes[i]
+        print(f"{i:>5} {c_in:>5} {lay.out_channels:>5} {lay.kernel:>2} {lay.stride:>2} {f'{h}x{w}':>7} "
+              f"{'yes' if lay.gated else 'no':>5} {k2 * h * w * c_in * lay.out_channels:>12,} "
+              f"{k2 * c_in * lay.out_channels + lay.out_channels:>10,}  {','.join(lay.branches)}")
+    c = spec.layers[-1].out_channels
+    print(f"{'head':>5} {c:>5} {spec.num_classes:>5} {'':>2} {'':>2} {'1x1':>7} {'no':>5} "
+          f"{c * spec.num_classes:>12,} {c * spec.num_classes + spec.num_classes:>10,}  linear")
+    print(f"total: {float(cost(spec, spec.widths, 'macs')):,.0f} MACs, "
+          f"{float(cost(spec, spec.widths, 'params')):,.0f} params")
+
+
+def run(args: argparse.Namespace) -> int:
+    from repas import stages
+
+    if args.command == "info":
+        _info(args.target)
+        return 0
+    cfg = _config(args)
+    if args.command == "data":
+        data = stages.get_data(cfg)
+        print(f"{cfg.data.name}: {len(data.train)} train and {len(data.test)} test images, "
+              f"shape {data.image_shape}, {data.num_classes} classes")
+        return 0
+    source = getattr(args, "source", None)
+    resume = getattr(args, "resume", False)
+    if args.command == "train":
+        out = stages.train_stage(cfg, resume=resume)
+    elif args.command == "search":
+        out = stages.search_stage(cfg, source, resume=resume)
+    elif args.command == "extract":
+        out = stages.extract_stage(cfg, source)
+    elif args.command == "finetune":
+        out = stages.finetune_stage(cfg, source, resume=resume)
+    elif args.command == "fuse":
+        out = stages.fuse_stage(cfg, source)
+    elif args.command == "export":
+        out = stages.export_stage(cfg, source)
+    else:
+        stages.run_pipeline(cfg, resume=resume)
+        out = Path(cfg.run_dir) / "report.md"
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except RepasError as e:
+        if args.debug:
+            raise
+        print(f"repas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("repas: interrupted; every checkpoint already written is complete: rerun the same command "
+              "with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Configs are dataclasses loaded from YAML, strict about unknown keys.
+
+``load_config(path, overrides)`` reads a YAML file into ``PipelineConfig``; an unknown key
+is an error that suggests the nearest valid one. Overrides are ``section.key=value``
+strings (``search.epochs=2``), parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from repas.errors import RepasError
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    root: str | None = None  # folder of the dataset's files; None: the packaged copy
+    install: bool = True  # install the Debian package when it is missing and we can
+    augment: bool = True  # random crop (pad 2) and horizontal flip
+    train_subset: int | None = None  # first N training images only (quick runs, tests)
+    test_subset: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    space: str = "repvgg-fmnist"
+
+
+@dataclass
+class TrainConfig:
+    """One recipe serves dense training, search and fine-tuning."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    opt: str = "sgd"  # any timm.optim name
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    sched: str = "cosine"  # any timm.scheduler name
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.1
+    ema: bool = False
+    ema_decay: float = 0.998
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class SearchConfig(TrainConfig):
+    """Training with gates and a budget: ``task + alpha * (cost / target - 1)^2``."""
+
+    lr: float = 0.02  # from a trained net: a gentler weight lr than training from scratch
+    metric: str = "macs"  # macs | params
+    target: float | None = 0.5  # fraction of the dense cost
+    target_abs: str | None = None  # absolute cost, e.g. "2.5M" (overrides target)
+    alpha: float = 5.0
+    gate_lr: float = 0.05
+
+
+@dataclass
+class ExtractConfig:
+    round_to: int = 1  # widths rounded to a multiple (8 suits SIMD lanes)
+    fit: bool = True  # move widths by gate ranking until the cost meets the target
+    tolerance: float = 0.03  # fitted cost lies in [target * (1 - tolerance), target]
+
+
+@dataclass
+class ExportConfig:
+    threads: int = 1
+    warmup: int = 50
+    runs: int = 500
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/fmnist"
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    finetune: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check a YAML value against a field's type hint (int, float, str, bool, optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except RepasError:
+                continue
+        raise RepasError(f"{where}: {value!r} is not a valid {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e30 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise RepasError(f"{where}: expected {tp.__name__}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a dict; unknown keys are errors with a suggestion."""
+    if not isinstance(data, dict):
+        raise RepasError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise RepasError(f"{where}: unknown key {key!r}{_nearest(key, list(fields))}; "
+                             f"valid keys: {', '.join(fields)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value or {}, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings to a nested dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item:
+            raise RepasError(f"override {item!r} must look like section.key=value, e.g. search.epochs=2")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise RepasError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """A PipelineConfig from a YAML file (or the defaults) plus ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise RepasError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RepasError(f"{path} is not valid YAML: {e}") from e
+    apply_overrides(data, overrides or [])
+    return from_dict(PipelineConfig, data, str(path) if path else "config")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

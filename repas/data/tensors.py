@@ -1,0 +1,85 @@
+"""Whole small datasets held in memory as tensors, batched and augmented on tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TensorImages:
+    """uint8 images (N, C, H, W) with int64 labels, normalised on the way out."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError("images must be a uint8 tensor of shape (N, C, H, W)")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def subset(self, n: int) -> TensorImages:
+        return TensorImages(self.images[:n], self.labels[:n], self.mean, self.std, self.classes)
+
+
+def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crops from a zero-padded batch, and random horizontal flips."""
+    n, _, h, w = images.shape
+    if pad > 0:
+        padded = F.pad(images, [pad, pad, pad, pad])
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+        batch = torch.arange(n)[:, None, None, None]
+        chans = torch.arange(images.shape[1])[None, :, None, None]
+        images = padded[batch, chans, rows, cols]
+    if flip:
+        flips = torch.rand(n, generator=generator) < 0.5
+        images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+class TensorLoader:
+    """Batches of (normalised images, labels); the order and the augmentation of epoch e
+    depend only on (seed, e), so a resumed run sees exactly the data it would have seen."""
+
+    def __init__(self, data: TensorImages, batch_size: int, shuffle: bool = False, augment: bool = False,
+                 seed: int = 0, crop_pad: int = 2, flip: bool = True, drop_last: bool = False) -> None:
+        self.data, self.batch_size = data, batch_size
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.crop_pad, self.flip, self.drop_last = crop_pad, flip, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.data)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            images = self.data.images[idx]
+            if self.augment:
+                images = random_crop_flip(images, self.crop_pad, self.flip, gen)
+            yield self.data.normalize(images), self.data.labels[idx]

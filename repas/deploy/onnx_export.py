@@ -1,0 +1,67 @@
+"""ONNX export of a (fused) network, checked in onnxruntime against PyTorch."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from repas.atomic import atomic_write_bytes
+from repas.errors import RepasError
+
+
+def _require_onnxruntime():  # noqa: ANN202
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RepasError("onnxruntime is not installed: pip install 'repas[deploy]'") from None
+    return onnxruntime
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int = 18) -> Path:
+    """Export ``model`` (eval mode) at a static ``input_shape`` to ``path``, atomically."""
+    model = model.eval()
+    example = torch.randn(*input_shape)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                         input_names=["input"], output_names=["output"], verbose=False)
+    onnx_program.save(buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def onnx_session(path: str | Path, threads: int = 1):  # noqa: ANN201
+    ort = _require_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x: np.ndarray | torch.Tensor) -> np.ndarray:  # noqa: ANN001
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: x.astype(np.float32)})[0]
+
+
+def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], trials: int = 3,
+                seed: int = 0) -> float:
+    """Max abs difference between onnxruntime and PyTorch on random inputs."""
+    session = onnx_session(path)
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    model = model.eval()
+    with torch.no_grad():
+        for _ in range(trials):
+            x = torch.randn(*input_shape, generator=gen)
+            diff = np.abs(run_onnx(session, x) - model(x).numpy()).max()
+            worst = max(worst, float(diff))
+    return worst

@@ -1,0 +1,64 @@
+"""Cost of a network of a given spec at given widths: MACs or parameters of the fused net.
+
+``MACs_l = k*k*H*W*c_in(l)*c_out(l)``, with c_in(l) the width of the layer feeding l (the
+image channels for the first), plus the linear head. Params count the fused conv weights
+and biases plus the head. Widths may be tensors (gate counts), so the cost is
+differentiable in the gate weights through the straight-through estimator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from repas.errors import RepasError
+from repas.spec import ArchSpec
+
+METRICS = ("macs", "params")
+Width = torch.Tensor | int | float
+
+
+def cost(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> torch.Tensor | float:
+    """The cost of ``spec`` with layer l at ``widths[l]`` output channels."""
+    if metric not in METRICS:
+        raise RepasError(f"unknown cost metric {metric!r}; expected one of {METRICS}")
+    if len(widths) != len(spec.layers):
+        raise ValueError(f"{len(widths)} widths for {len(spec.layers)} layers")
+    total: torch.Tensor | float = 0.0
+    c_in: Width = spec.in_channels
+    for lay, (h, w), c_out in zip(spec.layers, spec.feature_sizes(), widths):
+        k2 = lay.kernel * lay.kernel
+        if metric == "macs":
+            total = total + k2 * h * w * c_in * c_out
+        else:
+            total = total + k2 * c_in * c_out + c_out
+        c_in = c_out
+    if metric == "macs":
+        total = total + c_in * spec.num_classes
+    else:
+        total = total + c_in * spec.num_classes + spec.num_classes
+    return total
+
+
+def spec_cost(spec: ArchSpec, metric: str = "macs") -> float:
+    """The cost of the spec at its own widths."""
+    return float(cost(spec, spec.widths, metric))
+
+
+def min_cost(spec: ArchSpec, metric: str = "macs") -> float:
+    """The smallest reachable cost: every gated layer at one channel."""
+    widths = [1 if lay.gated else lay.out_channels for lay in spec.layers]
+    return float(cost(spec, widths, metric))
+
+
+def parse_quantity(text: str | float | int) -> float:
+    """'2.5M' -> 2.5e6; also K and G suffixes; plain numbers pass through."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().upper().replace("_", "")
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(s[-1:], 1.0)
+    try:
+        return float(s[:-1] if scale != 1.0 else s) * scale
+    except ValueError:
+        raise RepasError(f"cannot read {text!r} as a number: write e.g. 2.5M, 800K or 1.2G") from None

@@ -1,0 +1,163 @@
+"""Extraction: gates -> widths, and a physically smaller net that inherits sliced weights.
+
+The extracted net equals the gated supernet on every input: output channels of layer l
+are sliced by its own mask, input channels by its producer's mask (pruned inputs were
+zero in the supernet), and the identity branch keeps a fixed index map from each kept
+output channel to the same channel in the kept inputs (or none, where it was pruned).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from repas.reparam.branches import ConvBN, IdentityBN
+from repas.search.cost import cost
+from repas.spec import ArchSpec
+from repas.supernet.net import RepNet
+
+
+def gate_masks(model: RepNet) -> list[torch.Tensor]:
+    """Each layer's kept channels as a bool tensor (all kept where a layer has no gate)."""
+    return [g.mask().clone() if g is not None else torch.ones(lay.out_channels, dtype=torch.bool)
+            for g, lay in zip(model.gate_modules(), model.spec.layers)]
+
+
+def gate_scores(model: RepNet) -> list[torch.Tensor]:
+    """Continuous gate weights (the channel ranking); +inf where a layer has no gate."""
+    return [g.weight.detach().clone() if g is not None else torch.full((lay.out_channels,), float("inf"))
+            for g, lay in zip(model.gate_modules(), model.spec.layers)]
+
+
+def round_masks(masks: list[torch.Tensor], scores: list[torch.Tensor], multiple: int) -> list[torch.Tensor]:
+    """Round every layer's width to the nearest multiple (at least one multiple, at most
+    the full width), keeping the channels with the highest gate scores."""
+    if multiple <= 1:
+        return [m.clone() for m in masks]
+    out = []
+    for m, s in zip(masks, scores):
+        full = m.numel()
+        width = int(m.sum())
+        if width == full:
+            out.append(m.clone())
+            continue
+        width = min(full, max(multiple, multiple * round(width / multiple)))
+        out.append(_top_k_mask(s, width))
+    return out
+
+
+def fit_masks_to_budget(spec: ArchSpec, masks: list[torch.Tensor], scores: list[torch.Tensor],
+                        target: float, metric: str = "macs", step: int = 1,
+                        tolerance: float = 0.03) -> list[torch.Tensor]:
+    """Move widths in steps of ``step`` channels until the cost lies in
+    ``[target * (1 - tolerance), target]``: drop the lowest-scored kept channels while over,
+    add back the highest-scored pruned channels while under. Ungated layers never change."""
+    widths = [int(m.sum()) for m in masks]
+    full = [m.numel() for m in masks]
+    gated = [lay.gated for lay in spec.layers]
+    order = [torch.argsort(s, descending=True) for s in scores]
+
+    def boundary(i: int, w: int) -> float:
+        return float(scores[i][order[i][w - 1]]) if w > 0 else float("inf")
+
+    def current() -> float:
+        return float(cost(spec, widths, metric))
+
+    for _ in range(sum(full) + 1):
+        c = current()
+        if c > target:
+            cands = [i for i in range(len(widths)) if gated[i] and widths[i] - step >= 1]
+            if not cands:
+                break
+            i = min(cands, key=lambda i: boundary(i, widths[i]))
+            widths[i] -= step
+        elif c < target * (1 - tolerance):
+            cands = [i for i in range(len(widths)) if gated[i] and widths[i] + step <= full[i]]
+            cands = [i for i in cands if float(cost(spec, _with(widths, i, widths[i] + step), metric)) <= target]
+            if not cands:
+                break
+            i = max(cands, key=lambda i: float(scores[i][order[i][widths[i]]]))
+            widths[i] += step
+        else:
+            break
+    return [_top_k_mask(s, w) for s, w in zip(scores, widths)]
+
+
+def _with(widths: list[int], i: int, w: int) -> list[int]:
+    out = list(widths)
+    out[i] = w
+    return out
+
+
+def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[torch.argsort(scores, descending=True)[:k]] = True
+    return mask
+
+
+def subnet_spec(spec: ArchSpec, masks: list[torch.Tensor]) -> ArchSpec:
+    """The spec of the net that keeps ``masks[l]`` of layer l: no gates, identity maps."""
+    d = spec.to_dict()
+    in_idx = torch.arange(spec.in_channels)
+    for i, (lay, m) in enumerate(zip(d["layers"], masks)):
+        out_idx = torch.nonzero(m).flatten()
+        if out_idx.numel() == 0:
+            raise ValueError(f"layer {i} keeps no channel; every layer needs at least one")
+        lay["out_channels"] = int(out_idx.numel())
+        lay["gated"] = False
+        if "identity" in lay["branches"]:
+            old_map = lay["identity_map"]
+            position = {int(c): p for p, c in enumerate(in_idx)}
+            src = [old_map[int(o)] if old_map is not None else int(o) for o in out_idx]
+            lay["identity_map"] = [position.get(s, -1) if s >= 0 else -1 for s in src]
+        in_idx = out_idx
+    d["name"] = f"{spec.name}-sub"
+    return ArchSpec.from_dict(d)
+
+
+@torch.no_grad()
+def extract_subnet(model: RepNet, masks: list[torch.Tensor] | None = None) -> RepNet:
+    """A smaller RepNet (no gates) equal to ``model`` gated by ``masks`` (default: its gates)."""
+    masks = gate_masks(model) if masks is None else masks
+    sub = RepNet(subnet_spec(model.spec, masks)).to(next(model.parameters()))
+    in_idx = torch.arange(model.spec.in_channels)
+    for big, small, m in zip(model.blocks, sub.blocks, masks):
+        out_idx = torch.nonzero(m).flatten()
+        for name, branch in big.branches.items():
+            target = small.branches[name]
+            if isinstance(branch, ConvBN):
+                target.conv.weight.copy_(branch.conv.weight[out_idx][:, in_idx])
+                _copy_bn(target.bn, branch.bn, out_idx)
+            elif isinstance(branch, IdentityBN):
+                _copy_bn(target.bn, branch.bn, out_idx)
+            else:  # pragma: no cover - new branch kinds must teach extraction how to slice
+                raise NotImplementedError(f"extraction cannot slice branch {type(branch).__name__}")
+        if big.fused:
+            small.reparam_conv.weight.copy_(big.reparam_conv.weight[out_idx][:, in_idx])
+            small.reparam_conv.bias.copy_(big.reparam_conv.bias[out_idx])
+        in_idx = out_idx
+    sub.head.weight.copy_(model.head.weight[:, in_idx])
+    sub.head.bias.copy_(model.head.bias)
+    sub.train(model.training)
+    return sub
+
+
+def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx: torch.Tensor) -> None:
+    dst.weight.copy_(src.weight[idx])
+    dst.bias.copy_(src.bias[idx])
+    dst.running_mean.copy_(src.running_mean[idx])
+    dst.running_var.copy_(src.running_var[idx])
+    dst.num_batches_tracked.copy_(src.num_batches_tracked)
+
+
+def gated_copy(model: RepNet, masks: list[torch.Tensor]) -> RepNet:
+    """A copy of the supernet whose gates are frozen at ``masks`` (for equality checks)."""
+    out = copy.deepcopy(model)
+    for g, m in zip(out.gate_modules(), masks):
+        if g is not None:
+            with torch.no_grad():
+                g.weight.copy_(m.to(g.weight.dtype))
+            g.freeze()
+    return out

@@ -1,0 +1,209 @@
+"""One trainer for dense training, search (gates + budget) and fine-tuning.
+
+Optimizers and schedulers come from timm, EMA is timm's ModelEmaV3, scalars go to
+tensorboard, progress to tqdm. After every epoch the full training state is written
+atomically to ``checkpoint.pt`` (loadable with ``weights_only=True``); ``resume=True``
+continues from it and ends with the same weights as an uninterrupted run, because the
+data order and augmentation of an epoch depend only on (seed, epoch) and the RNG state,
+optimizer state and update count are restored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from repas.atomic import atomic_torch_save
+from repas.config import TrainConfig
+from repas.data.tensors import TensorLoader
+from repas.errors import RepasError
+from repas.search.budget import Budget
+from repas.supernet.net import RepNet
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def param_groups(model: RepNet, weight_decay: float, gate_lr: float | None) -> list[dict[str, Any]]:
+    """Conv/linear weights decay; biases, BN and gates do not; gates get their own lr."""
+    gate_ids = {id(p) for p in model.gate_parameters()}
+    decay, no_decay, gates = [], [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in gate_ids:
+            gates.append(p)
+        elif p.ndim > 1:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if gates:
+        groups.append({"params": gates, "weight_decay": 0.0, **({"lr": gate_lr} if gate_lr else {})})
+    return [g for g in groups if g["params"]]
+
+
+class Trainer:
+    """Trains ``model`` on ``task``; with a ``budget`` the gates are searched too."""
+
+    def __init__(self, model: RepNet, task: Any, cfg: TrainConfig, run_dir: str | Path,
+                 budget: Budget | None = None, gate_lr: float | None = None,
+                 log: Callable[[str], None] = print, progress: bool | None = None) -> None:
+        self.model, self.task, self.cfg, self.budget = model, task, cfg, budget
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.progress = progress
+        self.optimizer = create_optimizer_v2(param_groups(model, cfg.weight_decay, gate_lr), opt=cfg.opt,
+                                             lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+        self.history: list[dict[str, float]] = []
+        self.num_updates = 0
+        self.start_epoch = 0
+        # Called after every optimizer step with (epoch, step); tests use it to interrupt.
+        self.step_hook: Callable[[int, int], None] | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch, "num_updates": self.num_updates,
+            "spec": self.model.spec.to_json(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": torch.get_rng_state(), "history": self.history,
+        }
+
+    def save_checkpoint(self, epoch: int) -> None:
+        atomic_torch_save(self.checkpoint_path, self.state(epoch))
+
+    def load_checkpoint(self) -> None:
+        path = self.checkpoint_path
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise RepasError(f"--resume: no checkpoint at {path}; run without --resume to start") from None
+        except Exception as e:  # torch raises several types for a damaged zip
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise RepasError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {reason}); "
+                             "delete it to start over") from e
+        if state.get("spec") != self.model.spec.to_json():
+            raise RepasError(f"checkpoint {path} was written for another network spec; "
+                             "use a fresh run directory or the matching config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.num_updates = int(state["num_updates"])
+        self.start_epoch = int(state["epoch"]) + 1
+
+    # ---- training ------------------------------------------------------------------
+    def widths(self) -> list[int]:
+        return [int(g.mask().sum()) if g is not None else lay.out_channels
+                for g, lay in zip(self.model.gate_modules(), self.model.spec.layers)]
+
+    def fit(self, train: TensorLoader, val: TensorLoader | None = None, resume: bool = False) -> dict[str, Any]:
+        """Train for ``cfg.epochs``; returns the last epoch's record (metrics, cost, widths)."""
+        cfg = self.cfg
+        steps = len(train)
+        if steps == 0:
+            raise RepasError(f"batch size {cfg.batch_size} leaves no full training batch")
+        scheduler, _ = create_scheduler_v2(self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+                                           warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+                                           step_on_epochs=False, updates_per_epoch=steps)
+        if resume:
+            self.load_checkpoint()
+            self.log(f"resumed from {self.checkpoint_path} at epoch {self.start_epoch}")
+        scheduler.step_update(self.num_updates)  # the lr is a function of the update count
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.num_updates or None)
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                record = self._epoch(epoch, train, scheduler, writer)
+                if val is not None:
+                    record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
+                for key, value in record.items():
+                    if key != "epoch":
+                        writer.add_scalar(f"epoch/{key}", value, epoch)
+                for i, w in enumerate(self.widths()):
+                    writer.add_scalar(f"width/layer{i:02d}", w, epoch)
+                self.history.append(record)
+                self.save_checkpoint(epoch)
+                self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in record.items()))
+        finally:
+            writer.close()
+        return self.history[-1] if self.history else {}
+
+    def _epoch(self, epoch: int, train: TensorLoader, scheduler: Any, writer: SummaryWriter) -> dict[str, Any]:
+        self.model.train()
+        train.set_epoch(epoch)
+        sums = {"loss": 0.0, "task_loss": 0.0}
+        n = 0
+        started = time.perf_counter()
+        cost_value = None
+        disable = None if self.progress is None else not self.progress  # None: only on a terminal
+        bar = tqdm(train, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, disable=disable)
+        for step, (images, labels) in enumerate(bar):
+            task_loss = self.task.loss(self.model(images), labels)
+            loss = task_loss
+            if self.budget is not None:
+                cost = self.budget.cost(self.model.channel_counts())
+                loss = loss + self.budget.loss(cost)
+                cost_value = cost.item()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                last = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
+                    else "no checkpoint was written yet"
+                raise RepasError(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopped "
+                                 f"({last}). Lower the learning rate (or alpha) and rerun.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.num_updates += 1
+            scheduler.step_update(self.num_updates)
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.num_updates)
+            sums["loss"] += loss_value
+            sums["task_loss"] += task_loss.item()
+            n += 1
+            if self.num_updates % 20 == 0:
+                writer.add_scalar("train/loss", loss_value, self.num_updates)
+                writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.num_updates)
+                if cost_value is not None:
+                    writer.add_scalar(f"train/{self.budget.metric}", cost_value, self.num_updates)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+            if self.step_hook is not None:
+                self.step_hook(epoch, step)
+        record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
+                                  "seconds": time.perf_counter() - started}
+        if self.budget is not None:
+            record[self.budget.metric] = float(self.budget.cost(self.widths()))
+        return record
+
+    @torch.no_grad()
+    def evaluate(self, loader: TensorLoader) -> dict[str, float]:
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        try:
+            return self.task.evaluate(model, loader)
+        finally:
+            model.train(was_training)

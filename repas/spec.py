@@ -1,0 +1,137 @@
+"""ArchSpec: the JSON-serialisable description of every network repas builds.
+
+The same type describes a supernet (maximum widths, gated layers), an extracted
+subnet (searched widths, identity index maps) and a fused plain net (branches
+``["fused"]``). A saved model is ``spec.json`` + ``weights.safetensors``; ``build(spec)``
+rebuilds it, so nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repas.errors import RepasError
+
+SPEC_VERSION = 1
+
+# Branch names a layer may list. "fused" is the deploy form: one plain conv with bias.
+KNOWN_BRANCHES = ("conv", "conv1x1", "identity", "fused")
+TASKS = ("classification",)
+
+
+@dataclass
+class LayerSpec:
+    """One conv block: ``out_channels`` of a ``kernel`` x ``kernel`` conv at ``stride``."""
+
+    out_channels: int
+    kernel: int = 3
+    stride: int = 1
+    branches: list[str] = field(default_factory=lambda: ["conv", "conv1x1", "identity"])
+    gated: bool = True
+    # For an extracted block whose identity branch survived: for each output channel the
+    # index of the input channel it copies, or -1 where that input channel was pruned.
+    identity_map: list[int] | None = None
+
+
+@dataclass
+class ArchSpec:
+    """A VGG-like network: conv blocks in sequence, then a task head."""
+
+    name: str
+    layers: list[LayerSpec]
+    in_channels: int = 3
+    input_size: tuple[int, int] = (224, 224)
+    num_classes: int = 1000
+    task: str = "classification"
+    act: str = "relu"
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(self.input_size)  # JSON gives lists
+        self.layers = [lay if isinstance(lay, LayerSpec) else LayerSpec(**lay) for lay in self.layers]
+        self.validate()
+
+    # ---- derived facts -------------------------------------------------------------
+    @property
+    def widths(self) -> list[int]:
+        return [lay.out_channels for lay in self.layers]
+
+    def in_channels_of(self, index: int) -> int:
+        return self.in_channels if index == 0 else self.layers[index - 1].out_channels
+
+    def feature_sizes(self) -> list[tuple[int, int]]:
+        """Output (H, W) of every layer, with 'same' padding and the layer's stride."""
+        h, w = self.input_size
+        sizes = []
+        for lay in self.layers:
+            h, w = -(-h // lay.stride), -(-w // lay.stride)
+            sizes.append((h, w))
+        return sizes
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise RepasError(f"spec {self.name!r}: unknown task {self.task!r}; expected one of {TASKS}")
+        if not self.layers:
+            raise RepasError(f"spec {self.name!r} has no layers")
+        for i, lay in enumerate(self.layers):
+            where = f"spec {self.name!r}, layer {i}"
+            if lay.out_channels < 1:
+                raise RepasError(f"{where}: out_channels must be >= 1, got {lay.out_channels}")
+            if lay.kernel < 1 or lay.kernel % 2 == 0:
+                raise RepasError(f"{where}: kernel must be a positive odd number, got {lay.kernel}")
+            unknown = [b for b in lay.branches if b not in KNOWN_BRANCHES]
+            if unknown or not lay.branches:
+                raise RepasError(f"{where}: unknown branches {unknown or lay.branches}; known: {KNOWN_BRANCHES}")
+            if "identity" in lay.branches and lay.identity_map is None:
+                if lay.stride != 1 or self.in_channels_of(i) != lay.out_channels:
+                    raise RepasError(
+                        f"{where}: an identity branch needs stride 1 and in == out channels "
+                        f"(got stride {lay.stride}, {self.in_channels_of(i)} -> {lay.out_channels})"
+                    )
+            if lay.identity_map is not None:
+                if len(lay.identity_map) != lay.out_channels:
+                    raise RepasError(f"{where}: identity_map has {len(lay.identity_map)} entries, "
+                                     f"expected out_channels={lay.out_channels}")
+                c_in = self.in_channels_of(i)
+                if any(j < -1 or j >= c_in for j in lay.identity_map):
+                    raise RepasError(f"{where}: identity_map indices must lie in [-1, {c_in})")
+
+    # ---- files ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise RepasError(f"spec has unknown keys {sorted(unknown)}; known: {sorted(names)}")
+        if d.get("version", SPEC_VERSION) > SPEC_VERSION:
+            raise RepasError(f"spec version {d['version']} is newer than this repas understands "
+                             f"({SPEC_VERSION}); upgrade repas")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise RepasError(f"malformed spec: {e}") from e
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ArchSpec:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "spec.json"
+        if not path.exists():
+            raise RepasError(f"no spec at {path}: a model directory holds spec.json + weights.safetensors")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RepasError(f"{path} is not valid JSON ({e}); the file may be truncated") from e
+        return cls.from_dict(d)

@@ -1,0 +1,305 @@
+"""The pipeline's stages, each one public function that reads and writes model directories.
+
+train -> search -> extract -> finetune -> fuse -> export. Every stage reads the directory
+of the stage before it (``source``, by default ``<run_dir>/<previous stage>``) and writes
+``spec.json`` + ``weights.safetensors`` + ``report.json`` into its own, so any stage can
+be rerun or resumed alone. ``run_pipeline`` runs them all and writes ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from repas.atomic import atomic_write_json, atomic_write_text
+from repas.config import PipelineConfig, TrainConfig
+from repas.data import DatasetSplits, TensorLoader, load_dataset
+from repas.deploy import export_onnx, onnx_latency_interleaved, onnx_session, verify_onnx
+from repas.errors import RepasError
+from repas.search import (
+    Budget,
+    Trainer,
+    extract_subnet,
+    fit_masks_to_budget,
+    gate_masks,
+    gate_scores,
+    gated_copy,
+    resolve_target,
+    round_masks,
+    spec_cost,
+)
+from repas.supernet import RepNet, build, create_supernet_spec, fuse_net, load_model, save_model
+from repas.tasks import ClassificationTask
+
+STAGES = ("train", "search", "extract", "finetune", "fuse", "export")
+Log = Callable[[str], None]
+
+
+def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
+    return Path(cfg.run_dir) / stage
+
+
+def _source(cfg: PipelineConfig, stage: str, source: str | Path | None) -> Path:
+    if source is not None:
+        return Path(source)
+    previous = STAGES[STAGES.index(stage) - 1]
+    path = stage_dir(cfg, previous)
+    if not (path / "spec.json").exists():
+        raise RepasError(f"{stage} needs the output of '{previous}' at {path}: run 'repas {previous}' "
+                         f"first, or name a model directory with --from DIR")
+    return path
+
+
+def setup(cfg: PipelineConfig) -> None:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+
+def get_data(cfg: PipelineConfig) -> DatasetSplits:
+    d = cfg.data
+    data = load_dataset(d.name, d.root, install=d.install)
+    if d.train_subset:
+        data.train = data.train.subset(d.train_subset)
+    if d.test_subset:
+        data.test = data.test.subset(d.test_subset)
+    return data
+
+
+def loaders(data: DatasetSplits, tcfg: TrainConfig, cfg: PipelineConfig) -> tuple[TensorLoader, TensorLoader]:
+    train = TensorLoader(data.train, tcfg.batch_size, shuffle=True, augment=cfg.data.augment, seed=cfg.seed,
+                         drop_last=True)
+    test = TensorLoader(data.test, tcfg.eval_batch_size)
+    return train, test
+
+
+def model_facts(model: RepNet) -> dict[str, Any]:
+    return {"spec": model.spec.name, "widths": model.spec.widths, "macs": spec_cost(model.spec, "macs"),
+            "params": spec_cost(model.spec, "params")}
+
+
+def _environment() -> dict[str, Any]:
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, resume: bool, log: Log,
+           budget: Budget | None = None, gate_lr: float | None = None,
+           data: DatasetSplits | None = None) -> tuple[RepNet, dict[str, Any]]:
+    data = data or get_data(cfg)
+    train, test = loaders(data, tcfg, cfg)
+    out = stage_dir(cfg, stage)
+    task = ClassificationTask(tcfg.label_smoothing)
+    trainer = Trainer(model, task, tcfg, out, budget=budget, gate_lr=gate_lr, log=log)
+    started = time.perf_counter()
+    trainer.fit(train, test, resume=resume)
+    final = trainer.eval_model if budget is None else model
+    metrics = trainer.evaluate(test)
+    report = {"stage": stage, **model_facts(final), "test": metrics, "seconds": time.perf_counter() - started,
+              "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": _environment()}
+    return final, report
+
+
+def data_spec(cfg: PipelineConfig, data: DatasetSplits):  # noqa: ANN201
+    c, h, w = data.image_shape
+    return create_supernet_spec(cfg.model.space, in_channels=c, input_size=[h, w], num_classes=data.num_classes)
+
+
+def train_stage(cfg: PipelineConfig, resume: bool = False, log: Log = print) -> Path:
+    """Train the dense supernet (gates frozen at all-on)."""
+    setup(cfg)
+    data = get_data(cfg)
+    model = build(data_spec(cfg, data))
+    model.freeze_gates()
+    model, report = _train(cfg, "train", model, cfg.train, resume, log, data=data)
+    return save_model(model, stage_dir(cfg, "train"), report)
+
+
+def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
+    s = cfg.search
+    fraction = None if s.target_abs is not None else s.target
+    target = resolve_target(model.spec, s.metric, fraction, s.target_abs)
+    return Budget(model.spec, target, s.metric, s.alpha)
+
+
+def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
+                 log: Log = print) -> Path:
+    """Learn the gates of a (trained) supernet under the budget."""
+    setup(cfg)
+    model = load_model(_source(cfg, "search", source))
+    if not any(g is not None for g in model.gate_modules()):
+        raise RepasError(f"{model.spec.name} has no gated layer: search needs a supernet spec")
+    model.freeze_gates(False)
+    budget = search_budget(cfg, model)
+    log(f"search: target {budget.metric} {budget.target:,.0f} "
+        f"(dense {spec_cost(model.spec, budget.metric):,.0f})")
+    model, report = _train(cfg, "search", model, cfg.search, resume, log, budget=budget, gate_lr=cfg.search.gate_lr)
+    widths = [int(m.sum()) for m in gate_masks(model)]
+    report.update({"target": budget.target, "metric": budget.metric, "searched_widths": widths,
+                   f"searched_{budget.metric}": float(budget.cost(widths))})
+    return save_model(model, stage_dir(cfg, "search"), report)
+
+
+def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Log = print) -> Path:
+    """Gates -> widths (rounded, fitted to the target) -> a smaller net with inherited weights."""
+    setup(cfg)
+    model = load_model(_source(cfg, "extract", source)).eval()
+    masks, scores = gate_masks(model), gate_scores(model)
+    threshold_widths = [int(m.sum()) for m in masks]
+    masks = round_masks(masks, scores, cfg.extract.round_to)
+    budget = search_budget(cfg, model)
+    if cfg.extract.fit:
+        masks = fit_masks_to_budget(model.spec, masks, scores, budget.target, budget.metric,
+                                    step=max(1, cfg.extract.round_to), tolerance=cfg.extract.tolerance)
+    sub = extract_subnet(model, masks)
+    x = torch.randn(8, model.spec.in_channels, *model.spec.input_size)
+    with torch.no_grad():
+        diff = float((sub(x) - gated_copy(model, masks).eval()(x)).abs().max())
+    if diff > 1e-4:
+        raise RepasError(f"extracted net differs from the gated supernet by {diff:.2e}: please report this bug")
+    cost = spec_cost(sub.spec, budget.metric)
+    report = {"stage": "extract", **model_facts(sub), "threshold_widths": threshold_widths,
+              "target": budget.target, "metric": budget.metric, "cost_vs_target": cost / budget.target,
+              "max_abs_diff_vs_gated_supernet": diff, "round_to": cfg.extract.round_to}
+    log(f"extract: widths {sub.spec.widths}, {budget.metric} {cost:,.0f} = {cost / budget.target:.3f} x target")
+    return save_model(sub, stage_dir(cfg, "extract"), report)
+
+
+def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
+                   log: Log = print) -> Path:
+    """Train the extracted (physically smaller) multi-branch net."""
+    setup(cfg)
+    model = load_model(_source(cfg, "finetune", source))
+    model, report = _train(cfg, "finetune", model, cfg.finetune, resume, log)
+    return save_model(model, stage_dir(cfg, "finetune"), report)
+
+
+def fuse_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None,
+               log: Log = print) -> Path:
+    """Fold BN and fuse branches: a plain conv/ReLU stack, checked against the original."""
+    setup(cfg)
+    model = load_model(_source(cfg, "fuse", source)).eval()
+    fused = fuse_net(model)
+    x = torch.randn(8, model.spec.in_channels, *model.spec.input_size)
+    with torch.no_grad():
+        ref = model(x)
+        rel = float((fused(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    if rel > 1e-4:
+        raise RepasError(f"fused net differs from the multi-branch net by {rel:.2e} (relative): please report")
+    report = {"stage": "fuse", **model_facts(fused), "max_rel_diff_vs_multibranch": rel}
+    log(f"fuse: {len(fused.blocks)} plain convs, max relative difference {rel:.1e}")
+    return save_model(fused, out or stage_dir(cfg, "fuse"), report)
+
+
+def onnx_top1(path: Path, data: DatasetSplits) -> float:
+    """Top-1 (%) of the exported model in onnxruntime, one image at a time (batch 1)."""
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name
+    images = data.test.normalize(data.test.images).numpy()
+    labels = data.test.labels.numpy()
+    correct = 0
+    for i in range(len(labels)):
+        correct += int(np.argmax(session.run(None, {name: images[i:i + 1]})[0]) == labels[i])
+    return 100.0 * correct / max(len(labels), 1)
+
+
+def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None,
+                 data: DatasetSplits | None = None, log: Log = print) -> Path:
+    """ONNX at batch 1, checked in onnxruntime against PyTorch; top-1 and latency."""
+    setup(cfg)
+    src = _source(cfg, "export", source)
+    model = load_model(src).eval()
+    out = Path(out or stage_dir(cfg, "export"))
+    shape = (1, model.spec.in_channels, *model.spec.input_size)
+    path = export_onnx(model, shape, out / "model.onnx")
+    diff = verify_onnx(model, path, shape)
+    if diff > 1e-4:
+        raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> 1e-4)")
+    data = data or get_data(cfg)
+    top1 = onnx_top1(path, data)
+    e = cfg.export
+    latency = onnx_latency_interleaved({"model": path}, shape, e.threads, e.warmup, e.runs)["model"]
+    report = {"stage": "export", "source": str(src), **model_facts(model), "onnx": str(path),
+              "max_abs_diff_onnx_vs_torch": diff, "onnx_top1": top1, "latency": latency,
+              "environment": _environment()}
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "spec.json", model.spec.to_json() + "\n")
+    log(f"export: {path}, |onnx - torch| = {diff:.1e}, top-1 {top1:.2f}%, "
+        f"latency {latency['median_ms']:.3f} ms ({e.threads} thread)")
+    return out
+
+
+def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = print) -> dict[str, Any]:
+    """All stages, plus the dense net fused and exported for comparison; writes report.md."""
+    started = time.perf_counter()
+    run = Path(cfg.run_dir)
+    train_stage(cfg, resume=resume, log=log)
+    search_stage(cfg, resume=resume, log=log)
+    extract_stage(cfg, log=log)
+    finetune_stage(cfg, resume=resume, log=log)
+    fuse_stage(cfg, log=log)
+    data = get_data(cfg)
+    export_stage(cfg, data=data, log=log)
+    fuse_stage(cfg, source=run / "train", out=run / "dense-fuse", log=log)
+    export_stage(cfg, source=run / "dense-fuse", out=run / "dense-export", data=data, log=log)
+    e = cfg.export
+    shape = (1, data.image_shape[0], *data.image_shape[1:])
+    latency = onnx_latency_interleaved({"dense": run / "dense-export" / "model.onnx",
+                                        "searched": run / "export" / "model.onnx"}, shape, e.threads, e.warmup, e.runs)
+    summary = summarize(cfg, latency, time.perf_counter() - started)
+    atomic_write_json(run / "summary.json", summary)
+    atomic_write_text(run / "report.md", summary_markdown(summary))
+    log("\n" + summary_markdown(summary))
+    return summary
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads((path / "report.json").read_text())
+
+
+def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds: float) -> dict[str, Any]:
+    run = Path(cfg.run_dir)
+    train, search, extract = _read(run / "train"), _read(run / "search"), _read(run / "extract")
+    dense_x, searched_x = _read(run / "dense-export"), _read(run / "export")
+    return {
+        "run_dir": str(run), "seconds": seconds, "environment": _environment(),
+        "target": extract["target"], "metric": extract["metric"],
+        "cost_vs_target": extract["cost_vs_target"],
+        "search_end_widths": search["searched_widths"], "threshold_widths": extract["threshold_widths"],
+        "dense": {"widths": dense_x["widths"], "macs": dense_x["macs"], "params": dense_x["params"],
+                  "torch_top1": train["test"]["top1"], "onnx_top1": dense_x["onnx_top1"],
+                  "onnx_ms": latency["dense"]["median_ms"]},
+        "searched": {"widths": searched_x["widths"], "macs": searched_x["macs"], "params": searched_x["params"],
+                     "torch_top1": _read(run / "finetune")["test"]["top1"], "onnx_top1": searched_x["onnx_top1"],
+                     "onnx_ms": latency["searched"]["median_ms"]},
+        "threads": cfg.export.threads,
+    }
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    d, p = s["dense"], s["searched"]
+    rows = [
+        ("widths", " / ".join(map(str, d["widths"])), " / ".join(map(str, p["widths"]))),
+        ("MACs", f"{d['macs'] / 1e6:.3f} M", f"{p['macs'] / 1e6:.3f} M ({p['macs'] / d['macs']:.1%} of dense)"),
+        ("params", f"{d['params'] / 1e3:.1f} K", f"{p['params'] / 1e3:.1f} K"),
+        ("top-1 (PyTorch)", f"{d['torch_top1']:.2f}%", f"{p['torch_top1']:.2f}%"),
+        ("top-1 (fused, ONNX)", f"{d['onnx_top1']:.2f}%", f"{p['onnx_top1']:.2f}%"),
+        (f"ONNX latency, batch 1, {s['threads']} thread", f"{d['onnx_ms']:.3f} ms", f"{p['onnx_ms']:.3f} ms"),
+    ]
+    env = s["environment"]
+    lines = [f"# repas run {s['run_dir']}", "",
+             f"{env['date']}, {env['processor']}, torch {env['torch']}, {s['seconds'] / 60:.1f} min in all. "
+             f"Target {s['metric']} {s['target']:,.0f}; the searched net is at "
+             f"{s['cost_vs_target']:.3f} x target.", "",
+             "| | dense | searched |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"

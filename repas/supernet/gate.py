@@ -1,0 +1,47 @@
+"""BinaryGate: PaS's depthwise binary convolution that switches channels on and off."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BinaryGate(nn.Module):
+    """Multiplies channel c by ``b_c = 1[w_c > threshold]``, one real weight per channel.
+
+    The backward pass is the straight-through estimator: ``b`` is computed as
+    ``w - (w - 1[w > t]).detach()``, so its value is binary and its gradient with respect to
+    ``w`` is 1. Weights start at 1.0 (every channel on). A frozen gate is a fixed mask.
+    """
+
+    def __init__(self, channels: int, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.threshold = threshold
+        self.frozen = False
+
+    def binary(self) -> torch.Tensor:
+        """The 0/1 mask, carrying the straight-through gradient unless frozen."""
+        hard = (self.weight > self.threshold).to(self.weight.dtype)
+        if self.frozen:
+            return hard.detach()
+        return self.weight - (self.weight - hard).detach()
+
+    def mask(self) -> torch.Tensor:
+        """Which channels are on, as a bool tensor (no gradient)."""
+        return (self.weight > self.threshold).detach()
+
+    def count(self) -> torch.Tensor:
+        """The number of channels on; differentiable through the STE."""
+        return self.binary().sum()
+
+    def freeze(self, frozen: bool = True) -> BinaryGate:
+        self.frozen = frozen
+        self.weight.requires_grad_(not frozen)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.binary().view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.weight.numel()}, threshold={self.threshold}, frozen={self.frozen}"

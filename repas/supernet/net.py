@@ -1,0 +1,56 @@
+"""RepNet: the VGG-like network an ArchSpec describes, gated or not, fused or not."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from repas.reparam import RepBlock
+from repas.spec import ArchSpec
+from repas.supernet.gate import BinaryGate
+
+
+class RepNet(nn.Module):
+    """Conv blocks in sequence (each optionally followed by a BinaryGate), pool, linear head."""
+
+    def __init__(self, spec: ArchSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.blocks = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        for i, lay in enumerate(spec.layers):
+            self.blocks.append(RepBlock(spec.in_channels_of(i), lay.out_channels, lay.kernel, lay.stride,
+                                        lay.branches, spec.act, lay.identity_map))
+            self.gates.append(BinaryGate(lay.out_channels) if lay.gated else nn.Identity())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(spec.layers[-1].out_channels, spec.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for block, gate in zip(self.blocks, self.gates):
+            x = gate(block(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+    def gate_modules(self) -> list[BinaryGate | None]:
+        """The gate of every layer, None where the layer is not gated."""
+        return [g if isinstance(g, BinaryGate) else None for g in self.gates]
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [g.weight for g in self.gate_modules() if g is not None]
+
+    def channel_counts(self) -> list[torch.Tensor | int]:
+        """Output channels of every layer: the gate's differentiable count, or the fixed width."""
+        return [g.count() if g is not None else lay.out_channels
+                for g, lay in zip(self.gate_modules(), self.spec.layers)]
+
+    def freeze_gates(self, frozen: bool = True) -> None:
+        for g in self.gate_modules():
+            if g is not None:
+                g.freeze(frozen)
+
+
+def build(spec: ArchSpec) -> RepNet:
+    """Build the network a spec describes (weights freshly initialised)."""
+    return RepNet(spec)

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny specs, random BN statistics, small IDX datasets written on disk."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from repas.spec import ArchSpec, LayerSpec
+
+torch.set_num_threads(2)
+
+
+def tiny_spec(in_channels: int = 3, size: int = 12, num_classes: int = 5) -> ArchSpec:
+    """Stem (stride 1), a stride-2 block, two shape-keeping blocks with identity branches."""
+    rep = ["conv", "conv1x1", "identity"]
+    return ArchSpec(name="tiny", in_channels=in_channels, input_size=(size, size), num_classes=num_classes,
+                    layers=[LayerSpec(8, branches=["conv", "conv1x1"]),
+                            LayerSpec(12, stride=2, branches=["conv", "conv1x1"]),
+                            LayerSpec(12, branches=rep), LayerSpec(12, branches=rep)])
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """Random running statistics and affine parameters in every BatchNorm."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
+                m.weight.copy_(torch.randn(n, generator=gen))
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.5)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    codes = {np.dtype(np.uint8): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def write_fake_fashion(root: Path, n_train: int = 256, n_test: int = 128, seed: int = 0) -> Path:
+    """Learnable 28x28 IDX data: each class is a bright bar at its own row band."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, y in enumerate(labels):
+            images[i, 2 + 2 * y:4 + 2 * y, 4:24] = 255
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture
+def fake_fashion(tmp_path: Path) -> Path:
+    return write_fake_fashion(tmp_path / "fmnist")

@@ -1,0 +1,113 @@
+"""The CLI end to end on small IDX data, and a one-line error for every bad input."""
+
+import json
+
+import pytest
+import torch
+
+from repas.cli import main
+from repas.supernet import load_model
+
+QUICK = ["--threads", "2", "--set", "export.runs=20", "--set", "export.warmup=2", "--set", "train.batch_size=64",
+         "--set", "search.batch_size=64", "--set", "finetune.batch_size=64"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    from conftest import write_fake_fashion
+
+    tmp = tmp_path_factory.mktemp("cli")
+    data = write_fake_fashion(tmp / "data")
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(tmp / "run"), "--epochs", "1", *QUICK])
+    assert code == 0
+    return tmp / "run", data
+
+
+def test_pipeline_writes_every_stage_and_a_report(pipeline_run):
+    run_dir, _ = pipeline_run
+    for stage in ("train", "search", "extract", "finetune", "fuse", "export", "dense-export"):
+        assert (run_dir / stage / "spec.json").exists(), stage
+        assert (run_dir / stage / "report.json").exists(), stage
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["searched"]["macs"] <= summary["target"]
+    assert summary["cost_vs_target"] >= 0.97
+    assert "| top-1 (fused, ONNX) |" in (run_dir / "report.md").read_text()
+    fused = load_model(run_dir / "fuse")
+    assert all(b.fused for b in fused.blocks)
+    export = json.loads((run_dir / "export" / "report.json").read_text())
+    assert export["max_abs_diff_onnx_vs_torch"] <= 1e-4
+
+
+def test_stages_rerun_alone_and_info(pipeline_run, capsys):
+    run_dir, data = pipeline_run
+    code, out, _ = run(capsys, "extract", "--run-dir", run_dir, "--data", data, "--round-to", "4", "--set",
+                       "extract.fit=false")
+    assert code == 0
+    widths = load_model(run_dir / "extract").spec.widths
+    assert all(w % 4 == 0 or w == full for w, full in zip(widths, [16, 32, 32, 64, 64, 64]))
+    code, out, _ = run(capsys, "info", run_dir / "extract")
+    assert code == 0 and "total:" in out and "MACs" in out
+    code, out, _ = run(capsys, "info", "repvgg-fmnist")
+    assert "7,338,880 MACs" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--data", "{tmp}/nowhere"], "missing Fashion-MNIST files"),
+    (["train", "--data", "{data}", "--set", "train.epoch=1"], "unknown key 'epoch' (did you mean 'epochs'?)"),
+    (["train", "--data", "{data}", "--set", "model.space=repvgg-fmnst"], "did you mean 'repvgg-fmnist'"),
+    (["search", "--run-dir", "{run}", "--data", "{data}", "--target-macs", "1K"], "below the smallest reachable"),
+    (["search", "--run-dir", "{run}", "--data", "{data}", "--target-macs", "9M"], "above the dense cost"),
+    (["finetune", "--run-dir", "{tmp}/empty", "--data", "{data}"], "run 'repas extract' first"),
+    (["fuse", "--from", "{bad_weights}", "--run-dir", "{tmp}/f"], "do not match spec"),
+    (["fuse", "--from", "{cut_weights}", "--run-dir", "{tmp}/f"], "corrupt or truncated"),
+    (["train", "--data", "{corrupt}", "--run-dir", "{tmp}/c"], "is corrupt or truncated"),
+    (["train", "--data", "{data}", "--run-dir", "{bad_ckpt}", "--resume"], "corrupt or truncated"),
+    (["train", "--data", "{data}", "--run-dir", "{tmp}/nan", "--set", "train.lr=1e30", "--epochs", "1"],
+     "loss became"),
+])
+def test_bad_input_gives_one_line_error(argv, message, pipeline_run, tmp_path, capsys):
+    run_dir, data = pipeline_run
+    bad_weights = tmp_path / "bad"
+    bad_weights.mkdir()
+    (bad_weights / "spec.json").write_text((run_dir / "extract" / "spec.json").read_text())
+    (bad_weights / "weights.safetensors").write_bytes((run_dir / "train" / "weights.safetensors").read_bytes())
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "spec.json").write_text((run_dir / "train" / "spec.json").read_text())
+    (cut / "weights.safetensors").write_bytes((run_dir / "train" / "weights.safetensors").read_bytes()[:500])
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for f in data.iterdir():
+        raw = f.read_bytes()
+        (corrupt / f.name).write_bytes(raw[: len(raw) // 2] if "train-images" in f.name else raw)
+    bad_ckpt = tmp_path / "ckpt"
+    (bad_ckpt / "train").mkdir(parents=True)
+    (bad_ckpt / "train" / "checkpoint.pt").write_bytes(b"garbage")
+    fmt = dict(tmp=tmp_path, data=data, run=run_dir, bad_weights=bad_weights, cut_weights=cut, corrupt=corrupt,
+               bad_ckpt=bad_ckpt)
+    code, _, err = run(capsys, *[a.format(**fmt) for a in argv], *QUICK)
+    assert code == 2
+    assert err.startswith("repas: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from repas.errors import RepasError
+
+    with pytest.raises(RepasError):
+        main(["train", "--data", str(tmp_path), "--debug"])
+
+
+def test_failed_stage_leaves_earlier_outputs_intact(pipeline_run, capsys):
+    run_dir, data = pipeline_run
+    before = (run_dir / "search" / "weights.safetensors").read_bytes()
+    code, _, _ = run(capsys, "search", "--run-dir", run_dir, "--data", data, "--target-macs", "1K")
+    assert code == 2
+    assert (run_dir / "search" / "weights.safetensors").read_bytes() == before
+    assert torch.load(run_dir / "search" / "checkpoint.pt", weights_only=True)["epoch"] == 0

@@ -1,0 +1,48 @@
+"""BinaryGate: binary forward, straight-through gradient, frozen mode."""
+
+import torch
+
+from repas.supernet import BinaryGate
+
+
+def test_forward_is_binary_and_zero_gate_removes_channel_exactly():
+    gate = BinaryGate(3)
+    with torch.no_grad():
+        gate.weight.copy_(torch.tensor([0.9, 0.3, 0.50001]))
+    x = torch.randn(2, 3, 4, 4) + 5.0
+    y = gate(x)
+    assert torch.equal(y[:, 0], x[:, 0])
+    assert torch.equal(y[:, 1], torch.zeros_like(x[:, 1]))
+    assert torch.equal(y[:, 2], x[:, 2])
+    assert gate.mask().tolist() == [True, False, True]
+    assert gate.count().item() == 2.0
+
+
+def test_straight_through_gradient():
+    gate = BinaryGate(3)
+    with torch.no_grad():
+        gate.weight.copy_(torch.tensor([0.9, 0.3, 1.7]))
+    x = torch.randn(2, 3, 4, 4)
+    upstream = torch.randn(2, 3, 4, 4)
+    (gate(x) * upstream).sum().backward()
+    # d/dw of x * b with db/dw = 1: the sum of upstream * x over batch and space, also for
+    # the switched-off channel (so it can come back).
+    expected = (upstream * x).sum(dim=(0, 2, 3))
+    assert torch.allclose(gate.weight.grad, expected, atol=1e-5)
+    assert gate.weight.grad[1].abs() > 0
+    gate.weight.grad = None
+    gate.count().backward()
+    assert torch.equal(gate.weight.grad, torch.ones(3))
+
+
+def test_frozen_gate_is_a_fixed_mask():
+    gate = BinaryGate(2).freeze()
+    with torch.no_grad():
+        gate.weight.copy_(torch.tensor([1.0, 0.0]))
+    assert not gate.weight.requires_grad
+    x = torch.randn(1, 2, 3, 3, requires_grad=True)
+    y = gate(x)
+    assert not y[:, 1].any()
+    y.sum().backward()
+    assert gate.weight.grad is None
+    assert torch.equal(x.grad[:, 1], torch.zeros(1, 3, 3))

@@ -1,0 +1,115 @@
+"""The trainer: exact resume, NaN stop with the last checkpoint kept, logs, search budget."""
+
+import pytest
+import torch
+from conftest import tiny_spec
+
+from repas.config import SearchConfig, TrainConfig
+from repas.data import TensorImages, TensorLoader
+from repas.errors import RepasError
+from repas.search import Budget, Trainer, spec_cost
+from repas.search.trainer import CHECKPOINT
+from repas.supernet import build
+from repas.tasks import ClassificationTask
+
+
+def toy_data(n=96, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 5, (n,), generator=gen)
+    images = torch.randint(0, 80, (n, 3, 12, 12), generator=gen, dtype=torch.uint8)
+    for i, y in enumerate(labels):
+        images[i, :, 2 * y:2 * y + 2] = 255
+    return TensorImages(images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), [str(i) for i in range(5)])
+
+
+def make_trainer(run_dir, cfg, budget=False, seed=0):
+    torch.manual_seed(seed)
+    model = build(tiny_spec())
+    b = Budget(model.spec, 0.5 * spec_cost(model.spec), alpha=5.0) if budget else None
+    if not budget:
+        model.freeze_gates()
+    return Trainer(model, ClassificationTask(0.1), cfg, run_dir, budget=b, gate_lr=0.05, log=lambda s: None,
+                   progress=False)
+
+
+def loader(seed=0):
+    return TensorLoader(toy_data(), 16, shuffle=True, augment=True, seed=seed, drop_last=True)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("budget", [False, True])
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, budget):
+    cfg = SearchConfig(epochs=3, lr=0.05, ema=not budget) if budget else TrainConfig(epochs=3, lr=0.05, ema=True)
+    full = make_trainer(tmp_path / "full", cfg, budget)
+    full.fit(loader())
+
+    first = make_trainer(tmp_path / "cut", cfg, budget)
+
+    def stop(epoch, step):
+        if epoch == 1 and step == 2:  # mid-epoch: the partial epoch is lost and redone
+            raise Interrupt
+
+    first.step_hook = stop
+    with pytest.raises(Interrupt):
+        first.fit(loader())
+    torch.manual_seed(1234)  # a resumed process starts with other RNG state
+    second = make_trainer(tmp_path / "cut", cfg, budget, seed=99)
+    second.fit(loader(), resume=True)
+    assert second.start_epoch == 1
+    a, b = full.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    if not budget:
+        ea, eb = full.ema.module.state_dict(), second.ema.module.state_dict()
+        assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_search_moves_cost_toward_target(tmp_path):
+    t = make_trainer(tmp_path, SearchConfig(epochs=4, lr=0.02, gate_lr=0.2, alpha=20.0), budget=True)
+    start = spec_cost(t.model.spec)
+    record = t.fit(loader())
+    assert record["macs"] < 0.8 * start
+    assert sum(t.widths()) < sum(t.model.spec.widths)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    t = make_trainer(tmp_path, TrainConfig(epochs=3, lr=0.05))
+    real_loss = t.task.loss
+    calls = {"n": 0}
+
+    def loss(out, y):
+        calls["n"] += 1
+        value = real_loss(out, y)
+        return value * float("nan") if calls["n"] > 8 else value  # epoch 2 (6 steps an epoch)
+
+    t.task.loss = loss
+    with pytest.raises(RepasError, match="loss became nan.*last good checkpoint"):
+        t.fit(loader())
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_corrupt_or_missing_checkpoint_gives_clear_error(tmp_path):
+    t = make_trainer(tmp_path, TrainConfig(epochs=1))
+    with pytest.raises(RepasError, match="no checkpoint"):
+        t.fit(loader(), resume=True)
+    (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RepasError, match="corrupt or truncated"):
+        t.fit(loader(), resume=True)
+
+
+def test_tensorboard_scalars_are_written(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    t = make_trainer(tmp_path, SearchConfig(epochs=2, lr=0.02), budget=True)
+    t.fit(loader(), TensorLoader(toy_data(32, 1), 16))
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"epoch/loss", "epoch/val_top1", "epoch/macs", "width/layer00"} <= tags
+    assert len(acc.Scalars("epoch/val_top1")) == 2
