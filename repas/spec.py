@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,39 @@ from repas.errors import RepasError
 
 SPEC_VERSION = 1
 
-# Branch names a layer may list. "fused" is the deploy form: one plain conv with bias.
-KNOWN_BRANCHES = ("conv", "conv1x1", "identity", "fused")
+# Branch names a layer may list; "fused" is the deploy form: one plain conv with bias.
+# conv: the layer's k x k conv+BN; convAxB: an A x B conv+BN (conv1x1, conv3x3, and ACNet's
+# conv1xk / convkx1 with a literal k); identity(_plain): the input with(out) BN;
+# conv1x1_kxk, conv1x1_avg: DBB; sobel_x, sobel_y, laplacian, expand_squeeze: ECB;
+# conv_xN: N parallel k x k conv+BN (MobileOne-style).
+BRANCH_HELP = ("conv, conv1x1, conv3x3, conv1xk, convkx1, identity, identity_plain, conv1x1_kxk, "
+               "conv1x1_avg, sobel_x, sobel_y, laplacian, expand_squeeze, conv_xN, fused")
+EDGE_BRANCHES = ("sobel_x", "sobel_y", "laplacian")
 TASKS = ("classification",)
+
+
+def parse_branch(name: str, kernel: int) -> tuple[str, object]:
+    """(kind, argument) of a branch name in a layer with a ``kernel`` x ``kernel`` conv;
+    a ValueError names the known branches for a name it does not know."""
+    if name == "conv":
+        return "conv", (kernel, kernel)
+    if name in ("identity", "identity_plain"):
+        return "identity", name == "identity"
+    if name in ("conv1x1_kxk", "conv1x1_avg", "expand_squeeze", "fused"):
+        return name, None
+    if name in EDGE_BRANCHES:
+        return "edge", name
+    m = re.fullmatch(r"conv_x(\d+)", name)
+    if m and int(m.group(1)) >= 1:
+        return "parallel", int(m.group(1))
+    m = re.fullmatch(r"conv(\d+|k)x(\d+|k)", name)
+    if m:
+        kh, kw = (kernel if g == "k" else int(g) for g in m.groups())
+        if kh % 2 and kw % 2 and kh <= kernel and kw <= kernel:
+            return "conv", (kh, kw)
+        raise ValueError(f"branch {name!r}: a {kh}x{kw} conv must have odd sides and fit the {kernel}x{kernel} "
+                         "layer kernel")
+    raise ValueError(f"unknown branch {name!r}; known: {BRANCH_HELP}")
 
 
 @dataclass
@@ -32,6 +63,11 @@ class LayerSpec:
     stride: int = 1
     branches: list[str] = field(default_factory=lambda: ["conv", "conv1x1", "identity"])
     gated: bool = True
+    groups: int = 1
+    dilation: int = 1
+    # Intermediate widths of two-stage branches (conv1x1_kxk, expand_squeeze) by branch name;
+    # extraction writes them so that a subnet keeps its supernet's intermediate maps.
+    mid_channels: dict[str, int] | None = None
     # For an extracted block whose identity branch survived: for each output channel the
     # index of the input channel it copies, or -1 where that input channel was pruned.
     identity_map: list[int] | None = None
@@ -83,10 +119,27 @@ class ArchSpec:
                 raise RepasError(f"{where}: out_channels must be >= 1, got {lay.out_channels}")
             if lay.kernel < 1 or lay.kernel % 2 == 0:
                 raise RepasError(f"{where}: kernel must be a positive odd number, got {lay.kernel}")
-            unknown = [b for b in lay.branches if b not in KNOWN_BRANCHES]
-            if unknown or not lay.branches:
-                raise RepasError(f"{where}: unknown branches {unknown or lay.branches}; known: {KNOWN_BRANCHES}")
-            if "identity" in lay.branches and lay.identity_map is None:
+            if not lay.branches:
+                raise RepasError(f"{where}: no branches; known: {BRANCH_HELP}")
+            if "fused" in lay.branches and len(lay.branches) > 1:
+                raise RepasError(f"{where}: 'fused' is a whole deploy-form layer and stands alone")
+            for name in lay.branches:
+                try:
+                    parse_branch(name, lay.kernel)
+                except ValueError as e:
+                    raise RepasError(f"{where}: {e}") from None
+            c_in = self.in_channels_of(i)
+            if lay.groups < 1 or c_in % lay.groups or lay.out_channels % lay.groups:
+                raise RepasError(f"{where}: groups={lay.groups} must divide in ({c_in}) and out "
+                                 f"({lay.out_channels}) channels")
+            if lay.gated and lay.groups != 1:
+                raise RepasError(f"{where}: a gated (prunable) layer needs groups=1; set gated: false")
+            if lay.dilation < 1:
+                raise RepasError(f"{where}: dilation must be >= 1, got {lay.dilation}")
+            has_identity = any(b in ("identity", "identity_plain") for b in lay.branches)
+            if has_identity and lay.stride != 1:
+                raise RepasError(f"{where}: an identity branch needs stride 1, got {lay.stride}")
+            if has_identity and lay.identity_map is None:
                 if lay.stride != 1 or self.in_channels_of(i) != lay.out_channels:
                     raise RepasError(
                         f"{where}: an identity branch needs stride 1 and in == out channels "

@@ -26,10 +26,16 @@ def tiny_spec(in_channels: int = 3, size: int = 12, num_classes: int = 5) -> Arc
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    """Random running statistics and affine parameters in every BatchNorm."""
+    """Random running statistics and affine parameters in every BatchNorm, and random
+    scales and biases in ECB edge branches (initialised near zero)."""
+    from repas.reparam.branches import Conv1x1Edge
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
+            if isinstance(m, Conv1x1Edge):
+                m.scale.copy_(torch.randn(m.scale.shape, generator=gen))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen))
             if isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)

@@ -16,6 +16,7 @@ REL_TOL = 1e-5
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 

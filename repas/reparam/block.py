@@ -5,49 +5,84 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from repas.reparam.branches import ConvBN, IdentityBN
+from repas.reparam.branches import (
+    EDGE_FILTERS,
+    Conv1x1AvgPool,
+    Conv1x1Edge,
+    Conv1x1KxK,
+    ConvBN,
+    ExpandSqueeze,
+    IdentityBN,
+    ParallelConvBN,
+)
+from repas.spec import parse_branch
 
-ACTIVATIONS = {"relu": nn.ReLU, "identity": nn.Identity}
+ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "identity": nn.Identity}
 
 
-def make_activation(name: str) -> nn.Module:
+def make_activation(name: str, channels: int) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    return nn.PReLU(channels) if name == "prelu" else ACTIVATIONS[name]()
+
+
+def make_branch(name: str, in_channels: int, out_channels: int, kernel: int, stride: int, groups: int,
+                dilation: int, identity_map: list[int] | None = None, mid_channels: int | None = None) -> nn.Module:
+    """The branch module a branch name stands for (names: ``repas.spec.parse_branch``)."""
+    kind, arg = parse_branch(name, kernel)
+    common = dict(stride=stride, groups=groups, dilation=dilation)
+    if kind == "conv":
+        return ConvBN(in_channels, out_channels, arg, **common)
+    if kind == "parallel":
+        return ParallelConvBN(in_channels, out_channels, kernel, copies=arg, **common)
+    if kind == "identity":
+        if stride != 1:
+            raise ValueError("an identity branch needs stride 1")
+        return IdentityBN(out_channels, in_channels, identity_map, groups, bn=arg)
+    if kind == "conv1x1_kxk":
+        return Conv1x1KxK(in_channels, out_channels, kernel, mid_channels=mid_channels, **common)
+    if kind == "conv1x1_avg":
+        return Conv1x1AvgPool(in_channels, out_channels, kernel, **common)
+    if kind == "edge":
+        return Conv1x1Edge(in_channels, out_channels, kernel, filter=arg, **common)
+    if kind == "expand_squeeze":
+        return ExpandSqueeze(in_channels, out_channels, kernel, mid_channels=mid_channels, **common)
+    raise ValueError(f"unknown branch {name!r}")
 
 
 class RepBlock(nn.Module):
     """A multi-branch conv block (training form) or its fused plain conv (deploy form).
 
-    ``branches`` names the parallel paths: ``conv`` (k x k conv+BN), ``conv1x1`` (1x1
-    conv+BN), ``identity`` (BN of the input). ``["fused"]`` builds the deploy form directly.
-    ``reparameterize()`` switches a block to its deploy form in place and returns the
-    fused conv; the name lets ``timm.utils.reparameterize_model`` fuse repas nets too.
+    ``branches`` names the parallel paths, summed before the activation: ``conv`` (k x k
+    conv+BN), ``conv1x1``, ``convKxK``, ``conv1xk`` / ``convkx1`` (ACNet), ``identity`` /
+    ``identity_plain``, ``conv1x1_kxk`` / ``conv1x1_avg`` (DBB), ``sobel_x`` / ``sobel_y`` /
+    ``laplacian`` / ``expand_squeeze`` (ECB), ``conv_xN`` (N parallel k x k, MobileOne).
+    ``["fused"]`` builds the deploy form directly. ``reparameterize()`` switches a block to
+    its deploy form in place and returns the fused conv; the name lets
+    ``timm.utils.reparameterize_model`` fuse repas nets too.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1,
                  branches: list[str] | tuple[str, ...] = ("conv", "conv1x1", "identity"),
-                 act: str = "relu", identity_map: list[int] | None = None) -> None:
+                 act: str = "relu", identity_map: list[int] | None = None, groups: int = 1, dilation: int = 1,
+                 mid_channels: dict[str, int] | None = None) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel, self.stride = kernel, stride
-        self.act = make_activation(act)
+        self.kernel, self.stride, self.groups, self.dilation = kernel, stride, groups, dilation
+        self.act = make_activation(act, out_channels)
         self.branches = nn.ModuleDict()
         self.reparam_conv: nn.Conv2d | None = None
         if list(branches) == ["fused"]:
-            self.reparam_conv = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2)
+            self.reparam_conv = self._plain_conv()
             return
+        mids = mid_channels or {}
         for name in branches:
-            if name == "conv":
-                self.branches[name] = ConvBN(in_channels, out_channels, kernel, stride)
-            elif name == "conv1x1":
-                self.branches[name] = ConvBN(in_channels, out_channels, 1, stride)
-            elif name == "identity":
-                if stride != 1:
-                    raise ValueError("an identity branch needs stride 1")
-                self.branches[name] = IdentityBN(out_channels, in_channels, identity_map)
-            else:
-                raise ValueError(f"unknown branch {name!r}")
+            self.branches[name] = make_branch(name, in_channels, out_channels, kernel, stride, groups, dilation,
+                                              identity_map, mids.get(name))
+
+    def _plain_conv(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel, self.stride,
+                         self.dilation * (self.kernel // 2), self.dilation, self.groups)
 
     @property
     def fused(self) -> bool:
@@ -69,15 +104,21 @@ class RepBlock(nn.Module):
         parts = [b.equivalent_kernel_bias(self.kernel) for b in self.branches.values()]
         return sum(k for k, _ in parts), sum(b for _, b in parts)
 
+    def mid_channels(self) -> dict[str, int]:
+        """Intermediate widths of two-stage branches (kept as they are by extraction)."""
+        return {name: b.mid_channels for name, b in self.branches.items() if hasattr(b, "mid_channels")}
+
     @torch.no_grad()
     def reparameterize(self) -> nn.Conv2d:
         """Switch to the deploy form in place; return the fused conv."""
         if self.reparam_conv is None:
             kernel, bias = self.equivalent_kernel_bias()
-            conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel, self.stride,
-                             self.kernel // 2).to(kernel)
+            conv = self._plain_conv().to(kernel)
             conv.weight.copy_(kernel)
             conv.bias.copy_(bias)
             self.reparam_conv = conv
             self.branches = nn.ModuleDict()
         return self.reparam_conv
+
+
+__all__ = ["ACTIVATIONS", "EDGE_FILTERS", "RepBlock", "make_activation", "make_branch"]

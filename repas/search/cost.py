@@ -28,7 +28,7 @@ def cost(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> torch
     total: torch.Tensor | float = 0.0
     c_in: Width = spec.in_channels
     for lay, (h, w), c_out in zip(spec.layers, spec.feature_sizes(), widths):
-        k2 = lay.kernel * lay.kernel
+        k2 = lay.kernel * lay.kernel / lay.groups
         if metric == "macs":
             total = total + k2 * h * w * c_in * c_out
         else:

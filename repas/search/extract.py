@@ -11,9 +11,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
-from repas.reparam.branches import ConvBN, IdentityBN
 from repas.search.cost import cost
 from repas.spec import ArchSpec
 from repas.supernet.net import RepNet
@@ -97,9 +95,11 @@ def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def subnet_spec(spec: ArchSpec, masks: list[torch.Tensor]) -> ArchSpec:
-    """The spec of the net that keeps ``masks[l]`` of layer l: no gates, identity maps."""
+def subnet_spec(spec: ArchSpec, masks: list[torch.Tensor], mids: list[dict[str, int]] | None = None) -> ArchSpec:
+    """The spec of the net that keeps ``masks[l]`` of layer l: no gates, identity maps, and
+    the intermediate widths ``mids[l]`` of two-stage branches kept as they were."""
     d = spec.to_dict()
+    mids = mids or [{} for _ in masks]
     in_idx = torch.arange(spec.in_channels)
     for i, (lay, m) in enumerate(zip(d["layers"], masks)):
         out_idx = torch.nonzero(m).flatten()
@@ -107,7 +107,9 @@ def subnet_spec(spec: ArchSpec, masks: list[torch.Tensor]) -> ArchSpec:
             raise ValueError(f"layer {i} keeps no channel; every layer needs at least one")
         lay["out_channels"] = int(out_idx.numel())
         lay["gated"] = False
-        if "identity" in lay["branches"]:
+        if mids[i]:
+            lay["mid_channels"] = mids[i]
+        if any(b in ("identity", "identity_plain") for b in lay["branches"]):
             old_map = lay["identity_map"]
             position = {int(c): p for p, c in enumerate(in_idx)}
             src = [old_map[int(o)] if old_map is not None else int(o) for o in out_idx]
@@ -121,19 +123,15 @@ def subnet_spec(spec: ArchSpec, masks: list[torch.Tensor]) -> ArchSpec:
 def extract_subnet(model: RepNet, masks: list[torch.Tensor] | None = None) -> RepNet:
     """A smaller RepNet (no gates) equal to ``model`` gated by ``masks`` (default: its gates)."""
     masks = gate_masks(model) if masks is None else masks
-    sub = RepNet(subnet_spec(model.spec, masks)).to(next(model.parameters()))
+    mids = [b.mid_channels() for b in model.blocks]
+    sub = RepNet(subnet_spec(model.spec, masks, mids)).to(next(model.parameters()))
     in_idx = torch.arange(model.spec.in_channels)
     for big, small, m in zip(model.blocks, sub.blocks, masks):
         out_idx = torch.nonzero(m).flatten()
         for name, branch in big.branches.items():
-            target = small.branches[name]
-            if isinstance(branch, ConvBN):
-                target.conv.weight.copy_(branch.conv.weight[out_idx][:, in_idx])
-                _copy_bn(target.bn, branch.bn, out_idx)
-            elif isinstance(branch, IdentityBN):
-                _copy_bn(target.bn, branch.bn, out_idx)
-            else:  # pragma: no cover - new branch kinds must teach extraction how to slice
-                raise NotImplementedError(f"extraction cannot slice branch {type(branch).__name__}")
+            small.branches[name].load_sliced(branch, out_idx, in_idx)
+        if hasattr(big.act, "weight"):  # PReLU: one slope per channel
+            small.act.weight.copy_(big.act.weight[out_idx])
         if big.fused:
             small.reparam_conv.weight.copy_(big.reparam_conv.weight[out_idx][:, in_idx])
             small.reparam_conv.bias.copy_(big.reparam_conv.bias[out_idx])
@@ -142,14 +140,6 @@ def extract_subnet(model: RepNet, masks: list[torch.Tensor] | None = None) -> Re
     sub.head.bias.copy_(model.head.bias)
     sub.train(model.training)
     return sub
-
-
-def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx: torch.Tensor) -> None:
-    dst.weight.copy_(src.weight[idx])
-    dst.bias.copy_(src.bias[idx])
-    dst.running_mean.copy_(src.running_mean[idx])
-    dst.running_var.copy_(src.running_var[idx])
-    dst.num_batches_tracked.copy_(src.num_batches_tracked)
 
 
 def gated_copy(model: RepNet, masks: list[torch.Tensor]) -> RepNet:

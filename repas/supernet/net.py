@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from repas.errors import RepasError
 from repas.reparam import RepBlock
 from repas.spec import ArchSpec
 from repas.supernet.gate import BinaryGate
@@ -19,8 +20,12 @@ class RepNet(nn.Module):
         self.blocks = nn.ModuleList()
         self.gates = nn.ModuleList()
         for i, lay in enumerate(spec.layers):
-            self.blocks.append(RepBlock(spec.in_channels_of(i), lay.out_channels, lay.kernel, lay.stride,
-                                        lay.branches, spec.act, lay.identity_map))
+            try:
+                block = RepBlock(spec.in_channels_of(i), lay.out_channels, lay.kernel, lay.stride, lay.branches,
+                                 spec.act, lay.identity_map, lay.groups, lay.dilation, lay.mid_channels)
+            except ValueError as e:
+                raise RepasError(f"spec {spec.name!r}, layer {i}: {e}") from None
+            self.blocks.append(block)
             self.gates.append(BinaryGate(lay.out_channels) if lay.gated else nn.Identity())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(spec.layers[-1].out_channels, spec.num_classes)
