@@ -22,17 +22,30 @@ from repas.errors import RepasError
 
 @dataclass
 class DataConfig:
+    # fashion-mnist, mnist, cifar10, cifar100, image-folder (classification);
+    # sr-photos (the packaged photographs), sr-folder (HR images of --data DIR) for SR
     name: str = "fashion-mnist"
     root: str | None = None  # folder of the dataset's files; None: the packaged copy
-    install: bool = True  # install the Debian package when it is missing and we can
-    augment: bool = True  # random crop (pad 2) and horizontal flip
+    install: bool = True  # install the Debian package(s) when missing and we can
+    augment: bool = True  # classification: random crop (pad 2) and horizontal flip
     train_subset: int | None = None  # first N training images only (quick runs, tests)
     test_subset: int | None = None
+    # super-resolution
+    scale: int = 2
+    colour: str = "y"  # y (BT.601 luma, the standard protocol) or rgb
+    patch: int = 32  # LR patch side for training
+    batches_per_epoch: int = 200
+    hr_downscale: int | None = None  # HR = photo / this (None: 2 for sr-photos' JPEGs, 1 for a folder)
+    test_root: str | None = None  # sr-folder: HR test images (None: Set7-pkg)
+    cache_dir: str | None = "~/.cache/repas/sr"  # decoded (HR, LR) pairs
 
 
 @dataclass
 class ModelConfig:
     space: str = "repvgg-fmnist"
+    # Another block for every layer of the space, e.g. [conv, conv1x1, conv1x1_kxk, conv1x1_avg,
+    # identity] (DBB) or [conv_x4, conv1x1, identity] (MobileOne-style); None keeps the space's.
+    branches: list[str] | None = None
 
 
 @dataclass
@@ -131,6 +144,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+    elif typing.get_origin(tp) is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        raise RepasError(f"{where}: expected a list, got {value!r}")
     else:
         return value
     raise RepasError(f"{where}: expected {tp.__name__}, got {value!r}")

@@ -21,22 +21,30 @@ SPEC_VERSION = 1
 
 # Branch names a layer may list; "fused" is the deploy form: one plain conv with bias.
 # conv: the layer's k x k conv+BN; convAxB: an A x B conv+BN (conv1x1, conv3x3, and ACNet's
-# conv1xk / convkx1 with a literal k); identity(_plain): the input with(out) BN;
+# conv1xk / convkx1 with a literal k), each with a _plain suffix for a conv with bias and no
+# BN; identity(_plain): the input with(out) BN;
 # conv1x1_kxk, conv1x1_avg: DBB; sobel_x, sobel_y, laplacian, expand_squeeze: ECB;
 # conv_xN: N parallel k x k conv+BN (MobileOne-style).
-BRANCH_HELP = ("conv, conv1x1, conv3x3, conv1xk, convkx1, identity, identity_plain, conv1x1_kxk, "
+BRANCH_HELP = ("conv, conv1x1, conv3x3, conv1xk, convkx1 (each also as *_plain: bias, no BN), identity, "
+               "identity_plain, conv1x1_kxk, "
                "conv1x1_avg, sobel_x, sobel_y, laplacian, expand_squeeze, conv_xN, fused")
 EDGE_BRANCHES = ("sobel_x", "sobel_y", "laplacian")
-TASKS = ("classification",)
+TASKS = ("classification", "super-resolution")
+SR_SCALES = (2, 3, 4)
 
 
 def parse_branch(name: str, kernel: int) -> tuple[str, object]:
     """(kind, argument) of a branch name in a layer with a ``kernel`` x ``kernel`` conv;
     a ValueError names the known branches for a name it does not know."""
+    bn = not name.endswith("_plain") or name == "identity_plain"
+    if not bn:
+        name = name[: -len("_plain")]
     if name == "conv":
-        return "conv", (kernel, kernel)
+        return "conv", (kernel, kernel, bn)
     if name in ("identity", "identity_plain"):
         return "identity", name == "identity"
+    if not bn:
+        raise ValueError(f"branch {name!r}_plain: only convs take the _plain suffix; known: {BRANCH_HELP}")
     if name in ("conv1x1_kxk", "conv1x1_avg", "expand_squeeze", "fused"):
         return name, None
     if name in EDGE_BRANCHES:
@@ -48,7 +56,7 @@ def parse_branch(name: str, kernel: int) -> tuple[str, object]:
     if m:
         kh, kw = (kernel if g == "k" else int(g) for g in m.groups())
         if kh % 2 and kw % 2 and kh <= kernel and kw <= kernel:
-            return "conv", (kh, kw)
+            return "conv", (kh, kw, bn)
         raise ValueError(f"branch {name!r}: a {kh}x{kw} conv must have odd sides and fit the {kernel}x{kernel} "
                          "layer kernel")
     raise ValueError(f"unknown branch {name!r}; known: {BRANCH_HELP}")
@@ -68,6 +76,7 @@ class LayerSpec:
     # Intermediate widths of two-stage branches (conv1x1_kxk, expand_squeeze) by branch name;
     # extraction writes them so that a subnet keeps its supernet's intermediate maps.
     mid_channels: dict[str, int] | None = None
+    act: str | None = None  # None: the spec's activation; "identity" for an SR tail
     # For an extracted block whose identity branch survived: for each output channel the
     # index of the input channel it copies, or -1 where that input channel was pruned.
     identity_map: list[int] | None = None
@@ -75,7 +84,13 @@ class LayerSpec:
 
 @dataclass
 class ArchSpec:
-    """A VGG-like network: conv blocks in sequence, then a task head."""
+    """A VGG-like network: conv blocks in sequence, then a task head.
+
+    classification: global average pool + linear to ``num_classes``.
+    super-resolution: the last layer outputs ``in_channels * scale**2`` channels (its width is
+    fixed, never gated); a global residual adds the input repeated ``scale**2`` times along
+    channels, and PixelShuffle(scale) makes the HR image. ``input_size`` is the LR size.
+    """
 
     name: str
     layers: list[LayerSpec]
@@ -84,6 +99,7 @@ class ArchSpec:
     num_classes: int = 1000
     task: str = "classification"
     act: str = "relu"
+    scale: int = 1
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -113,6 +129,18 @@ class ArchSpec:
             raise RepasError(f"spec {self.name!r}: unknown task {self.task!r}; expected one of {TASKS}")
         if not self.layers:
             raise RepasError(f"spec {self.name!r} has no layers")
+        if self.task == "super-resolution":
+            tail = self.layers[-1]
+            if self.scale not in SR_SCALES:
+                raise RepasError(f"spec {self.name!r}: super-resolution scale must be one of {SR_SCALES}, "
+                                 f"got {self.scale}")
+            if tail.out_channels != self.in_channels * self.scale ** 2 or tail.gated:
+                raise RepasError(f"spec {self.name!r}: the SR tail must output in_channels * scale^2 = "
+                                 f"{self.in_channels * self.scale ** 2} channels and not be gated")
+            if any(lay.stride != 1 for lay in self.layers):
+                raise RepasError(f"spec {self.name!r}: super-resolution layers keep the LR size (stride 1)")
+        elif self.scale != 1:
+            raise RepasError(f"spec {self.name!r}: scale applies to super-resolution only")
         for i, lay in enumerate(self.layers):
             where = f"spec {self.name!r}, layer {i}"
             if lay.out_channels < 1:

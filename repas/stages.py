@@ -16,12 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig
-from repas.data import DatasetSplits, TensorLoader, load_dataset
 from repas.deploy import export_onnx, onnx_latency_interleaved, onnx_session, verify_onnx
 from repas.errors import RepasError
 from repas.search import (
@@ -36,11 +34,15 @@ from repas.search import (
     round_masks,
     spec_cost,
 )
-from repas.supernet import RepNet, build, create_supernet_spec, fuse_net, load_model, save_model
-from repas.tasks import ClassificationTask
+from repas.supernet import RepNet, build, fuse_net, load_model, save_model
+from repas.task_data import TaskData, make_task_data, shaped_spec
 
 STAGES = ("train", "search", "extract", "finetune", "fuse", "export")
 Log = Callable[[str], None]
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)  # progress lines must reach a log file as they happen
 
 
 def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
@@ -64,21 +66,16 @@ def setup(cfg: PipelineConfig) -> None:
     torch.manual_seed(cfg.seed)
 
 
-def get_data(cfg: PipelineConfig) -> DatasetSplits:
-    d = cfg.data
-    data = load_dataset(d.name, d.root, install=d.install)
-    if d.train_subset:
-        data.train = data.train.subset(d.train_subset)
-    if d.test_subset:
-        data.test = data.test.subset(d.test_subset)
-    return data
+def get_data(cfg: PipelineConfig) -> TaskData:
+    """The configured data with its task (classification or super-resolution)."""
+    return make_task_data(cfg)
 
 
-def loaders(data: DatasetSplits, tcfg: TrainConfig, cfg: PipelineConfig) -> tuple[TensorLoader, TensorLoader]:
-    train = TensorLoader(data.train, tcfg.batch_size, shuffle=True, augment=cfg.data.augment, seed=cfg.seed,
-                         drop_last=True)
-    test = TensorLoader(data.test, tcfg.eval_batch_size)
-    return train, test
+def check_input(spec, batch: int = 4) -> torch.Tensor:  # noqa: ANN001
+    """A random input for equality checks: the spec's size, or a small LR tile for SR nets
+    (fully convolutional, so any size checks the same weights)."""
+    size = (36, 44) if spec.task == "super-resolution" else spec.input_size
+    return torch.randn(batch, spec.in_channels, *size)
 
 
 def model_facts(model: RepNet) -> dict[str, Any]:
@@ -94,11 +91,11 @@ def _environment() -> dict[str, Any]:
 
 def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, resume: bool, log: Log,
            budget: Budget | None = None, gate_lr: float | None = None,
-           data: DatasetSplits | None = None) -> tuple[RepNet, dict[str, Any]]:
+           data: TaskData | None = None) -> tuple[RepNet, dict[str, Any]]:
     data = data or get_data(cfg)
-    train, test = loaders(data, tcfg, cfg)
+    train, test = data.train_loader(tcfg), data.eval_batches(tcfg)
     out = stage_dir(cfg, stage)
-    task = ClassificationTask(tcfg.label_smoothing)
+    task = data.task(tcfg, model.spec)
     trainer = Trainer(model, task, tcfg, out, budget=budget, gate_lr=gate_lr, log=log)
     started = time.perf_counter()
     trainer.fit(train, test, resume=resume)
@@ -109,16 +106,11 @@ def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, re
     return final, report
 
 
-def data_spec(cfg: PipelineConfig, data: DatasetSplits):  # noqa: ANN201
-    c, h, w = data.image_shape
-    return create_supernet_spec(cfg.model.space, in_channels=c, input_size=[h, w], num_classes=data.num_classes)
-
-
-def train_stage(cfg: PipelineConfig, resume: bool = False, log: Log = print) -> Path:
+def train_stage(cfg: PipelineConfig, resume: bool = False, log: Log = _print) -> Path:
     """Train the dense supernet (gates frozen at all-on)."""
     setup(cfg)
     data = get_data(cfg)
-    model = build(data_spec(cfg, data))
+    model = build(shaped_spec(cfg, data))
     model.freeze_gates()
     model, report = _train(cfg, "train", model, cfg.train, resume, log, data=data)
     return save_model(model, stage_dir(cfg, "train"), report)
@@ -132,7 +124,7 @@ def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
 
 
 def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
-                 log: Log = print) -> Path:
+                 log: Log = _print) -> Path:
     """Learn the gates of a (trained) supernet under the budget."""
     setup(cfg)
     model = load_model(_source(cfg, "search", source))
@@ -149,7 +141,7 @@ def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: 
     return save_model(model, stage_dir(cfg, "search"), report)
 
 
-def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Log = print) -> Path:
+def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Log = _print) -> Path:
     """Gates -> widths (rounded, fitted to the target) -> a smaller net with inherited weights."""
     setup(cfg)
     model = load_model(_source(cfg, "extract", source)).eval()
@@ -161,7 +153,7 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Lo
         masks = fit_masks_to_budget(model.spec, masks, scores, budget.target, budget.metric,
                                     step=max(1, cfg.extract.round_to), tolerance=cfg.extract.tolerance)
     sub = extract_subnet(model, masks)
-    x = torch.randn(8, model.spec.in_channels, *model.spec.input_size)
+    x = check_input(model.spec)
     with torch.no_grad():
         diff = float((sub(x) - gated_copy(model, masks).eval()(x)).abs().max())
     if diff > 1e-4:
@@ -175,7 +167,7 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Lo
 
 
 def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
-                   log: Log = print) -> Path:
+                   log: Log = _print) -> Path:
     """Train the extracted (physically smaller) multi-branch net."""
     setup(cfg)
     model = load_model(_source(cfg, "finetune", source))
@@ -184,12 +176,12 @@ def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, resume
 
 
 def fuse_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None,
-               log: Log = print) -> Path:
+               log: Log = _print) -> Path:
     """Fold BN and fuse branches: a plain conv/ReLU stack, checked against the original."""
     setup(cfg)
     model = load_model(_source(cfg, "fuse", source)).eval()
     fused = fuse_net(model)
-    x = torch.randn(8, model.spec.in_channels, *model.spec.input_size)
+    x = check_input(model.spec)
     with torch.no_grad():
         ref = model(x)
         rel = float((fused(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
@@ -200,45 +192,39 @@ def fuse_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str |
     return save_model(fused, out or stage_dir(cfg, "fuse"), report)
 
 
-def onnx_top1(path: Path, data: DatasetSplits) -> float:
-    """Top-1 (%) of the exported model in onnxruntime, one image at a time (batch 1)."""
-    session = onnx_session(path)
-    name = session.get_inputs()[0].name
-    images = data.test.normalize(data.test.images).numpy()
-    labels = data.test.labels.numpy()
-    correct = 0
-    for i in range(len(labels)):
-        correct += int(np.argmax(session.run(None, {name: images[i:i + 1]})[0]) == labels[i])
-    return 100.0 * correct / max(len(labels), 1)
-
-
 def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None,
-                 data: DatasetSplits | None = None, log: Log = print) -> Path:
-    """ONNX at batch 1, checked in onnxruntime against PyTorch; top-1 and latency."""
+                 data: TaskData | None = None, log: Log = _print) -> Path:
+    """ONNX at batch 1, checked in onnxruntime against PyTorch; its test metrics and latency.
+
+    A classifier is exported at its input size; an SR net with free height and width (it
+    is fully convolutional) and timed at the spec's LR size."""
     setup(cfg)
     src = _source(cfg, "export", source)
     model = load_model(src).eval()
     out = Path(out or stage_dir(cfg, "export"))
     shape = (1, model.spec.in_channels, *model.spec.input_size)
-    path = export_onnx(model, shape, out / "model.onnx")
-    diff = verify_onnx(model, path, shape)
+    sr = model.spec.task == "super-resolution"
+    check_shape = (1, model.spec.in_channels, 48, 40) if sr else shape
+    path = export_onnx(model, check_shape, out / "model.onnx", dynamic_hw=sr)
+    diff = verify_onnx(model, path, check_shape)
     if diff > 1e-4:
         raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> 1e-4)")
     data = data or get_data(cfg)
-    top1 = onnx_top1(path, data)
+    metrics = data.score_onnx(onnx_session(path, cfg.export.threads), model.spec)
     e = cfg.export
     latency = onnx_latency_interleaved({"model": path}, shape, e.threads, e.warmup, e.runs)["model"]
     report = {"stage": "export", "source": str(src), **model_facts(model), "onnx": str(path),
-              "max_abs_diff_onnx_vs_torch": diff, "onnx_top1": top1, "latency": latency,
-              "environment": _environment()}
+              "max_abs_diff_onnx_vs_torch": diff, "onnx_metrics": metrics, "latency": latency,
+              "latency_input": list(shape), "environment": _environment()}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "spec.json", model.spec.to_json() + "\n")
-    log(f"export: {path}, |onnx - torch| = {diff:.1e}, top-1 {top1:.2f}%, "
-        f"latency {latency['median_ms']:.3f} ms ({e.threads} thread)")
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    log(f"export: {path}, |onnx - torch| = {diff:.1e}, {shown}, "
+        f"latency {latency['median_ms']:.3f} ms at {shape[2]}x{shape[3]} ({e.threads} thread)")
     return out
 
 
-def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = print) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = _print) -> dict[str, Any]:
     """All stages, plus the dense net fused and exported for comparison; writes report.md."""
     started = time.perf_counter()
     run = Path(cfg.run_dir)
@@ -252,10 +238,11 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = print) ->
     fuse_stage(cfg, source=run / "train", out=run / "dense-fuse", log=log)
     export_stage(cfg, source=run / "dense-fuse", out=run / "dense-export", data=data, log=log)
     e = cfg.export
-    shape = (1, data.image_shape[0], *data.image_shape[1:])
+    spec = load_model(run / "fuse").spec
+    shape = (1, spec.in_channels, *spec.input_size)
     latency = onnx_latency_interleaved({"dense": run / "dense-export" / "model.onnx",
                                         "searched": run / "export" / "model.onnx"}, shape, e.threads, e.warmup, e.runs)
-    summary = summarize(cfg, latency, time.perf_counter() - started)
+    summary = summarize(cfg, latency, time.perf_counter() - started, data.primary, data.baseline())
     atomic_write_json(run / "summary.json", summary)
     atomic_write_text(run / "report.md", summary_markdown(summary))
     log("\n" + summary_markdown(summary))
@@ -266,40 +253,48 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads((path / "report.json").read_text())
 
 
-def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds: float) -> dict[str, Any]:
+def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds: float, primary: str,
+              baseline: dict[str, float] | None = None) -> dict[str, Any]:
     run = Path(cfg.run_dir)
     train, search, extract = _read(run / "train"), _read(run / "search"), _read(run / "extract")
-    dense_x, searched_x = _read(run / "dense-export"), _read(run / "export")
+    finetune = _read(run / "finetune")
+
+    def row(export: dict[str, Any], trained: dict[str, Any], which: str) -> dict[str, Any]:
+        return {"widths": export["widths"], "macs": export["macs"], "params": export["params"],
+                "torch": trained["test"][primary], "onnx": export["onnx_metrics"][primary],
+                "onnx_ms": latency[which]["median_ms"]}
+
     return {
-        "run_dir": str(run), "seconds": seconds, "environment": _environment(),
-        "target": extract["target"], "metric": extract["metric"],
-        "cost_vs_target": extract["cost_vs_target"],
+        "run_dir": str(run), "seconds": seconds, "environment": _environment(), "metric": primary,
+        "target": extract["target"], "cost_metric": extract["metric"], "cost_vs_target": extract["cost_vs_target"],
         "search_end_widths": search["searched_widths"], "threshold_widths": extract["threshold_widths"],
-        "dense": {"widths": dense_x["widths"], "macs": dense_x["macs"], "params": dense_x["params"],
-                  "torch_top1": train["test"]["top1"], "onnx_top1": dense_x["onnx_top1"],
-                  "onnx_ms": latency["dense"]["median_ms"]},
-        "searched": {"widths": searched_x["widths"], "macs": searched_x["macs"], "params": searched_x["params"],
-                     "torch_top1": _read(run / "finetune")["test"]["top1"], "onnx_top1": searched_x["onnx_top1"],
-                     "onnx_ms": latency["searched"]["median_ms"]},
-        "threads": cfg.export.threads,
+        "dense": row(_read(run / "dense-export"), train, "dense"),
+        "searched": row(_read(run / "export"), finetune, "searched"),
+        "baseline": baseline, "threads": cfg.export.threads, "latency_input": _read(run / "export")["latency_input"],
     }
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
     d, p = s["dense"], s["searched"]
+    metric = {"top1": "top-1 (%)", "psnr": "PSNR (dB, Y)"}.get(s["metric"], s["metric"])
+    size = "x".join(map(str, s["latency_input"][2:]))
     rows = [
         ("widths", " / ".join(map(str, d["widths"])), " / ".join(map(str, p["widths"]))),
         ("MACs", f"{d['macs'] / 1e6:.3f} M", f"{p['macs'] / 1e6:.3f} M ({p['macs'] / d['macs']:.1%} of dense)"),
         ("params", f"{d['params'] / 1e3:.1f} K", f"{p['params'] / 1e3:.1f} K"),
-        ("top-1 (PyTorch)", f"{d['torch_top1']:.2f}%", f"{p['torch_top1']:.2f}%"),
-        ("top-1 (fused, ONNX)", f"{d['onnx_top1']:.2f}%", f"{p['onnx_top1']:.2f}%"),
-        (f"ONNX latency, batch 1, {s['threads']} thread", f"{d['onnx_ms']:.3f} ms", f"{p['onnx_ms']:.3f} ms"),
+        (f"{metric}, PyTorch", f"{d['torch']:.2f}", f"{p['torch']:.2f}"),
+        (f"{metric}, fused ONNX", f"{d['onnx']:.2f}", f"{p['onnx']:.2f}"),
+        (f"ONNX latency, batch 1 at {size}, {s['threads']} thread", f"{d['onnx_ms']:.3f} ms",
+         f"{p['onnx_ms']:.3f} ms"),
     ]
     env = s["environment"]
     lines = [f"# repas run {s['run_dir']}", "",
              f"{env['date']}, {env['processor']}, torch {env['torch']}, {s['seconds'] / 60:.1f} min in all. "
-             f"Target {s['metric']} {s['target']:,.0f}; the searched net is at "
+             f"Target {s['cost_metric']} {s['target']:,.0f}; the searched net is at "
              f"{s['cost_vs_target']:.3f} x target.", "",
              "| | dense | searched |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if s.get("baseline"):
+        lines += ["", "Bicubic upscaling on the same images: " +
+                  ", ".join(f"{k} {v:.4f}" for k, v in s["baseline"].items()) + "."]
     return "\n".join(lines) + "\n"

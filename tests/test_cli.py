@@ -37,7 +37,7 @@ def test_pipeline_writes_every_stage_and_a_report(pipeline_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["searched"]["macs"] <= summary["target"]
     assert summary["cost_vs_target"] >= 0.97
-    assert "| top-1 (fused, ONNX) |" in (run_dir / "report.md").read_text()
+    assert "| top-1 (%), fused ONNX |" in (run_dir / "report.md").read_text()
     fused = load_model(run_dir / "fuse")
     assert all(b.fused for b in fused.blocks)
     export = json.loads((run_dir / "export" / "report.json").read_text())
@@ -111,3 +111,15 @@ def test_failed_stage_leaves_earlier_outputs_intact(pipeline_run, capsys):
     assert code == 2
     assert (run_dir / "search" / "weights.safetensors").read_bytes() == before
     assert torch.load(run_dir / "search" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+
+
+def test_block_is_chosen_by_configuration(tmp_path, fake_fashion, capsys):
+    code, _, err = run(capsys, "train", "--data", fake_fashion, "--run-dir", tmp_path, "--epochs", "1", *QUICK,
+                       "--set", "model.branches=[conv, conv1x1, conv1x1_kxk, conv1x1_avg, identity]")
+    assert code == 0, err
+    spec = load_model(tmp_path / "train").spec
+    assert spec.layers[0].branches == ["conv", "conv1x1", "conv1x1_kxk", "conv1x1_avg"]  # stem: no identity
+    assert spec.layers[2].branches == ["conv", "conv1x1", "conv1x1_kxk", "conv1x1_avg", "identity"]
+    code, _, err = run(capsys, "train", "--data", fake_fashion, "--run-dir", tmp_path, *QUICK,
+                       "--set", "model.branches=[conv, dbb]")
+    assert code == 2 and "unknown branch 'dbb'" in err

@@ -46,3 +46,13 @@ def test_frozen_gate_is_a_fixed_mask():
     y.sum().backward()
     assert gate.weight.grad is None
     assert torch.equal(x.grad[:, 1], torch.zeros(1, 3, 3))
+
+
+def test_the_strongest_channel_stays_on_when_all_fall_under_threshold():
+    gate = BinaryGate(4)
+    with torch.no_grad():
+        gate.weight.copy_(torch.tensor([0.1, 0.4, -0.2, 0.3]))
+    assert gate.mask().tolist() == [False, True, False, False]
+    assert gate.count().item() == 1.0
+    x = torch.ones(1, 4, 2, 2)
+    assert torch.allclose(gate(x)[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.0, 0.0]))

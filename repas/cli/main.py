@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--round-to", type=int, help="round widths to a multiple (e.g. 8)")
     add("fuse", "fuse every multi-branch block into one conv", source=True)
     add("export", "export the fused net to ONNX, check it, measure latency", source=True)
+    sp = sub.add_parser("upscale", help="super-resolve an image with a trained SR model",
+                        description="super-resolve an image with a trained SR model (tiled, any size)")
+    sp.add_argument("image", help="input image (PNG, JPEG, ...)")
+    sp.add_argument("--model", required=True, metavar="DIR",
+                    help="a model directory (spec.json + weights.safetensors) or a run directory")
+    sp.add_argument("-o", "--output", required=True, help="output image path")
+    sp.add_argument("--tile", type=int, default=256, help="LR tile side (memory bound; the result is the same)")
+    sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("info", help="per-layer widths, MACs and params of a spec",
                         description="per-layer widths, MACs and params of a spec")
     sp.add_argument("target", help="a search space name, a spec.json, or a model directory")
@@ -91,8 +99,8 @@ def _info(target: str) -> None:
     path = Path(target)
     spec = ArchSpec.load(path) if path.exists() else create_supernet_spec(target)
     sizes = spec.feature_sizes()
-    print(f"{spec.name}: {spec.task}, input {spec.in_channels}x{spec.input_size[0]}x{spec.input_size[1]}, "
-          f"{spec.num_classes} classes")
+    what = f"x{spec.scale}" if spec.task == "super-resolution" else f"{spec.num_classes} classes"
+    print(f"{spec.name}: {spec.task}, input {spec.in_channels}x{spec.input_size[0]}x{spec.input_size[1]}, {what}")
     print(f"{'layer':>5} {'in':>5} {'out':>5} {'k':>2} {'s':>2} {'size':>7} {'gated':>5} {'MACs':>12} "
           f"{'params':>10}  branches")
     for i, lay in enumerate(spec.layers):
@@ -105,10 +113,59 @@ def _info(target: str) -> None:
               f"{'yes' if lay.gated else 'no':>5} {k2 * h * w * c_in * lay.out_channels:>12,} "
               f"{k2 * c_in * lay.out_channels + lay.out_channels:>10,}  {','.join(lay.branches)}")
     c = spec.layers[-1].out_channels
-    print(f"{'head':>5} {c:>5} {spec.num_classes:>5} {'':>2} {'':>2} {'1x1':>7} {'no':>5} "
-          f"{c * spec.num_classes:>12,} {c * spec.num_classes + spec.num_classes:>10,}  linear")
+    if spec.task == "super-resolution":
+        h, w = spec.input_size
+        print(f"{'tail':>5} {spec.in_channels:>5} {c:>5} {1:>2} {1:>2} {f'{h}x{w}':>7} {'no':>5} "
+              f"{h * w * spec.in_channels * c:>12,} {0:>10,}  residual (fixed 1x1) + PixelShuffle(x{spec.scale})")
+    else:
+        print(f"{'head':>5} {c:>5} {spec.num_classes:>5} {'':>2} {'':>2} {'1x1':>7} {'no':>5} "
+              f"{c * spec.num_classes:>12,} {c * spec.num_classes + spec.num_classes:>10,}  linear")
     print(f"total: {float(cost(spec, spec.widths, 'macs')):,.0f} MACs, "
           f"{float(cost(spec, spec.widths, 'params')):,.0f} params")
+
+
+def _model_dir(path: Path) -> Path:
+    """A model directory, or the best one inside a run directory (fused first)."""
+    if (path / "spec.json").exists() and (path / "weights.safetensors").exists():
+        return path
+    for stage in ("fuse", "finetune", "extract", "search", "train"):
+        if (path / stage / "weights.safetensors").exists():
+            return path / stage
+    raise RepasError(f"{path} holds no model: expected spec.json + weights.safetensors, or a run directory")
+
+
+def _upscale(args: argparse.Namespace) -> None:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from repas.atomic import atomic_write_bytes
+    from repas.data.sr_images import to_rgb_u8
+    from repas.supernet import fuse_net, load_model
+    from repas.tasks.super_resolution import receptive_radius, upscale_image
+
+    model = fuse_net(load_model(_model_dir(Path(args.model))).eval())
+    if model.spec.task != "super-resolution":
+        raise RepasError(f"{args.model} is a {model.spec.task} model, not a super-resolution one")
+    try:
+        with Image.open(args.image) as im:
+            im.load()
+            rgb, _ = to_rgb_u8(im)
+    except FileNotFoundError:
+        raise RepasError(f"no image at {args.image}") from None
+    except (OSError, UnidentifiedImageError) as e:
+        raise RepasError(f"cannot read {args.image} as an image ({e})") from None
+    out = upscale_image(model, rgb, model.spec.scale, model.spec.in_channels, args.tile, receptive_radius(model))
+    suffix = Path(args.output).suffix.lower().lstrip(".") or "png"
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF"}.get(suffix, suffix.upper())
+    import io
+
+    buf = io.BytesIO()
+    try:
+        Image.fromarray(np.ascontiguousarray(out)).save(buf, format=fmt)
+    except (KeyError, ValueError) as e:
+        raise RepasError(f"cannot write {args.output}: unknown image format {suffix!r} ({e})") from None
+    atomic_write_bytes(args.output, buf.getvalue())
+    print(f"wrote {args.output}: {rgb.shape[1]}x{rgb.shape[0]} -> {out.shape[1]}x{out.shape[0]}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,11 +174,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "info":
         _info(args.target)
         return 0
+    if args.command == "upscale":
+        _upscale(args)
+        return 0
     cfg = _config(args)
     if args.command == "data":
-        data = stages.get_data(cfg)
-        print(f"{cfg.data.name}: {len(data.train)} train and {len(data.test)} test images, "
-              f"shape {data.image_shape}, {data.num_classes} classes")
+        print(stages.get_data(cfg).describe())
         return 0
     source = getattr(args, "source", None)
     resume = getattr(args, "resume", False)

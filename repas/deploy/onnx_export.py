@@ -22,14 +22,21 @@ def _require_onnxruntime():  # noqa: ANN202
     return onnxruntime
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int = 18) -> Path:
-    """Export ``model`` (eval mode) at a static ``input_shape`` to ``path``, atomically."""
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int = 18,
+                dynamic_hw: bool = False) -> Path:
+    """Export ``model`` (eval mode) at ``input_shape`` to ``path``, atomically; with
+    ``dynamic_hw`` the height and width stay free (fully convolutional nets, e.g. SR)."""
     model = model.eval()
     example = torch.randn(*input_shape)
     buf = io.BytesIO()
+    dynamic = None
+    if dynamic_hw:
+        from torch.export import Dim
+
+        dynamic = ({2: Dim("height", min=4, max=16384), 3: Dim("width", min=4, max=16384)},)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+        onnx_program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
                                          input_names=["input"], output_names=["output"], verbose=False)
     onnx_program.save(buf)
     atomic_write_bytes(path, buf.getvalue())

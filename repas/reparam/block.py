@@ -32,7 +32,8 @@ def make_branch(name: str, in_channels: int, out_channels: int, kernel: int, str
     kind, arg = parse_branch(name, kernel)
     common = dict(stride=stride, groups=groups, dilation=dilation)
     if kind == "conv":
-        return ConvBN(in_channels, out_channels, arg, **common)
+        kh, kw, bn = arg
+        return ConvBN(in_channels, out_channels, (kh, kw), bn=bn, **common)
     if kind == "parallel":
         return ParallelConvBN(in_channels, out_channels, kernel, copies=arg, **common)
     if kind == "identity":
@@ -54,7 +55,8 @@ class RepBlock(nn.Module):
     """A multi-branch conv block (training form) or its fused plain conv (deploy form).
 
     ``branches`` names the parallel paths, summed before the activation: ``conv`` (k x k
-    conv+BN), ``conv1x1``, ``convKxK``, ``conv1xk`` / ``convkx1`` (ACNet), ``identity`` /
+    conv+BN), ``conv1x1``, ``convKxK``, ``conv1xk`` / ``convkx1`` (ACNet), any of these with
+    ``_plain`` (a conv with a bias, no BN, as in ECB), ``identity`` /
     ``identity_plain``, ``conv1x1_kxk`` / ``conv1x1_avg`` (DBB), ``sobel_x`` / ``sobel_y`` /
     ``laplacian`` / ``expand_squeeze`` (ECB), ``conv_xN`` (N parallel k x k, MobileOne).
     ``["fused"]`` builds the deploy form directly. ``reparameterize()`` switches a block to

@@ -68,33 +68,37 @@ def compose_1x1_kxk(k1: torch.Tensor, b1: torch.Tensor, k2: torch.Tensor, b2: to
 
 
 class ConvBN(nn.Module):
-    """A bias-free ``kh`` x ``kw`` conv followed by BatchNorm, centred 'same' padding.
-
-    With ``kernel=(1, k)`` or ``(k, 1)`` it is ACNet's horizontal / vertical branch.
+    """A ``kh`` x ``kw`` conv followed by BatchNorm (or, with ``bn=False``, a conv with a
+    bias), centred 'same' padding. With ``kernel=(1, k)`` or ``(k, 1)`` it is ACNet's
+    horizontal / vertical branch.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int | tuple[int, int], stride: int = 1,
-                 groups: int = 1, dilation: int = 1) -> None:
+                 groups: int = 1, dilation: int = 1, bn: bool = True) -> None:
         super().__init__()
         _check_groups(in_channels, out_channels, groups)
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
         _require(kh % 2 == 1 and kw % 2 == 1, f"kernel {kh}x{kw} must have odd sides")
         padding = (dilation * (kh // 2), dilation * (kw // 2))
-        self.conv = nn.Conv2d(in_channels, out_channels, (kh, kw), stride, padding, dilation, groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, (kh, kw), stride, padding, dilation, groups, bias=not bn)
+        self.bn = nn.BatchNorm2d(out_channels) if bn else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        return self.bn(self.conv(x)) if self.bn is not None else self.conv(x)
 
     def equivalent_kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        kernel, bias = fuse_conv_bn(self.conv.weight, self.bn)
+        if self.bn is not None:
+            kernel, bias = fuse_conv_bn(self.conv.weight, self.bn)
+        else:
+            kernel, bias = self.conv.weight, self.conv.bias
         kh, kw = kernel.shape[-2:]
         _require(kh <= size and kw <= size, f"a {kh}x{kw} branch does not fit a {size}x{size} block")
         return F.pad(kernel, [(size - kw) // 2] * 2 + [(size - kh) // 2] * 2), bias
 
     def load_sliced(self, src: ConvBN, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
         _slice_conv(self.conv, src.conv, out_idx, in_idx)
-        _copy_bn(self.bn, src.bn, out_idx)
+        if self.bn is not None:
+            _copy_bn(self.bn, src.bn, out_idx)
 
 
 class ParallelConvBN(nn.Module):

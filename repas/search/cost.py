@@ -34,7 +34,12 @@ def cost(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> torch
         else:
             total = total + k2 * c_in * c_out + c_out
         c_in = c_out
-    if metric == "macs":
+    if spec.task == "super-resolution":
+        # the global residual: a fixed 1x1 conv repeating the input (no parameters)
+        if metric == "macs":
+            h, w = spec.input_size
+            total = total + h * w * spec.in_channels * spec.in_channels * spec.scale ** 2
+    elif metric == "macs":
         total = total + c_in * spec.num_classes
     else:
         total = total + c_in * spec.num_classes + spec.num_classes

@@ -136,8 +136,9 @@ def extract_subnet(model: RepNet, masks: list[torch.Tensor] | None = None) -> Re
             small.reparam_conv.weight.copy_(big.reparam_conv.weight[out_idx][:, in_idx])
             small.reparam_conv.bias.copy_(big.reparam_conv.bias[out_idx])
         in_idx = out_idx
-    sub.head.weight.copy_(model.head.weight[:, in_idx])
-    sub.head.bias.copy_(model.head.bias)
+    if not sub.super_resolution:
+        sub.head.weight.copy_(model.head.weight[:, in_idx])
+        sub.head.bias.copy_(model.head.bias)
     sub.train(model.training)
     return sub
 

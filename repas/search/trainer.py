@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +28,30 @@ from repas.config import TrainConfig
 from repas.data.tensors import TensorLoader
 from repas.errors import RepasError
 from repas.search.budget import Budget
+from repas.supernet.fused import fuse_net
 from repas.supernet.net import RepNet
 
 CHECKPOINT = "checkpoint.pt"
 
 
-def param_groups(model: RepNet, weight_decay: float, gate_lr: float | None) -> list[dict[str, Any]]:
-    """Conv/linear weights decay; biases, BN and gates do not; gates get their own lr."""
+def param_groups(model: RepNet, weight_decay: float) -> list[dict[str, Any]]:
+    """Conv/linear weights decay; biases and BN do not. Gates are not included."""
     gate_ids = {id(p) for p in model.gate_parameters()}
-    decay, no_decay, gates = [], [], []
+    decay, no_decay = [], []
     for p in model.parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in gate_ids:
             continue
-        if id(p) in gate_ids:
-            gates.append(p)
-        elif p.ndim > 1:
-            decay.append(p)
-        else:
-            no_decay.append(p)
+        (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if gates:
-        groups.append({"params": gates, "weight_decay": 0.0, **({"lr": gate_lr} if gate_lr else {})})
     return [g for g in groups if g["params"]]
+
+
+def gate_optimizer(model: RepNet, gate_lr: float) -> torch.optim.Optimizer | None:
+    """Gates always learn by SGD with momentum, whatever optimizer the weights use: an
+    adaptive optimizer (Adam) would move every gate of a layer by the same step under the
+    budget's identical per-channel gradient and switch a whole layer off at once."""
+    gates = [p for p in model.gate_parameters() if p.requires_grad]
+    return create_optimizer_v2(gates, opt="sgd", lr=gate_lr, weight_decay=0.0, momentum=0.9) if gates else None
 
 
 class Trainer:
@@ -62,8 +64,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.log = log
         self.progress = progress
-        self.optimizer = create_optimizer_v2(param_groups(model, cfg.weight_decay, gate_lr), opt=cfg.opt,
+        self.optimizer = create_optimizer_v2(param_groups(model, cfg.weight_decay), opt=cfg.opt,
                                              lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        self.gate_optimizer = gate_optimizer(model, gate_lr or cfg.lr)
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         self.history: list[dict[str, float]] = []
         self.num_updates = 0
@@ -85,6 +88,7 @@ class Trainer:
             "epoch": epoch, "num_updates": self.num_updates,
             "spec": self.model.spec.to_json(),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": torch.get_rng_state(), "history": self.history,
         }
@@ -107,6 +111,8 @@ class Trainer:
                              "use a fresh run directory or the matching config")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.gate_optimizer is not None and state.get("gate_optimizer") is not None:
+            self.gate_optimizer.load_state_dict(state["gate_optimizer"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
@@ -125,18 +131,19 @@ class Trainer:
         steps = len(train)
         if steps == 0:
             raise RepasError(f"batch size {cfg.batch_size} leaves no full training batch")
-        scheduler, _ = create_scheduler_v2(self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
-                                           warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
-                                           step_on_epochs=False, updates_per_epoch=steps)
+        schedulers = [create_scheduler_v2(opt, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                                          min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps)[0]
+                      for opt in (self.optimizer, self.gate_optimizer) if opt is not None]
         if resume:
             self.load_checkpoint()
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.start_epoch}")
-        scheduler.step_update(self.num_updates)  # the lr is a function of the update count
+        for scheduler in schedulers:
+            scheduler.step_update(self.num_updates)  # the lr is a function of the update count
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.num_updates or None)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
-                record = self._epoch(epoch, train, scheduler, writer)
+                record = self._epoch(epoch, train, schedulers, writer)
                 if val is not None:
                     record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
                 for key, value in record.items():
@@ -152,7 +159,8 @@ class Trainer:
             writer.close()
         return self.history[-1] if self.history else {}
 
-    def _epoch(self, epoch: int, train: TensorLoader, scheduler: Any, writer: SummaryWriter) -> dict[str, Any]:
+    def _epoch(self, epoch: int, train: TensorLoader, schedulers: list[Any], writer: SummaryWriter
+               ) -> dict[str, Any]:
         self.model.train()
         train.set_epoch(epoch)
         sums = {"loss": 0.0, "task_loss": 0.0}
@@ -174,11 +182,15 @@ class Trainer:
                     else "no checkpoint was written yet"
                 raise RepasError(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopped "
                                  f"({last}). Lower the learning rate (or alpha) and rerun.")
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizers = [o for o in (self.optimizer, self.gate_optimizer) if o is not None]
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            for opt in optimizers:
+                opt.step()
             self.num_updates += 1
-            scheduler.step_update(self.num_updates)
+            for scheduler in schedulers:
+                scheduler.step_update(self.num_updates)
             if self.ema is not None:
                 self.ema.update(self.model, step=self.num_updates)
             sums["loss"] += loss_value
@@ -199,11 +211,8 @@ class Trainer:
         return record
 
     @torch.no_grad()
-    def evaluate(self, loader: TensorLoader) -> dict[str, float]:
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        try:
-            return self.task.evaluate(model, loader)
-        finally:
-            model.train(was_training)
+    def evaluate(self, loader: Iterable) -> dict[str, float]:
+        """The task's metrics of the eval model, computed on its fused copy (equal in eval
+        mode, and several times faster for multi-branch nets)."""
+        model = fuse_net(self.eval_model)
+        return self.task.evaluate(model, loader)

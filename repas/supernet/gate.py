@@ -12,24 +12,35 @@ class BinaryGate(nn.Module):
     The backward pass is the straight-through estimator: ``b`` is computed as
     ``w - (w - 1[w > t]).detach()``, so its value is binary and its gradient with respect to
     ``w`` is 1. Weights start at 1.0 (every channel on). A frozen gate is a fixed mask.
+
+    One departure from PaS: the channel with the largest weight stays on even when every
+    weight falls under the threshold (``min_on=1``). A layer with no channel cuts the
+    network in two, and the budget's gradient, bilinear in neighbouring widths, cannot bring
+    it back; it also keeps every extracted layer at least one channel wide.
     """
 
-    def __init__(self, channels: int, threshold: float = 0.5) -> None:
+    def __init__(self, channels: int, threshold: float = 0.5, min_on: int = 1) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.threshold = threshold
+        self.min_on = min(min_on, channels)
         self.frozen = False
-
-    def binary(self) -> torch.Tensor:
-        """The 0/1 mask, carrying the straight-through gradient unless frozen."""
-        hard = (self.weight > self.threshold).to(self.weight.dtype)
-        if self.frozen:
-            return hard.detach()
-        return self.weight - (self.weight - hard).detach()
 
     def mask(self) -> torch.Tensor:
         """Which channels are on, as a bool tensor (no gradient)."""
-        return (self.weight > self.threshold).detach()
+        w = self.weight.detach()
+        on = w > self.threshold
+        if self.min_on > 0:  # tensor ops only, no Python branch on values: torch.export traces it
+            strongest = w >= torch.topk(w, self.min_on).values[-1]
+            on = on | (strongest & (on.sum() < self.min_on))
+        return on
+
+    def binary(self) -> torch.Tensor:
+        """The 0/1 mask, carrying the straight-through gradient unless frozen."""
+        hard = self.mask().to(self.weight.dtype)
+        if self.frozen:
+            return hard
+        return self.weight - (self.weight - hard).detach()
 
     def count(self) -> torch.Tensor:
         """The number of channels on; differentiable through the STE."""

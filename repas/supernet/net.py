@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from repas.errors import RepasError
@@ -11,8 +12,20 @@ from repas.spec import ArchSpec
 from repas.supernet.gate import BinaryGate
 
 
+def sr_residual_weight(channels: int, scale: int) -> torch.Tensor:
+    """A fixed 1x1 conv that repeats each input channel scale^2 times: before PixelShuffle it
+    is nearest-neighbour upsampling, written as a conv because XNNPACK delegates convs but
+    not ``Tensor.repeat``."""
+    r = scale * scale
+    weight = torch.zeros(channels * r, channels, 1, 1)
+    for c in range(channels):
+        weight[c * r:(c + 1) * r, c] = 1.0
+    return weight
+
+
 class RepNet(nn.Module):
-    """Conv blocks in sequence (each optionally followed by a BinaryGate), pool, linear head."""
+    """Conv blocks in sequence (each optionally followed by a BinaryGate), then the task
+    head: pool + linear (classification) or global residual + PixelShuffle (SR)."""
 
     def __init__(self, spec: ArchSpec) -> None:
         super().__init__()
@@ -22,13 +35,18 @@ class RepNet(nn.Module):
         for i, lay in enumerate(spec.layers):
             try:
                 block = RepBlock(spec.in_channels_of(i), lay.out_channels, lay.kernel, lay.stride, lay.branches,
-                                 spec.act, lay.identity_map, lay.groups, lay.dilation, lay.mid_channels)
+                                 lay.act or spec.act, lay.identity_map, lay.groups, lay.dilation, lay.mid_channels)
             except ValueError as e:
                 raise RepasError(f"spec {spec.name!r}, layer {i}: {e}") from None
             self.blocks.append(block)
             self.gates.append(BinaryGate(lay.out_channels) if lay.gated else nn.Identity())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(spec.layers[-1].out_channels, spec.num_classes)
+        self.super_resolution = spec.task == "super-resolution"
+        if self.super_resolution:
+            self.register_buffer("residual", sr_residual_weight(spec.in_channels, spec.scale), persistent=False)
+            self.shuffle = nn.PixelShuffle(spec.scale)
+        else:
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(spec.layers[-1].out_channels, spec.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for block, gate in zip(self.blocks, self.gates):
@@ -36,6 +54,8 @@ class RepNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.super_resolution:
+            return self.shuffle(self.features(x) + F.conv2d(x, self.residual))
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
 
     def gate_modules(self) -> list[BinaryGate | None]:

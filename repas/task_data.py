@@ -1,0 +1,174 @@
+"""The data and the task of a pipeline, behind one small interface for the stages.
+
+``make_task_data(cfg)`` gives a classification or super-resolution adapter that knows how
+to shape the search space for its data, batch the training data, build the task (loss,
+metrics), and score an exported model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from repas.config import PipelineConfig, TrainConfig
+from repas.data import DatasetSplits, TensorLoader, load_dataset
+from repas.data.sr_images import (
+    TEST_CROP,
+    PatchLoader,
+    check_scale,
+    eval_images,
+    image_files,
+    load_pairs,
+    packaged_photos,
+    set7_pkg,
+    split_packaged,
+)
+from repas.errors import RepasError
+from repas.spec import ArchSpec
+from repas.supernet import create_supernet_spec, with_branches
+from repas.tasks import ClassificationTask
+from repas.tasks.super_resolution import SuperResolutionTask, sr_scores
+
+SR_DATASETS = ("sr-photos", "sr-folder")
+
+
+class ClassificationData:
+    primary = "top1"
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        d = cfg.data
+        self.cfg = cfg
+        self.data: DatasetSplits = load_dataset(d.name, d.root, install=d.install)
+        if d.train_subset:
+            self.data.train = self.data.train.subset(d.train_subset)
+        if d.test_subset:
+            self.data.test = self.data.test.subset(d.test_subset)
+
+    def shape_spec(self, spec_name: str) -> dict[str, Any]:
+        c, h, w = self.data.image_shape
+        return {"in_channels": c, "input_size": (h, w), "num_classes": self.data.num_classes}
+
+    def train_loader(self, tcfg: TrainConfig) -> TensorLoader:
+        return TensorLoader(self.data.train, tcfg.batch_size, shuffle=True, augment=self.cfg.data.augment,
+                            seed=self.cfg.seed, drop_last=True)
+
+    def eval_batches(self, tcfg: TrainConfig) -> TensorLoader:
+        return TensorLoader(self.data.test, tcfg.eval_batch_size)
+
+    def task(self, tcfg: TrainConfig, spec: ArchSpec) -> ClassificationTask:
+        return ClassificationTask(tcfg.label_smoothing)
+
+    def score_onnx(self, session: Any, spec: ArchSpec) -> dict[str, float]:
+        """Top-1 (%) of the exported model in onnxruntime, one image at a time (batch 1)."""
+        name = session.get_inputs()[0].name
+        images = self.data.test.normalize(self.data.test.images).numpy()
+        labels = self.data.test.labels.numpy()
+        correct = sum(int(np.argmax(session.run(None, {name: images[i:i + 1]})[0]) == labels[i])
+                      for i in range(len(labels)))
+        return {"top1": 100.0 * correct / max(len(labels), 1)}
+
+    def baseline(self) -> dict[str, float] | None:
+        return None
+
+    def describe(self) -> str:
+        d = self.data
+        return (f"{self.cfg.data.name}: {len(d.train)} train and {len(d.test)} test images, "
+                f"shape {d.image_shape}, {d.num_classes} classes")
+
+
+class SuperResolutionData:
+    primary = "psnr"
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        d = cfg.data
+        self.cfg, self.scale, self.colour = cfg, check_scale(d.scale), d.colour.lower()
+        if self.colour not in ("y", "rgb"):
+            raise RepasError(f"data.colour must be 'y' or 'rgb', got {d.colour!r}")
+        cache = Path(d.cache_dir).expanduser() if d.cache_dir else None
+        if d.name == "sr-photos":
+            train, test = split_packaged(packaged_photos(install=d.install))
+            down = d.hr_downscale or 2
+            self.train_pairs = load_pairs(train, self.scale, down, min_lr=d.patch, cache_dir=cache)
+            self.test_pairs = load_pairs(test, self.scale, down, TEST_CROP, cache_dir=cache)
+        elif d.name == "sr-folder":
+            if d.root is None:
+                raise RepasError("data.name sr-folder needs --data DIR (a folder of HR images or a DIV2K layout)")
+            down = d.hr_downscale or 1
+            self.train_pairs = load_pairs(image_files(d.root), self.scale, down, min_lr=d.patch, cache_dir=cache)
+            self.test_pairs = (load_pairs(image_files(d.test_root), self.scale, down, TEST_CROP, cache_dir=cache)
+                               if d.test_root else load_pairs(set7_pkg(), self.scale))
+        else:
+            raise RepasError(f"unknown super-resolution dataset {d.name!r}; known: {', '.join(SR_DATASETS)}")
+        if d.train_subset:
+            self.train_pairs = self.train_pairs[:d.train_subset]
+        if d.test_subset:
+            self.test_pairs = self.test_pairs[:d.test_subset]
+
+    def shape_spec(self, spec_name: str) -> dict[str, Any]:
+        return {"in_channels": 1 if self.colour == "y" else 3, "scale": self.scale}
+
+    def describe(self) -> str:
+        pixels = sum(p.hr.shape[0] * p.hr.shape[1] for p in self.train_pairs) / 1e6
+        return (f"{self.cfg.data.name} x{self.scale} ({self.colour}): {len(self.train_pairs)} train images "
+                f"({pixels:.1f} HR megapixels), {len(self.test_pairs)} test images "
+                f"({', '.join(p.name for p in self.test_pairs)})")
+
+    def train_loader(self, tcfg: TrainConfig) -> PatchLoader:
+        d = self.cfg.data
+        return PatchLoader(self.train_pairs, self.scale, self.colour, d.patch, tcfg.batch_size,
+                           d.batches_per_epoch, self.cfg.seed)
+
+    def eval_batches(self, tcfg: TrainConfig) -> list[tuple[torch.Tensor, np.ndarray]]:
+        return eval_images(self.test_pairs, self.colour)
+
+    def task(self, tcfg: TrainConfig, spec: ArchSpec) -> SuperResolutionTask:
+        return SuperResolutionTask(self.scale, overlap=receptive_radius_of(spec))
+
+    def score_onnx(self, session: Any, spec: ArchSpec) -> dict[str, float]:
+        return self.task(self.cfg.train, spec).evaluate(to_numpy_predict(session), self.eval_batches(self.cfg.train))
+
+    def baseline(self) -> dict[str, float]:
+        """Bicubic upscaling of the LR test images, scored by the same protocol."""
+        scores = []
+        for p in self.test_pairs:
+            h, w = p.hr.shape[:2]
+            up = np.array(Image.fromarray(p.lr).resize((w, h), Image.BICUBIC))
+            out = torch.from_numpy(up).permute(2, 0, 1).float() / 255.0
+            if self.colour == "y":
+                from repas.data.sr_images import to_model_input
+
+                out = to_model_input(up, "y")[0]
+            scores.append(sr_scores(out, p.hr, self.scale))
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def receptive_radius_of(spec: ArchSpec) -> int:
+    return sum(lay.dilation * (lay.kernel // 2) for lay in spec.layers)
+
+
+TaskData = ClassificationData | SuperResolutionData
+
+
+def make_task_data(cfg: PipelineConfig) -> TaskData:
+    return SuperResolutionData(cfg) if cfg.data.name in SR_DATASETS else ClassificationData(cfg)
+
+
+def shaped_spec(cfg: PipelineConfig, data: TaskData) -> ArchSpec:
+    """The configured search space shaped for the data, with the configured block."""
+    spec = create_supernet_spec(cfg.model.space, **data.shape_spec(cfg.model.space))
+    if (spec.task == "super-resolution") != isinstance(data, SuperResolutionData):
+        raise RepasError(f"search space {cfg.model.space!r} is for {spec.task}, but data.name {cfg.data.name!r} "
+                         "is not: pair an ecbsr-* space with sr-photos / sr-folder, and a repvgg-* space with "
+                         "an image classification dataset")
+    return with_branches(spec, cfg.model.branches) if cfg.model.branches else spec
+
+
+
+def to_numpy_predict(session: Any):  # noqa: ANN201
+    """An onnxruntime session as a callable on torch tensors."""
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0])

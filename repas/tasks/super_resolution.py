@@ -1,0 +1,158 @@
+"""Super-resolution: L1 loss; PSNR / SSIM by the standard protocol; tiled full-image inference.
+
+The protocol: outputs are clamped and quantized to uint8, converted to the Y channel of
+BT.601 YCbCr (as MATLAB's rgb2ycbcr, Y in [16, 235]), ``scale`` border pixels are cropped,
+and PSNR / SSIM (Gaussian window 11, sigma 1.5) are computed on Y with data range 255.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luma of an (H, W, 3) RGB array in [0, 255]: Y in [16, 235], float64."""
+    rgb = rgb.astype(np.float64)
+    return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
+
+
+def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """Inverse of BT.601 (MATLAB ycbcr2rgb) for arrays in [0, 255]; returns float64 RGB."""
+    y, cb, cr = (a.astype(np.float64) - o for a, o in ((y, 16.0), (cb, 128.0), (cr, 128.0)))
+    r = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.402 * cr
+    g = 255.0 / 219.0 * y - 255.0 / 224.0 * 1.772 * 0.114 / 0.587 * cb - 255.0 / 224.0 * 1.402 * 0.299 / 0.587 * cr
+    b = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.772 * cb
+    return np.stack([r, g, b], axis=-1)
+
+
+def rgb_to_cbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rgb = rgb.astype(np.float64)
+    cb = 128.0 + (-37.797 * rgb[..., 0] - 74.203 * rgb[..., 1] + 112.0 * rgb[..., 2]) / 255.0
+    cr = 128.0 + (112.0 * rgb[..., 0] - 93.786 * rgb[..., 1] - 18.214 * rgb[..., 2]) / 255.0
+    return cb, cr
+
+
+def quantize(image: torch.Tensor) -> np.ndarray:
+    """A (C, H, W) float image in [0, 1] as the uint8 (H, W, C) array a user would save."""
+    return (image.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def y_channel(image_u8: np.ndarray) -> np.ndarray:
+    """The Y channel (float64, [16, 235] for RGB) of a uint8 (H, W, C) image; a one-channel
+    image is taken as Y already."""
+    return image_u8[..., 0].astype(np.float64) if image_u8.shape[-1] == 1 else rgb_to_y(image_u8)
+
+
+def crop_border(a: np.ndarray, border: int) -> np.ndarray:
+    return a[border:-border, border:-border] if border > 0 else a
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range ** 2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """SSIM (Wang et al. 2004): Gaussian window sigma 1.5 truncated at 11 taps, K = (0.01, 0.03);
+    the mean is taken away from the borders the window cannot cover, as scikit-image does."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return gaussian_filter(x, sigma=1.5, truncate=3.5, mode="reflect")
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    pad = 5  # (11 - 1) // 2
+    return float(s[pad:-pad, pad:-pad].mean())
+
+
+def sr_scores(output: torch.Tensor, target_u8: np.ndarray, scale: int) -> dict[str, float]:
+    """PSNR and SSIM on Y of the quantized ``output`` (C, H, W) against the uint8 HR target."""
+    out_y = crop_border(y_channel(quantize(output)), scale)
+    hr_y = crop_border(y_channel(target_u8), scale)
+    return {"psnr": psnr(out_y, hr_y), "ssim": ssim(out_y, hr_y)}
+
+
+def receptive_radius(model: torch.nn.Module) -> int:
+    """How many LR pixels away an output pixel can see: the sum of every conv's half-extent."""
+    radius = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            radius += max(m.dilation[0] * (m.kernel_size[0] // 2), m.dilation[1] * (m.kernel_size[1] // 2))
+    return radius
+
+
+@torch.no_grad()
+def upscale_tiled(predict: Predict, lr: torch.Tensor, scale: int, tile: int = 128, overlap: int = 16) -> torch.Tensor:
+    """Super-resolve a (1, C, H, W) LR image tile by tile: each tile is read with ``overlap``
+    extra LR pixels on every side and only its centre is kept, so with an overlap of at
+    least the receptive radius the result equals untiled inference."""
+    _, c, h, w = lr.shape
+    if h <= tile and w <= tile:
+        return predict(lr)
+    out = lr.new_zeros(1, c, h * scale, w * scale)
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            ya, xa = max(y0 - overlap, 0), max(x0 - overlap, 0)
+            yb, xb = min(y1 + overlap, h), min(x1 + overlap, w)
+            sr = predict(lr[:, :, ya:yb, xa:xb])
+            oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
+            out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+                sr[:, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
+    return out
+
+
+class SuperResolutionTask:
+    """L1 loss for training; PSNR / SSIM on Y over full images for evaluation."""
+
+    primary_metric = "psnr"
+
+    def __init__(self, scale: int, tile: int = 256, overlap: int | None = None) -> None:
+        self.scale, self.tile, self.overlap = scale, tile, overlap
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(output, target)
+
+    @torch.no_grad()
+    def evaluate(self, predict: Predict, images: Iterable[tuple[torch.Tensor, np.ndarray]]) -> dict[str, float]:
+        """Mean PSNR / SSIM over (LR tensor (1, C, h, w) in [0, 1], HR uint8 (H, W, C)) pairs."""
+        overlap = self.overlap
+        if overlap is None:
+            overlap = receptive_radius(predict) if isinstance(predict, torch.nn.Module) else 32
+        scores = [sr_scores(upscale_tiled(predict, lr, self.scale, self.tile, overlap)[0], hr, self.scale)
+                  for lr, hr in images]
+        if not scores:
+            return {"psnr": float("nan"), "ssim": float("nan")}
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+@torch.no_grad()
+def upscale_image(predict: Predict, rgb: np.ndarray, scale: int, in_channels: int, tile: int = 256,
+                  overlap: int = 32) -> np.ndarray:
+    """Super-resolve an (H, W, 3) uint8 RGB image. A one-channel (Y) model upscales the
+    luma; the chroma is upscaled bicubically, as the standard Y protocol assumes."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    if in_channels == 3:
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()[None] / 255.0
+        return quantize(upscale_tiled(predict, x, scale, tile, overlap)[0])
+    y = torch.from_numpy(rgb_to_y(rgb) / 255.0).float()[None, None]
+    y_up = upscale_tiled(predict, y, scale, tile, overlap)[0, 0].clamp(0, 1).numpy() * 255.0
+    cb, cr = rgb_to_cbcr(rgb)
+    size = (w * scale, h * scale)
+    cb_up, cr_up = (np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize(size, Image.BICUBIC))
+                    for c in (cb, cr))
+    return np.clip(ycbcr_to_rgb(y_up, cb_up, cr_up) + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,53 @@
+"""The SR pipeline end to end on a small folder of images, and `repas upscale`."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_sr_data import smooth_image
+
+from repas.cli import main
+
+
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sr")
+    for i in range(3):
+        (tmp / "train").mkdir(exist_ok=True)
+        (tmp / "test").mkdir(exist_ok=True)
+        Image.fromarray(smooth_image(96, 112, seed=i)).save(tmp / "train" / f"{i}.png")
+    Image.fromarray(smooth_image(60, 76, seed=9)).save(tmp / "test" / "t.png")
+    sets = ["data.name=sr-folder", f"data.test_root={tmp / 'test'}", "data.batches_per_epoch=3", "data.patch=16",
+            "data.cache_dir=null", "model.space=ecbsr-m4c16", "search.target=0.5", "search.alpha=0.002",
+            "search.gate_lr=1.0", "export.runs=3", "export.warmup=1", "model.branches=null"]
+    for stage in ("train", "search", "finetune"):
+        sets += [f"{stage}.opt=adam", f"{stage}.lr=0.001", f"{stage}.batch_size=4", f"{stage}.weight_decay=0"]
+    argv = ["pipeline", "--data", str(tmp / "train"), "--run-dir", str(tmp / "run"), "--epochs", "1",
+            "--threads", "2"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    return tmp
+
+
+def test_sr_pipeline_reports_psnr_and_bicubic(sr_run):
+    summary = json.loads((sr_run / "run" / "summary.json").read_text())
+    assert summary["metric"] == "psnr"
+    assert summary["searched"]["macs"] <= summary["target"]
+    assert set(summary["baseline"]) == {"psnr", "ssim"} and summary["baseline"]["psnr"] > 20
+    export = json.loads((sr_run / "run" / "export" / "report.json").read_text())
+    assert export["max_abs_diff_onnx_vs_torch"] <= 1e-4
+    assert export["onnx_metrics"]["psnr"] > 10
+    assert "PSNR (dB, Y), fused ONNX" in (sr_run / "run" / "report.md").read_text()
+
+
+def test_upscale_writes_an_image_of_scale_times_the_size(sr_run, capsys):
+    src = sr_run / "in.png"
+    Image.fromarray(smooth_image(40, 50, seed=3)).convert("RGBA").save(src)
+    out = sr_run / "out.png"
+    assert main(["upscale", str(src), "--model", str(sr_run / "run"), "-o", str(out), "--tile", "16"]) == 0
+    img = np.asarray(Image.open(out))
+    assert img.shape == (80, 100, 3)
+    assert main(["upscale", str(sr_run / "missing.png"), "--model", str(sr_run / "run"), "-o", str(out)]) == 2
+    assert "no image at" in capsys.readouterr().err
