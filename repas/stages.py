@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -83,10 +84,22 @@ def model_facts(model: RepNet) -> dict[str, Any]:
             "params": spec_cost(model.spec, "params")}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one) and its core count."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def _environment() -> dict[str, Any]:
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(), "processor": cpu_name(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, resume: bool, log: Log,
@@ -106,10 +119,10 @@ def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, re
     return final, report
 
 
-def train_stage(cfg: PipelineConfig, resume: bool = False, log: Log = _print) -> Path:
+def train_stage(cfg: PipelineConfig, resume: bool = False, log: Log = _print, data: TaskData | None = None) -> Path:
     """Train the dense supernet (gates frozen at all-on)."""
     setup(cfg)
-    data = get_data(cfg)
+    data = data or get_data(cfg)
     model = build(shaped_spec(cfg, data))
     model.freeze_gates()
     model, report = _train(cfg, "train", model, cfg.train, resume, log, data=data)
@@ -124,7 +137,7 @@ def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
 
 
 def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
-                 log: Log = _print) -> Path:
+                 log: Log = _print, data: TaskData | None = None) -> Path:
     """Learn the gates of a (trained) supernet under the budget."""
     setup(cfg)
     model = load_model(_source(cfg, "search", source))
@@ -134,7 +147,8 @@ def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: 
     budget = search_budget(cfg, model)
     log(f"search: target {budget.metric} {budget.target:,.0f} "
         f"(dense {spec_cost(model.spec, budget.metric):,.0f})")
-    model, report = _train(cfg, "search", model, cfg.search, resume, log, budget=budget, gate_lr=cfg.search.gate_lr)
+    model, report = _train(cfg, "search", model, cfg.search, resume, log, budget=budget, gate_lr=cfg.search.gate_lr,
+                           data=data)
     widths = [int(m.sum()) for m in gate_masks(model)]
     report.update({"target": budget.target, "metric": budget.metric, "searched_widths": widths,
                    f"searched_{budget.metric}": float(budget.cost(widths))})
@@ -167,11 +181,11 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Lo
 
 
 def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
-                   log: Log = _print) -> Path:
+                   log: Log = _print, data: TaskData | None = None) -> Path:
     """Train the extracted (physically smaller) multi-branch net."""
     setup(cfg)
     model = load_model(_source(cfg, "finetune", source))
-    model, report = _train(cfg, "finetune", model, cfg.finetune, resume, log)
+    model, report = _train(cfg, "finetune", model, cfg.finetune, resume, log, data=data)
     return save_model(model, stage_dir(cfg, "finetune"), report)
 
 
@@ -228,12 +242,12 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = _print) -
     """All stages, plus the dense net fused and exported for comparison; writes report.md."""
     started = time.perf_counter()
     run = Path(cfg.run_dir)
-    train_stage(cfg, resume=resume, log=log)
-    search_stage(cfg, resume=resume, log=log)
-    extract_stage(cfg, log=log)
-    finetune_stage(cfg, resume=resume, log=log)
-    fuse_stage(cfg, log=log)
     data = get_data(cfg)
+    train_stage(cfg, resume=resume, log=log, data=data)
+    search_stage(cfg, resume=resume, log=log, data=data)
+    extract_stage(cfg, log=log)
+    finetune_stage(cfg, resume=resume, log=log, data=data)
+    fuse_stage(cfg, log=log)
     export_stage(cfg, data=data, log=log)
     fuse_stage(cfg, source=run / "train", out=run / "dense-fuse", log=log)
     export_stage(cfg, source=run / "dense-fuse", out=run / "dense-export", data=data, log=log)

@@ -33,8 +33,16 @@ BLOCKS = {
 }
 
 
+def ungated(spec: ArchSpec) -> ArchSpec:
+    """The trained net a user deploys has no gates (extraction removes them)."""
+    d = spec.to_dict()
+    for lay in d["layers"]:
+        lay["gated"] = False
+    return ArchSpec.from_dict(d)
+
+
 def nets() -> list[tuple[str, ArchSpec]]:
-    fmnist = create_supernet_spec("repvgg-fmnist")
+    fmnist = ungated(create_supernet_spec("repvgg-fmnist"))
     return [(f"repvgg-fmnist, {name} block", with_branches(fmnist, br)) for name, br in BLOCKS.items()]
 
 
@@ -47,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.sr_size.split("x"))
     cases = nets() + [("ecbsr-m4c16 x2, ECB block, LR " + args.sr_size,
-                       create_supernet_spec("ecbsr-m4c16", input_size=(h, w)))]
+                       ungated(create_supernet_spec("ecbsr-m4c16", input_size=(h, w))))]
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} thread(s), batch 1, median of interleaved runs\n")
     print("| net | MACs | PyTorch multi-branch | PyTorch fused | speed-up | ORT multi-branch | ORT fused | "

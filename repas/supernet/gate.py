@@ -30,7 +30,9 @@ class BinaryGate(nn.Module):
         """Which channels are on, as a bool tensor (no gradient)."""
         w = self.weight.detach()
         on = w > self.threshold
-        if self.min_on > 0:  # tensor ops only, no Python branch on values: torch.export traces it
+        if self.min_on == 1:  # tensor ops only, no Python branch on values: torch.export traces it
+            on = on | ((w == w.max()) & ~on.any())
+        elif self.min_on > 1:
             strongest = w >= torch.topk(w, self.min_on).values[-1]
             on = on | (strongest & (on.sum() < self.min_on))
         return on
