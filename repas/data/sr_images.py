@@ -74,7 +74,8 @@ def packaged_photos(install: bool = False) -> list[Path]:
         photos = [p for pkg in SR_PACKAGES for p in _package_files(pkg) if _is_photo(pkg, p) and p.exists()]
     if not photos:
         raise RepasError("no SR photos found: install the Debian packages " + " ".join(SR_PACKAGES)
-                         + " (run 'repas data --task sr' as root), or give a folder of HR images with --data DIR")
+                         + " (run 'repas data --set data.name=sr-photos' as root), or train on a folder of HR "
+                         "images with --set data.name=sr-folder --data DIR")
     return sorted(photos, key=photo_name)
 
 

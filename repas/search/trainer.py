@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -25,13 +25,23 @@ from tqdm import tqdm
 
 from repas.atomic import atomic_torch_save
 from repas.config import TrainConfig
-from repas.data.tensors import TensorLoader
 from repas.errors import RepasError
 from repas.search.budget import Budget
 from repas.supernet.fused import fuse_net
 from repas.supernet.net import RepNet
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class EpochLoader(Protocol):
+    """What the trainer iterates: batches of (input, target), reshuffled by ``set_epoch``
+    (TensorLoader for images with labels, PatchLoader for SR patches)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 def param_groups(model: RepNet, weight_decay: float) -> list[dict[str, Any]]:
@@ -125,7 +135,7 @@ class Trainer:
         return [int(g.mask().sum()) if g is not None else lay.out_channels
                 for g, lay in zip(self.model.gate_modules(), self.model.spec.layers)]
 
-    def fit(self, train: TensorLoader, val: TensorLoader | None = None, resume: bool = False) -> dict[str, Any]:
+    def fit(self, train: EpochLoader, val: Iterable | None = None, resume: bool = False) -> dict[str, Any]:
         """Train for ``cfg.epochs``; returns the last epoch's record (metrics, cost, widths)."""
         cfg = self.cfg
         steps = len(train)
@@ -159,7 +169,7 @@ class Trainer:
             writer.close()
         return self.history[-1] if self.history else {}
 
-    def _epoch(self, epoch: int, train: TensorLoader, schedulers: list[Any], writer: SummaryWriter
+    def _epoch(self, epoch: int, train: EpochLoader, schedulers: list[Any], writer: SummaryWriter
                ) -> dict[str, Any]:
         self.model.train()
         train.set_epoch(epoch)
