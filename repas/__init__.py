@@ -12,39 +12,39 @@ The five-minute API::
     repas.export_onnx(plain, (1, 1, 28, 28), "out/model.onnx")
 """
 
-from repas.config import PipelineConfig, load_config
-from repas.deploy import export_onnx, onnx_latency, verify_onnx
-from repas.errors import RepasError
-from repas.reparam import RepBlock, fuse
-from repas.search import Budget, Trainer, cost, extract_subnet, resolve_target, spec_cost
-from repas.spec import ArchSpec, LayerSpec
-from repas.stages import (
-                          export_stage,
-                          extract_stage,
-                          finetune_stage,
-                          fuse_stage,
-                          run_pipeline,
-                          search_stage,
-                          train_stage,
-)
-from repas.supernet import (
-                          BinaryGate,
-                          RepNet,
-                          build,
-                          create_supernet_spec,
-                          fuse_net,
-                          list_spaces,
-                          load_model,
-                          save_model,
-)
-from repas.tasks import ClassificationTask
+import importlib
+from typing import Any
+
+# Public names and the modules that hold them. Imported on first use, so that
+# `import repas.deploy` (say, on a device) does not pull in training code.
+_EXPORTS = {
+    "PipelineConfig": "repas.config", "load_config": "repas.config",
+    "export_onnx": "repas.deploy", "onnx_latency": "repas.deploy", "verify_onnx": "repas.deploy",
+    "RepasError": "repas.errors",
+    "RepBlock": "repas.reparam", "fuse": "repas.reparam",
+    "Budget": "repas.search", "Trainer": "repas.search", "cost": "repas.search", "extract_subnet": "repas.search",
+    "resolve_target": "repas.search", "spec_cost": "repas.search",
+    "ArchSpec": "repas.spec", "LayerSpec": "repas.spec",
+    "export_stage": "repas.stages", "extract_stage": "repas.stages", "finetune_stage": "repas.stages",
+    "fuse_stage": "repas.stages", "run_pipeline": "repas.stages", "search_stage": "repas.stages",
+    "train_stage": "repas.stages",
+    "BinaryGate": "repas.supernet", "RepNet": "repas.supernet", "build": "repas.supernet",
+    "create_supernet_spec": "repas.supernet", "fuse_net": "repas.supernet", "list_spaces": "repas.supernet",
+    "load_model": "repas.supernet", "save_model": "repas.supernet", "with_branches": "repas.supernet",
+    "ClassificationTask": "repas.tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'repas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ArchSpec", "BinaryGate", "Budget", "ClassificationTask", "LayerSpec", "PipelineConfig", "RepBlock", "RepNet",
-    "RepasError", "Trainer", "build", "cost", "create_supernet_spec", "export_onnx", "export_stage",
-    "extract_stage", "extract_subnet", "finetune_stage", "fuse", "fuse_net", "fuse_stage", "list_spaces",
-    "load_config", "load_model", "onnx_latency", "resolve_target", "run_pipeline", "save_model", "search_stage",
-    "spec_cost", "train_stage", "verify_onnx",
-]
+__all__ = sorted(_EXPORTS)

@@ -39,6 +39,9 @@ class DataConfig:
     test_root: str | None = None  # sr-folder: HR test images (None: Set7-pkg)
     cache_dir: str | None = "~/.cache/repas/sr"  # decoded (HR, LR) pairs
 
+    def __post_init__(self) -> None:
+        _at_least(self, "data", patch=1, batches_per_epoch=1, scale=1)
+
 
 @dataclass
 class ModelConfig:
@@ -66,6 +69,11 @@ class TrainConfig:
     ema_decay: float = 0.998
     eval_batch_size: int = 1000
 
+    def __post_init__(self) -> None:
+        _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1)
+        if self.lr <= 0:
+            raise RepasError(f"training lr must be > 0, got {self.lr}")
+
 
 @dataclass
 class SearchConfig(TrainConfig):
@@ -78,6 +86,11 @@ class SearchConfig(TrainConfig):
     alpha: float = 5.0
     gate_lr: float = 0.05
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha < 0 or self.gate_lr <= 0:
+            raise RepasError(f"search alpha must be >= 0 and gate_lr > 0, got {self.alpha} and {self.gate_lr}")
+
 
 @dataclass
 class ExtractConfig:
@@ -85,12 +98,18 @@ class ExtractConfig:
     fit: bool = True  # move widths by gate ranking until the cost meets the target
     tolerance: float = 0.03  # fitted cost lies in [target * (1 - tolerance), target]
 
+    def __post_init__(self) -> None:
+        _at_least(self, "extract", round_to=1)
+
 
 @dataclass
 class ExportConfig:
     threads: int = 1
     warmup: int = 50
     runs: int = 500
+
+    def __post_init__(self) -> None:
+        _at_least(self, "export", threads=1, warmup=0, runs=1)
 
 
 @dataclass
@@ -105,6 +124,12 @@ class PipelineConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     finetune: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def _at_least(cfg: Any, section: str, **minimums: int) -> None:
+    for name, low in minimums.items():
+        if getattr(cfg, name) < low:
+            raise RepasError(f"{section} {name} must be >= {low}, got {getattr(cfg, name)}")
 
 
 def _nearest(key: str, valid: list[str]) -> str:
@@ -173,24 +198,35 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     return cls(**kwargs)
 
 
+def set_value(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data[a][b] = value`` for the dotted ``path`` 'a.b'."""
+    keys = path.strip().split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise RepasError(f"override {path!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` strings to a nested dict (values parsed as YAML scalars)."""
     for item in overrides:
         if "=" not in item:
             raise RepasError(f"override {item!r} must look like section.key=value, e.g. search.epochs=2")
         path, raw = item.split("=", 1)
-        keys = path.strip().split(".")
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise RepasError(f"override {item!r}: {k!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise RepasError(f"override {item!r}: the value is not valid YAML ({e.problem})") from None
+        set_value(data, path, value)
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """A PipelineConfig from a YAML file (or the defaults) plus ``section.key=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> PipelineConfig:
+    """A PipelineConfig from a YAML file (or the defaults), ``section.key=value`` overrides
+    (values parsed as YAML) and ``values`` set as they are (paths from the command line)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -200,7 +236,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise RepasError(f"{path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise RepasError(f"{path}: a config is a mapping of sections (run_dir:, data:, train: ...), "
+                             f"not a {type(data).__name__}")
     apply_overrides(data, overrides or [])
+    for key, value in (values or {}).items():
+        set_value(data, key, value)
     return from_dict(PipelineConfig, data, str(path) if path else "config")
 
 

@@ -34,6 +34,7 @@ from repas.search import (
     resolve_target,
     round_masks,
     spec_cost,
+    subnet_spec,
 )
 from repas.supernet import RepNet, build, fuse_net, load_model, save_model
 from repas.task_data import TaskData, make_task_data, shaped_spec
@@ -112,8 +113,8 @@ def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, re
     trainer = Trainer(model, task, tcfg, out, budget=budget, gate_lr=gate_lr, log=log)
     started = time.perf_counter()
     trainer.fit(train, test, resume=resume)
-    final = trainer.eval_model if budget is None else model
-    metrics = trainer.evaluate(test)
+    final = trainer.eval_model if budget is None else model  # a search keeps its raw gates
+    metrics = trainer.evaluate(test, final)
     report = {"stage": stage, **model_facts(final), "test": metrics, "seconds": time.perf_counter() - started,
               "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": _environment()}
     return final, report
@@ -155,17 +156,30 @@ def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: 
     return save_model(model, stage_dir(cfg, "search"), report)
 
 
-def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Log = _print) -> Path:
-    """Gates -> widths (rounded, fitted to the target) -> a smaller net with inherited weights."""
+def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Log = _print,
+                  target_from_search: bool = True) -> Path:
+    """Gates -> widths (rounded, fitted to the target) -> a smaller net with inherited weights.
+
+    The target is the one the search ran with (its report.json), unless
+    ``target_from_search`` is False or the source has no report: then the config's."""
     setup(cfg)
-    model = load_model(_source(cfg, "extract", source)).eval()
+    src = _source(cfg, "extract", source)
+    model = load_model(src).eval()
     masks, scores = gate_masks(model), gate_scores(model)
     threshold_widths = [int(m.sum()) for m in masks]
     masks = round_masks(masks, scores, cfg.extract.round_to)
     budget = search_budget(cfg, model)
+    searched = json.loads((src / "report.json").read_text()) if (src / "report.json").exists() else {}
+    if target_from_search and "target" in searched:
+        budget = Budget(model.spec, float(searched["target"]), searched["metric"], cfg.search.alpha)
     if cfg.extract.fit:
         masks = fit_masks_to_budget(model.spec, masks, scores, budget.target, budget.metric,
                                     step=max(1, cfg.extract.round_to), tolerance=cfg.extract.tolerance)
+        fitted = float(spec_cost(subnet_spec(model.spec, masks), budget.metric))
+        if fitted > budget.target * (1 + 1e-9):
+            raise RepasError(f"widths in steps of {cfg.extract.round_to} cannot meet the target {budget.metric} "
+                             f"{budget.target:,.0f} (the closest is {fitted:,.0f}): lower --round-to or raise "
+                             "the target")
     sub = extract_subnet(model, masks)
     x = check_input(model.spec)
     with torch.no_grad():

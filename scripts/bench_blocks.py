@@ -21,22 +21,23 @@ from pathlib import Path
 import torch
 
 from repas.config import load_config
-from repas.data import TensorLoader
 from repas.search import Trainer, spec_cost
 from repas.spec import ArchSpec
 from repas.stages import get_data
 from repas.supernet import build, fuse_net, with_branches
-from repas.tasks import ClassificationTask
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fuse import BLOCKS  # noqa: E402
 
 
 def plain_widths(spec: ArchSpec) -> ArchSpec:
-    """The spec's widths as a fresh net: no identity maps, no gates."""
+    """The spec's widths as a fresh net: no identity maps (an identity branch only where a
+    layer keeps its shape), no gates."""
     d = spec.to_dict()
-    for lay in d["layers"]:
-        lay.update(identity_map=None, gated=False, mid_channels=None)
+    for i, lay in enumerate(d["layers"]):
+        keeps_shape = lay["stride"] == 1 and spec.in_channels_of(i) == lay["out_channels"]
+        lay.update(identity_map=None, gated=False, mid_channels=None,
+                   branches=[b for b in lay["branches"] if keeps_shape or not b.startswith("identity")])
     return ArchSpec.from_dict(d)
 
 
@@ -64,9 +65,8 @@ def main() -> None:
         spec = with_branches(base, BLOCKS[name])
         torch.manual_seed(cfg.seed)
         model = build(spec)
-        train = TensorLoader(data.train, recipe.batch_size, shuffle=True, augment=True, seed=cfg.seed, drop_last=True)
-        test = TensorLoader(data.test, recipe.eval_batch_size)
-        task = ClassificationTask(recipe.label_smoothing)
+        train, test = data.train_loader(recipe), data.eval_batches(recipe)
+        task = data.task(recipe, spec)
         trainer = Trainer(model, task, recipe, Path(args.out) / name, log=lambda s: None)
         started = time.perf_counter()
         trainer.fit(train)

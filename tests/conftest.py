@@ -26,13 +26,15 @@ def tiny_spec(in_channels: int = 3, size: int = 12, num_classes: int = 5) -> Arc
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    """Random running statistics and affine parameters in every BatchNorm, and random
-    scales and biases in ECB edge branches (initialised near zero)."""
+    """Random running statistics and affine parameters in every BatchNorm, random scales
+    and biases in ECB edge branches (initialised near zero), random PReLU slopes."""
     from repas.reparam.branches import Conv1x1Edge
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
+            if isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.5)
             if isinstance(m, Conv1x1Edge):
                 m.scale.copy_(torch.randn(m.scale.shape, generator=gen))
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen))

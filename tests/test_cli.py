@@ -123,3 +123,38 @@ def test_block_is_chosen_by_configuration(tmp_path, fake_fashion, capsys):
     code, _, err = run(capsys, "train", "--data", fake_fashion, "--run-dir", tmp_path, *QUICK,
                        "--set", "model.branches=[conv, dbb]")
     assert code == 2 and "unknown branch 'dbb'" in err
+
+
+def test_extract_uses_the_search_target_unless_told_otherwise(pipeline_run, tmp_path, capsys):
+    run_dir, data = pipeline_run
+    import shutil
+
+    shutil.copytree(run_dir / "search", tmp_path / "search")
+    code, _, err = run(capsys, "extract", "--run-dir", tmp_path, "--data", data, "--set", "search.target=0.3")
+    assert code == 0, err
+    report = json.loads((tmp_path / "extract" / "report.json").read_text())
+    searched = json.loads((tmp_path / "search" / "report.json").read_text())
+    assert report["target"] == searched["target"]
+    code, _, err = run(capsys, "extract", "--run-dir", tmp_path, "--data", data, "--target", "0.3")
+    assert code == 0, err
+    report = json.loads((tmp_path / "extract" / "report.json").read_text())
+    assert report["target"] == pytest.approx(0.3 * 7_338_880)
+    assert report["macs"] <= report["target"]
+
+
+def test_flag_values_are_taken_as_written_and_numbers_checked(capsys):
+    from repas.config import load_config
+
+    assert load_config(values={"run_dir": "010", "data.root": "~"}).run_dir == "010"
+    assert load_config(values={"data.root": "~"}).data.root == "~"
+    code, _, err = run(capsys, "train", "--set", "train.batch_size=0")
+    assert code == 2 and "batch_size must be >= 1" in err
+    code, _, err = run(capsys, "train", "--set", "train.lr=[1")
+    assert code == 2 and "not valid YAML" in err
+
+
+def test_resume_refuses_a_changed_recipe(pipeline_run, tmp_path, capsys):
+    run_dir, data = pipeline_run
+    code, _, err = run(capsys, "train", "--data", data, "--run-dir", run_dir, "--resume", "--epochs", "1", *QUICK,
+                       "--set", "train.lr=0.5")
+    assert code == 2 and "training config changed" in err and "lr: 0.1 -> 0.5" in err

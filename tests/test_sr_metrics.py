@@ -4,19 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from repas.colour import rgb_to_cbcr, rgb_to_y, ycbcr_to_rgb
 from repas.supernet import build, create_supernet_spec, fuse_net
-from repas.tasks.super_resolution import (
-    crop_border,
-    psnr,
-    quantize,
-    receptive_radius,
-    rgb_to_cbcr,
-    rgb_to_y,
-    sr_scores,
-    ssim,
-    upscale_tiled,
-    ycbcr_to_rgb,
-)
+from repas.tasks.super_resolution import crop_border, psnr, quantize, receptive_radius, sr_scores, ssim, upscale_tiled
 
 metrics = pytest.importorskip("skimage.metrics")
 

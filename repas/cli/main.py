@@ -18,6 +18,13 @@ from repas.errors import RepasError
 TRAINING = ("train", "search", "finetune")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="repas", description="Pruning-as-Search with structural reparameterization")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -56,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True, metavar="DIR",
                     help="a model directory (spec.json + weights.safetensors) or a run directory")
     sp.add_argument("-o", "--output", required=True, help="output image path")
-    sp.add_argument("--tile", type=int, default=256, help="LR tile side (memory bound; the result is the same)")
+    sp.add_argument("--tile", type=_positive, default=256, help="LR tile side (memory bound; the result is the same)")
     sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("info", help="per-layer widths, MACs and params of a spec",
                         description="per-layer widths, MACs and params of a spec")
@@ -73,10 +80,11 @@ def _budget_args(sp: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
     sets = list(args.set)
+    values = {}  # flag values go in as they are (a path is not YAML)
     for flag, key in (("run_dir", "run_dir"), ("seed", "seed"), ("threads", "threads"), ("data", "data.root")):
         value = getattr(args, flag, None)
         if value is not None:
-            sets.append(f"{key}={value}")
+            values[key] = value
     if getattr(args, "epochs", None) is not None:
         stages = TRAINING if args.command == "pipeline" else (args.command,)
         sets += [f"{s}.epochs={args.epochs}" for s in stages]
@@ -88,7 +96,7 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
             sets += [f"search.metric={metric}", f"search.target_abs={value}"]
     if getattr(args, "round_to", None) is not None:
         sets.append(f"extract.round_to={args.round_to}")
-    return load_config(args.config, sets)
+    return load_config(args.config, sets, values)
 
 
 def _info(target: str) -> None:
@@ -188,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "search":
         out = stages.search_stage(cfg, source, resume=resume)
     elif args.command == "extract":
-        out = stages.extract_stage(cfg, source)
+        flags = any(getattr(args, f, None) is not None for f in ("target", "target_macs", "target_params"))
+        out = stages.extract_stage(cfg, source, target_from_search=not flags)
     elif args.command == "finetune":
         out = stages.finetune_stage(cfg, source, resume=resume)
     elif args.command == "fuse":

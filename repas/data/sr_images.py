@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from repas.colour import rgb_to_y
 from repas.errors import RepasError
 from repas.spec import SR_SCALES
 
@@ -175,7 +176,11 @@ def load_pairs(sources: list[Path] | list[tuple[str, np.ndarray]], scale: int, h
             cached = Path(cache_dir) / f"{name}-{key.hexdigest()[:12]}.npz"
             if cached.exists():
                 with np.load(cached) as z:
-                    pairs.append(SRPair(name, z["hr"], z["lr"]))
+                    hr, lr = z["hr"], z["lr"]
+                if min(lr.shape[:2]) < max(min_lr, 1):
+                    skipped.append(f"{path} (LR {lr.shape[1]}x{lr.shape[0]} is smaller than a {min_lr}-pixel patch)")
+                else:
+                    pairs.append(SRPair(name, hr, lr))
                 continue
         if rgb is None:
             try:
@@ -211,8 +216,6 @@ def load_pairs(sources: list[Path] | list[tuple[str, np.ndarray]], scale: int, h
 # ---- tensors for training and evaluation -------------------------------------------------
 def to_model_input(rgb_u8: np.ndarray, colour: str) -> torch.Tensor:
     """(1, C, H, W) float in [0, 1]: the Y channel (BT.601, [16, 235] / 255) or RGB."""
-    from repas.tasks.super_resolution import rgb_to_y
-
     if colour == "y":
         return torch.from_numpy(rgb_to_y(rgb_u8) / 255.0).float()[None, None]
     return torch.from_numpy(rgb_u8).permute(2, 0, 1).float()[None] / 255.0

@@ -159,7 +159,7 @@ class IdentityBN(nn.Module):
         index_map = self.index_map % per_group if self.groups > 1 else self.index_map
         kernel = identity_kernel(index_map, per_group, size)
         if self.bn is None:
-            return kernel, torch.zeros(len(self.index_map))
+            return kernel, kernel.new_zeros(len(self.index_map))
         return fuse_conv_bn(kernel.to(self.bn.weight), self.bn)
 
     def load_sliced(self, src: IdentityBN, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:

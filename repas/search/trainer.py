@@ -10,6 +10,8 @@ optimizer state and update count are restored.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -101,6 +103,7 @@ class Trainer:
             "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": torch.get_rng_state(), "history": self.history,
+            "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
         }
 
     def save_checkpoint(self, epoch: int) -> None:
@@ -119,6 +122,16 @@ class Trainer:
         if state.get("spec") != self.model.spec.to_json():
             raise RepasError(f"checkpoint {path} was written for another network spec; "
                              "use a fresh run directory or the matching config")
+        saved = json.loads(state.get("config", "{}"))
+        now = dataclasses.asdict(self.cfg)
+        changed = sorted(k for k in now if k != "epochs" and k in saved and saved[k] != now[k])
+        if changed:
+            raise RepasError(f"--resume: the training config changed since {path} was written "
+                             f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in changed)}); a resumed run "
+                             "must use the same recipe (only epochs may change). Use a fresh run directory.")
+        if saved.get("epochs", now["epochs"]) != now["epochs"]:
+            self.log(f"resuming with epochs {saved['epochs']} -> {now['epochs']}: the lr schedule changes, so the "
+                     "result will differ from an uninterrupted run of either length")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.gate_optimizer is not None and state.get("gate_optimizer") is not None:
@@ -221,8 +234,8 @@ class Trainer:
         return record
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable) -> dict[str, float]:
-        """The task's metrics of the eval model, computed on its fused copy (equal in eval
-        mode, and several times faster for multi-branch nets)."""
-        model = fuse_net(self.eval_model)
+    def evaluate(self, loader: Iterable, model: RepNet | None = None) -> dict[str, float]:
+        """The task's metrics of ``model`` (default: the eval model), computed on its fused
+        copy (equal in eval mode, and several times faster for multi-branch nets)."""
+        model = fuse_net(model if model is not None else self.eval_model)
         return self.task.evaluate(model, loader)

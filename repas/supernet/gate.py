@@ -31,7 +31,8 @@ class BinaryGate(nn.Module):
         w = self.weight.detach()
         on = w > self.threshold
         if self.min_on == 1:  # tensor ops only, no Python branch on values: torch.export traces it
-            on = on | ((w == w.max()) & ~on.any())
+            strongest = torch.nn.functional.one_hot(w.argmax(), w.numel()).bool()
+            on = on | (strongest & ~on.any())
         elif self.min_on > 1:
             strongest = w >= torch.topk(w, self.min_on).values[-1]
             on = on | (strongest & (on.sum() < self.min_on))
