@@ -56,3 +56,36 @@ def test_the_strongest_channel_stays_on_when_all_fall_under_threshold():
     assert gate.count().item() == 1.0
     x = torch.ones(1, 4, 2, 2)
     assert torch.allclose(gate(x)[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+
+
+def test_gates_folded_into_the_next_weights_equal_gating_the_activations():
+    """RepNet hands each gate to the next block, which folds it into its weights; values
+    and gradients must equal gating the activations themselves."""
+    from conftest import randomize_bn, tiny_spec
+
+    from repas.supernet import build
+
+    torch.manual_seed(0)
+    model = build(tiny_spec())
+    randomize_bn(model, 4)
+    with torch.no_grad():
+        for g in model.gate_modules():
+            g.weight.copy_(torch.rand(g.weight.numel()) + 0.1)  # some channels off (< 0.5)
+    model.train()
+    x = torch.randn(4, 3, 12, 12)
+
+    def reference(m, x):
+        for block, gate in zip(m.blocks, m.gates):
+            x = gate(block(x))
+        return m.head(torch.flatten(m.pool(x), 1))
+
+    upstream = torch.randn(4, 5)
+    (model(x) * upstream).sum().backward()
+    folded = [g.weight.grad.clone() for g in model.gate_modules()]
+    out_folded = model(x).detach()
+    model.zero_grad()
+    (reference(model, x) * upstream).sum().backward()
+    assert torch.allclose(reference(model, x).detach(), out_folded, atol=1e-5)
+    for a, g in zip(folded, model.gate_modules()):
+        assert torch.allclose(a, g.weight.grad, rtol=1e-4, atol=1e-5)
+        assert (a != 0).all()  # switched-off channels get a gradient too

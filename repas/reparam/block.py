@@ -14,6 +14,7 @@ from repas.reparam.branches import (
     ExpandSqueeze,
     IdentityBN,
     ParallelConvBN,
+    scaled_conv,
 )
 from repas.spec import parse_branch
 
@@ -90,13 +91,15 @@ class RepBlock(nn.Module):
     def fused(self) -> bool:
         return self.reparam_conv is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``in_scale`` (per input channel; a supernet passes the previous layer's gates)
+        gives the block of ``x * in_scale``, folded into the branches' first weights."""
         if self.reparam_conv is not None:
-            return self.act(self.reparam_conv(x))
+            return self.act(scaled_conv(self.reparam_conv, x, in_scale))
         branches = iter(self.branches.values())
-        out = next(branches)(x)
+        out = next(branches)(x, in_scale)
         for branch in branches:
-            out = out + branch(x)
+            out = out + branch(x, in_scale)
         return self.act(out)
 
     def equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:

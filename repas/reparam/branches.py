@@ -51,6 +51,20 @@ def _slice_conv(dst: nn.Conv2d, src: nn.Conv2d, out_idx: torch.Tensor | None, in
             dst.bias.copy_(src.bias[out_idx] if out_idx is not None else src.bias)
 
 
+def scaled_conv(conv: nn.Conv2d, x: torch.Tensor, in_scale: torch.Tensor | None) -> torch.Tensor:
+    """``conv(x * in_scale)`` with the per-input-channel scale folded into the weights.
+
+    A supernet's gates scale the channels a layer reads: on the (small) weights, the
+    forward and backward passes cost nothing extra, where scaling the (large) activations
+    would cost three passes over them. Same values and gradients."""
+    if in_scale is None:
+        return conv(x)
+    if conv.groups != 1:
+        return conv(x * in_scale.view(1, -1, 1, 1))
+    return F.conv2d(x, conv.weight * in_scale.view(1, -1, 1, 1), conv.bias, conv.stride, conv.padding,
+                    conv.dilation)
+
+
 def compose_1x1_kxk(k1: torch.Tensor, b1: torch.Tensor, k2: torch.Tensor, b2: torch.Tensor,
                     groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """The conv equal to a 1x1 conv (k1, b1) followed by a k x k conv (k2, b2) whose input is
@@ -83,8 +97,9 @@ class ConvBN(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, (kh, kw), stride, padding, dilation, groups, bias=not bn)
         self.bn = nn.BatchNorm2d(out_channels) if bn else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x)) if self.bn is not None else self.conv(x)
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        y = scaled_conv(self.conv, x, in_scale)
+        return self.bn(y) if self.bn is not None else y
 
     def equivalent_kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bn is not None:
@@ -111,8 +126,8 @@ class ParallelConvBN(nn.Module):
         self.convs = nn.ModuleList(ConvBN(in_channels, out_channels, kernel, stride, groups, dilation)
                                    for _ in range(copies))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(c(x) for c in self.convs)
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        return sum(c(x, in_scale) for c in self.convs)
 
     def equivalent_kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [c.equivalent_kernel_bias(size) for c in self.convs]
@@ -148,7 +163,9 @@ class IdentityBN(nn.Module):
         gather = [j if j >= 0 else self.in_channels for j in index_map]
         self.register_buffer("gather", torch.tensor(gather, dtype=torch.long), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        if in_scale is not None:
+            x = x * in_scale.view(1, -1, 1, 1)
         if not self.plain:
             n, _, h, w = x.shape
             x = torch.cat([x, x.new_zeros(n, 1, h, w)], dim=1).index_select(1, self.gather)
@@ -197,8 +214,8 @@ class Conv1x1KxK(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.groups = groups
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn1(self.conv1(x))
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.bn1(scaled_conv(self.conv1, x, in_scale))
         return self.bn2(self.conv2(self.pad(y, fuse_conv_bn(None, self.bn1)[1].detach())))
 
     def equivalent_kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,8 +245,8 @@ class Conv1x1AvgPool(nn.Module):
         self.pad = BiasPad(kernel // 2)
         self.bn2 = nn.BatchNorm2d(out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pad(self.bn1(self.conv(x)), fuse_conv_bn(None, self.bn1)[1].detach())
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.pad(self.bn1(scaled_conv(self.conv, x, in_scale)), fuse_conv_bn(None, self.bn1)[1].detach())
         return self.bn2(F.avg_pool2d(y, self.kernel, self.stride))
 
     def equivalent_kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,8 +287,8 @@ class Conv1x1Edge(nn.Module):
                              persistent=False)
         self.pad = BiasPad(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pad(self.conv(x), self.conv.bias)
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.pad(scaled_conv(self.conv, x, in_scale), self.conv.bias)
         return F.conv2d(y, self.scale.view(-1, 1, 1, 1) * self.mask, self.bias, self.stride,
                         groups=self.mask.shape[0])
 
@@ -300,8 +317,8 @@ class ExpandSqueeze(nn.Module):
         self.pad = BiasPad(dilation * (kernel // 2))
         self.conv2 = nn.Conv2d(mid, out_channels, kernel, stride, 0, dilation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.pad(self.conv1(x), self.conv1.bias))
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv2(self.pad(scaled_conv(self.conv1, x, in_scale), self.conv1.bias))
 
     def equivalent_kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         kernel, bias = compose_1x1_kxk(self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias)

@@ -25,9 +25,23 @@ class BinaryGate(nn.Module):
         self.threshold = threshold
         self.min_on = min(min_on, channels)
         self.frozen = False
+        self._hard: tuple[tuple[int, int], torch.Tensor] | None = None  # ((storage, version), 0/1 mask)
 
     def mask(self) -> torch.Tensor:
         """Which channels are on, as a bool tensor (no gradient)."""
+        return self._hard_mask().bool()
+
+    def _hard_mask(self) -> torch.Tensor:
+        # A search step asks twice (forward and the budget's count); the weights change only
+        # by in-place updates, which bump their version (a copy gets new storage).
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._hard is not None and self._hard[0] == key and not torch.compiler.is_compiling():
+            return self._hard[1]
+        hard = self._compute_mask().to(self.weight.dtype)
+        self._hard = (key, hard)
+        return hard
+
+    def _compute_mask(self) -> torch.Tensor:
         w = self.weight.detach()
         on = w > self.threshold
         if self.min_on == 1:  # tensor ops only, no Python branch on values: torch.export traces it
@@ -40,7 +54,7 @@ class BinaryGate(nn.Module):
 
     def binary(self) -> torch.Tensor:
         """The 0/1 mask, carrying the straight-through gradient unless frozen."""
-        hard = self.mask().to(self.weight.dtype)
+        hard = self._hard_mask()
         if self.frozen:
             return hard
         return self.weight - (self.weight - hard).detach()

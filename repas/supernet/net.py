@@ -48,15 +48,26 @@ class RepNet(nn.Module):
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.head = nn.Linear(spec.layers[-1].out_channels, spec.num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last block's output and the gate values still to apply to it (or None).
+
+        A gate multiplies its layer's output channels; here it is handed to the next block,
+        which folds it into its weights (the same function, without extra passes over the
+        activations)."""
+        scale = None
         for block, gate in zip(self.blocks, self.gates):
-            x = gate(block(x))
-        return x
+            x = block(x, scale)
+            scale = gate.binary() if isinstance(gate, BinaryGate) else None
+        return x, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, scale = self.features(x)
         if self.super_resolution:
-            return self.shuffle(self.features(x) + F.conv2d(x, self.residual))
-        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+            if scale is not None:
+                y = y * scale.view(1, -1, 1, 1)
+            return self.shuffle(y + F.conv2d(x, self.residual))
+        pooled = torch.flatten(self.pool(y), 1)
+        return self.head(pooled if scale is None else pooled * scale)
 
     def gate_modules(self) -> list[BinaryGate | None]:
         """The gate of every layer, None where the layer is not gated."""
