@@ -133,17 +133,20 @@ class SuperResolutionData:
 
     def baseline(self) -> dict[str, float]:
         """Bicubic upscaling of the LR test images, scored by the same protocol."""
-        scores = []
-        for p in self.test_pairs:
-            h, w = p.hr.shape[:2]
-            up = np.array(Image.fromarray(p.lr).resize((w, h), Image.BICUBIC))
-            out = torch.from_numpy(up).permute(2, 0, 1).float() / 255.0
-            if self.colour == "y":
-                from repas.data.sr_images import to_model_input
+        return bicubic_scores(self.test_pairs, self.colour, self.scale)
 
-                out = to_model_input(up, "y")[0]
-            scores.append(sr_scores(out, p.hr, self.scale))
-        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+def bicubic_scores(pairs: list, colour: str, scale: int) -> dict[str, float]:
+    """Mean PSNR / SSIM of bicubic upscaling of (HR, LR) pairs, by the SR protocol."""
+    from repas.data.sr_images import to_model_input
+
+    scores = []
+    for p in pairs:
+        h, w = p.hr.shape[:2]
+        up = np.array(Image.fromarray(p.lr).resize((w, h), Image.BICUBIC))
+        out = to_model_input(up, "y")[0] if colour == "y" else torch.from_numpy(up).permute(2, 0, 1).float() / 255
+        scores.append(sr_scores(out, p.hr, scale))
+    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
 
 def receptive_radius_of(spec: ArchSpec) -> int:

@@ -22,27 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from repas.config import load_config
-from repas.data.sr_images import eval_images, load_pairs, set7_pkg, to_model_input
+from repas.data.sr_images import eval_images, load_pairs, set7_pkg
 from repas.deploy import export_onnx, onnx_latency_interleaved
 from repas.search import Trainer, spec_cost
 from repas.supernet import build, create_supernet_spec, fuse_net, load_model, save_model
-from repas.task_data import SuperResolutionData
-from repas.tasks.super_resolution import SuperResolutionTask, sr_scores
-
-
-def bicubic_scores(pairs, colour: str, scale: int) -> dict[str, float]:
-    scores = []
-    for p in pairs:
-        h, w = p.hr.shape[:2]
-        up = np.array(Image.fromarray(p.lr).resize((w, h), Image.BICUBIC))
-        out = to_model_input(up, colour)[0]
-        scores.append(sr_scores(out, p.hr, scale))
-    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+from repas.task_data import SuperResolutionData, bicubic_scores
+from repas.tasks.super_resolution import SuperResolutionTask
 
 
 def main() -> None:
