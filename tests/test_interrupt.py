@@ -27,7 +27,8 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]  # no temporary left behind
 
 
-def test_ctrl_c_mid_run_exits_cleanly_and_resumes(tmp_path, fake_fashion):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_mid_run_exits_cleanly_and_resumes(tmp_path, fake_fashion, sig):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "repas", "train", "--data", str(fake_fashion), "--run-dir", str(run_dir),
            "--epochs", "200", "--threads", "1", "--set", "train.batch_size=32"]
@@ -39,7 +40,7 @@ def test_ctrl_c_mid_run_exits_cleanly_and_resumes(tmp_path, fake_fashion):
         time.sleep(0.2)
     assert checkpoint.exists(), proc.communicate()[1]
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "--resume" in err and "Traceback" not in err

@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print("repas: interrupted; every checkpoint already written is complete: rerun the same command "
               "with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

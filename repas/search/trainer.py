@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -85,6 +87,28 @@ class Trainer:
         self.start_epoch = 0
         # Called after every optimizer step with (epoch, step); tests use it to interrupt.
         self.step_hook: Callable[[int, int], None] | None = None
+        self.stop_signal: int | None = None
+
+    # ---- Ctrl-C and SIGTERM: stop between steps, never inside a write -------------------
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """SIGINT / SIGTERM set a flag that the loop honours after the current step; a second
+        signal stops at once. Only the main thread can own signal handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, Any]) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -164,6 +188,7 @@ class Trainer:
             scheduler.step_update(self.num_updates)  # the lr is a function of the update count
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.num_updates or None)
+        previous = self._catch_stop_signals()
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 record = self._epoch(epoch, train, schedulers, writer)
@@ -179,6 +204,7 @@ class Trainer:
                 self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in record.items()))
         finally:
+            self._restore_signals(previous)
             writer.close()
         return self.history[-1] if self.history else {}
 
@@ -227,6 +253,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt(f"stopped by signal {self.stop_signal} after update {self.num_updates}")
         record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
                                   "seconds": time.perf_counter() - started}
         if self.budget is not None:
