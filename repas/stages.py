@@ -36,6 +36,7 @@ from repas.search import (
     spec_cost,
     subnet_spec,
 )
+from repas.spec import ArchSpec
 from repas.supernet import RepNet, build, fuse_net, load_model, save_model
 from repas.task_data import TaskData, make_task_data, shaped_spec
 
@@ -73,7 +74,7 @@ def get_data(cfg: PipelineConfig) -> TaskData:
     return make_task_data(cfg)
 
 
-def check_input(spec, batch: int = 4) -> torch.Tensor:  # noqa: ANN001
+def check_input(spec: ArchSpec, batch: int = 4) -> torch.Tensor:
     """A random input for equality checks: the spec's size, or a small LR tile for SR nets
     (fully convolutional, so any size checks the same weights)."""
     size = (36, 44) if spec.task == "super-resolution" else spec.input_size

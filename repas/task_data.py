@@ -7,6 +7,7 @@ metrics), and score an exported model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from repas.data.sr_images import (
     set7_pkg,
     split_packaged,
 )
+from repas.deploy import run_onnx
 from repas.errors import RepasError
 from repas.spec import ArchSpec
 from repas.supernet import create_supernet_spec, with_branches
@@ -64,11 +66,9 @@ class ClassificationData:
 
     def score_onnx(self, session: Any, spec: ArchSpec) -> dict[str, float]:
         """Top-1 (%) of the exported model in onnxruntime, one image at a time (batch 1)."""
-        name = session.get_inputs()[0].name
         images = self.data.test.normalize(self.data.test.images).numpy()
         labels = self.data.test.labels.numpy()
-        correct = sum(int(np.argmax(session.run(None, {name: images[i:i + 1]})[0]) == labels[i])
-                      for i in range(len(labels)))
+        correct = sum(int(np.argmax(run_onnx(session, images[i:i + 1])) == labels[i]) for i in range(len(labels)))
         return {"top1": 100.0 * correct / max(len(labels), 1)}
 
     def baseline(self) -> dict[str, float] | None:
@@ -171,7 +171,6 @@ def shaped_spec(cfg: PipelineConfig, data: TaskData) -> ArchSpec:
 
 
 
-def to_numpy_predict(session: Any):  # noqa: ANN201
+def to_numpy_predict(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """An onnxruntime session as a callable on torch tensors."""
-    name = session.get_inputs()[0].name
-    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0])
+    return lambda x: torch.from_numpy(run_onnx(session, x))

@@ -9,6 +9,7 @@ exit non-zero.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -165,8 +166,6 @@ def _upscale(args: argparse.Namespace) -> None:
     out = upscale_image(model, rgb, model.spec.scale, model.spec.in_channels, args.tile, receptive_radius(model))
     suffix = Path(args.output).suffix.lower().lstrip(".") or "png"
     fmt = {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF"}.get(suffix, suffix.upper())
-    import io
-
     buf = io.BytesIO()
     try:
         Image.fromarray(np.ascontiguousarray(out)).save(buf, format=fmt)

@@ -31,6 +31,7 @@ from repas.atomic import atomic_torch_save
 from repas.config import TrainConfig
 from repas.errors import RepasError
 from repas.search.budget import Budget
+from repas.search.extract import gate_masks
 from repas.supernet.fused import fuse_net
 from repas.supernet.net import RepNet
 
@@ -169,8 +170,7 @@ class Trainer:
 
     # ---- training ------------------------------------------------------------------
     def widths(self) -> list[int]:
-        return [int(g.mask().sum()) if g is not None else lay.out_channels
-                for g, lay in zip(self.model.gate_modules(), self.model.spec.layers)]
+        return [int(m.sum()) for m in gate_masks(self.model)]
 
     def fit(self, train: EpochLoader, val: Iterable | None = None, resume: bool = False) -> dict[str, Any]:
         """Train for ``cfg.epochs``; returns the last epoch's record (metrics, cost, widths)."""
