@@ -19,6 +19,9 @@ import yaml
 
 from repas.errors import RepasError
 
+COST_METRICS = ("macs", "params", "latency")
+ALLOCATIONS = ("ranked", "threshold")
+
 
 @dataclass
 class DataConfig:
@@ -80,26 +83,49 @@ class SearchConfig(TrainConfig):
     """Training with gates and a budget: ``task + alpha * (cost / target - 1)^2``."""
 
     lr: float = 0.02  # from a trained net: a gentler weight lr than training from scratch
-    metric: str = "macs"  # macs | params
+    metric: str = "macs"  # macs | params | latency (needs a latency table: repas profile)
     target: float | None = 0.5  # fraction of the dense cost
-    target_abs: str | None = None  # absolute cost, e.g. "2.5M" (overrides target)
+    target_abs: str | None = None  # absolute cost, e.g. "2.5M" or "1.5ms" (overrides target)
     alpha: float = 5.0
     gate_lr: float = 0.05
+    latency_table: str | None = None  # None: <run_dir>/latency.csv
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.alpha < 0 or self.gate_lr <= 0:
             raise RepasError(f"search alpha must be >= 0 and gate_lr > 0, got {self.alpha} and {self.gate_lr}")
+        if self.metric not in COST_METRICS:
+            raise RepasError(f"search metric {self.metric!r} is unknown; expected one of {COST_METRICS}")
 
 
 @dataclass
 class ExtractConfig:
-    round_to: int = 1  # widths rounded to a multiple (8 suits SIMD lanes)
+    round_to: int = 1  # widths rounded to a multiple (8 suits SIMD lanes); latency: 1 means the table's divisor
     fit: bool = True  # move widths by gate ranking until the cost meets the target
     tolerance: float = 0.03  # fitted cost lies in [target * (1 - tolerance), target]
+    # Many subnets from one search: targets such as ["1ms", "2ms"] (or MACs / params in search.metric)
+    targets: list[str] | None = None
+    # how widths meet each of those targets: ranked (importance per unit of cost) or threshold (one global one)
+    allocation: str = "ranked"
 
     def __post_init__(self) -> None:
         _at_least(self, "extract", round_to=1)
+        if self.allocation not in ALLOCATIONS:
+            raise RepasError(f"extract allocation {self.allocation!r} is unknown; expected one of {ALLOCATIONS}")
+
+
+@dataclass
+class ProfileConfig:
+    """Latency tables (``repas profile``); threads come from the export section."""
+
+    backend: str = "onnxruntime"  # onnxruntime | torch | executorch
+    divisor: int = 4  # channel counts measured: 1, the multiples of divisor, the full width
+    warmup: int = 10
+    runs: int = 50  # timed calls per row, spread over the passes
+    passes: int = 5  # rounds over every row, a new session each; a row's time is its best round's median
+
+    def __post_init__(self) -> None:
+        _at_least(self, "profile", divisor=1, warmup=0, runs=1, passes=1)
 
 
 @dataclass
@@ -124,6 +150,7 @@ class PipelineConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     finetune: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
 
 def _at_least(cfg: Any, section: str, **minimums: int) -> None:

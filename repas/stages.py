@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -21,11 +20,15 @@ import torch
 
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig
-from repas.deploy import export_onnx, onnx_latency_interleaved, onnx_session, verify_onnx
+from repas.deploy import cpu_name, export_onnx, onnx_latency_each, onnx_session, verify_onnx
+from repas.deploy.profile import profile
 from repas.errors import RepasError
 from repas.search import (
     Budget,
+    LatencyModel,
     Trainer,
+    allocate_masks,
+    analytic_cost,
     extract_subnet,
     fit_masks_to_budget,
     gate_masks,
@@ -34,8 +37,9 @@ from repas.search import (
     resolve_target,
     round_masks,
     spec_cost,
-    subnet_spec,
+    threshold_masks,
 )
+from repas.search.cost import CostFn, format_cost
 from repas.spec import ArchSpec
 from repas.supernet import RepNet, build, fuse_net, load_model, save_model
 from repas.task_data import TaskData, make_task_data, shaped_spec
@@ -86,19 +90,6 @@ def model_facts(model: RepNet) -> dict[str, Any]:
             "params": spec_cost(model.spec, "params")}
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one) and its core count."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
 def _environment() -> dict[str, Any]:
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(), "processor": cpu_name(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -131,11 +122,44 @@ def train_stage(cfg: PipelineConfig, resume: bool = False, log: Log = _print, da
     return save_model(model, stage_dir(cfg, "train"), report)
 
 
+def latency_table_path(cfg: PipelineConfig) -> Path:
+    return Path(cfg.search.latency_table) if cfg.search.latency_table else Path(cfg.run_dir) / "latency.csv"
+
+
+def cost_model(cfg: PipelineConfig, spec: ArchSpec, metric: str) -> CostFn:
+    """The cost of ``spec`` as a function of its widths: MACs, params, or the latency
+    model over the configured latency table."""
+    return LatencyModel.load(latency_table_path(cfg), spec) if metric == "latency" else analytic_cost(spec, metric)
+
+
+def width_step(cfg: PipelineConfig, model: CostFn) -> int:
+    """The multiple widths are rounded to: extract.round_to, or the latency table's divisor
+    where round_to is 1 and the cost is latency (its grid points are measured, not interpolated)."""
+    if cfg.extract.round_to == 1 and isinstance(model, LatencyModel):
+        return model.divisor
+    return cfg.extract.round_to
+
+
+def profile_stage(cfg: PipelineConfig, out: str | Path | None = None, data: TaskData | None = None,
+                  log: Log = _print) -> Path:
+    """Measure the latency table of the configured space on ``cfg.profile.backend``."""
+    setup(cfg)
+    data = data or get_data(cfg)
+    spec = shaped_spec(cfg, data)
+    p = cfg.profile
+    table = profile(spec, p.backend, p.divisor, cfg.export.threads, p.warmup, p.runs, p.passes)
+    path = table.save(out or latency_table_path(cfg))
+    log(f"profile: {len(table)} rows for {spec.name} on {table.meta['backend']} ({cfg.export.threads} thread) "
+        f"in {table.meta['seconds']} s, overhead {table.overhead:.4f} ms -> {path}")
+    return path
+
+
 def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
     s = cfg.search
     fraction = None if s.target_abs is not None else s.target
-    target = resolve_target(model.spec, s.metric, fraction, s.target_abs)
-    return Budget(model.spec, target, s.metric, s.alpha)
+    fn = cost_model(cfg, model.spec, s.metric)
+    target = resolve_target(model.spec, s.metric, fraction, s.target_abs, fn)
+    return Budget(model.spec, target, s.metric, s.alpha, fn)
 
 
 def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
@@ -147,8 +171,8 @@ def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: 
         raise RepasError(f"{model.spec.name} has no gated layer: search needs a supernet spec")
     model.freeze_gates(False)
     budget = search_budget(cfg, model)
-    log(f"search: target {budget.metric} {budget.target:,.0f} "
-        f"(dense {spec_cost(model.spec, budget.metric):,.0f})")
+    log(f"search: target {budget.metric} {format_cost(budget.target, budget.metric)} "
+        f"(dense {format_cost(float(budget.cost(model.spec.widths)), budget.metric)})")
     model, report = _train(cfg, "search", model, cfg.search, resume, log, budget=budget, gate_lr=cfg.search.gate_lr,
                            data=data)
     widths = [int(m.sum()) for m in gate_masks(model)]
@@ -168,31 +192,115 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Lo
     model = load_model(src).eval()
     masks, scores = gate_masks(model), gate_scores(model)
     threshold_widths = [int(m.sum()) for m in masks]
-    masks = round_masks(masks, scores, cfg.extract.round_to)
-    budget = search_budget(cfg, model)
     searched = json.loads((src / "report.json").read_text()) if (src / "report.json").exists() else {}
     if target_from_search and "target" in searched:
-        budget = Budget(model.spec, float(searched["target"]), searched["metric"], cfg.search.alpha)
+        metric = searched["metric"]
+        budget = Budget(model.spec, float(searched["target"]), metric, cfg.search.alpha,
+                        cost_model(cfg, model.spec, metric))
+    else:
+        budget = search_budget(cfg, model)
+    step = width_step(cfg, budget.model)
+    masks = round_masks(masks, scores, step)
     if cfg.extract.fit:
-        masks = fit_masks_to_budget(model.spec, masks, scores, budget.target, budget.metric,
-                                    step=max(1, cfg.extract.round_to), tolerance=cfg.extract.tolerance)
-        fitted = float(spec_cost(subnet_spec(model.spec, masks), budget.metric))
+        masks = fit_masks_to_budget(model.spec, masks, scores, budget.target, budget.metric, step=step,
+                                    tolerance=cfg.extract.tolerance, model=budget.model)
+        fitted = float(budget.cost([int(m.sum()) for m in masks]))
         if fitted > budget.target * (1 + 1e-9):
-            raise RepasError(f"widths in steps of {cfg.extract.round_to} cannot meet the target {budget.metric} "
-                             f"{budget.target:,.0f} (the closest is {fitted:,.0f}): lower --round-to or raise "
-                             "the target")
+            raise RepasError(f"widths in steps of {step} cannot meet the target {budget.metric} "
+                             f"{format_cost(budget.target, budget.metric)} (the closest is "
+                             f"{format_cost(fitted, budget.metric)}): lower --round-to or raise the target")
+    sub, diff = extract_checked(model, masks)
+    cost = float(budget.cost(sub.spec.widths))
+    report = {"stage": "extract", **model_facts(sub), "threshold_widths": threshold_widths,
+              "target": budget.target, "metric": budget.metric, "cost_vs_target": cost / budget.target,
+              f"predicted_{budget.metric}": cost, "max_abs_diff_vs_gated_supernet": diff, "round_to": step}
+    log(f"extract: widths {sub.spec.widths}, {budget.metric} {format_cost(cost, budget.metric)} = "
+        f"{cost / budget.target:.3f} x target")
+    return save_model(sub, stage_dir(cfg, "extract"), report)
+
+
+def extract_checked(model: RepNet, masks: list[torch.Tensor]) -> tuple[RepNet, float]:
+    """The extracted net and its max abs difference from the gated supernet (an error above 1e-4)."""
     sub = extract_subnet(model, masks)
     x = check_input(model.spec)
     with torch.no_grad():
         diff = float((sub(x) - gated_copy(model, masks).eval()(x)).abs().max())
     if diff > 1e-4:
         raise RepasError(f"extracted net differs from the gated supernet by {diff:.2e}: please report this bug")
-    cost = spec_cost(sub.spec, budget.metric)
-    report = {"stage": "extract", **model_facts(sub), "threshold_widths": threshold_widths,
-              "target": budget.target, "metric": budget.metric, "cost_vs_target": cost / budget.target,
-              "max_abs_diff_vs_gated_supernet": diff, "round_to": cfg.extract.round_to}
-    log(f"extract: widths {sub.spec.widths}, {budget.metric} {cost:,.0f} = {cost / budget.target:.3f} x target")
-    return save_model(sub, stage_dir(cfg, "extract"), report)
+    return sub, diff
+
+
+def target_metric(text: str, default: str) -> str:
+    """'1.5ms' / '800us' is a latency target; a plain number or '2.5M' is in ``default``."""
+    return "latency" if str(text).strip().lower().endswith("s") else default
+
+
+def targets_stage(cfg: PipelineConfig, targets: list[str], source: str | Path | None = None,
+                  finetune: bool = False, data: TaskData | None = None, log: Log = _print) -> Path:
+    """Many subnets from one searched supernet: for each target, widths allocated from the
+    gate ranking (``cfg.extract.allocation``), extracted into ``<run_dir>/targets/<target>/extract``;
+    with ``finetune``, each is also fine-tuned, fused and exported, and its latency measured.
+    Writes ``<run_dir>/targets/report.md`` with predicted and measured latency."""
+    setup(cfg)
+    src = _source(cfg, "extract", source)
+    model = load_model(src).eval()
+    if not any(g is not None for g in model.gate_modules()):
+        raise RepasError(f"{src} has no gates: --targets needs a searched supernet (the search stage's output)")
+    scores = gate_scores(model)
+    allocate = allocate_masks if cfg.extract.allocation == "ranked" else threshold_masks
+    root = Path(cfg.run_dir) / "targets"
+    plans = []
+    for text in targets:  # resolve every target before the long part, so a bad one fails fast
+        metric = target_metric(text, cfg.search.metric)
+        fn = cost_model(cfg, model.spec, metric)
+        plans.append((str(text).strip(), metric, fn, resolve_target(model.spec, metric, absolute=text, model=fn)))
+    latency = LatencyModel.load(latency_table_path(cfg), model.spec) if latency_table_path(cfg).exists() else None
+    rows = []
+    for label, metric, fn, target in plans:
+        masks = allocate(model.spec, scores, target, fn, width_step(cfg, fn))
+        sub, diff = extract_checked(model, masks)
+        cost = float(fn(sub.spec.widths))
+        sub_cfg = dataclasses.replace(cfg, run_dir=str(root / label))
+        row = {"target": label, "metric": metric, "target_value": target, "allocation": cfg.extract.allocation,
+               **model_facts(sub), f"predicted_{metric}": cost, "cost_vs_target": cost / target,
+               "predicted_latency_ms": float(latency(sub.spec.widths)) if latency else None}
+        save_model(sub, stage_dir(sub_cfg, "extract"), {"stage": "extract", **row,
+                                                         "max_abs_diff_vs_gated_supernet": diff})
+        log(f"extract {label}: widths {sub.spec.widths}, {metric} {format_cost(cost, metric)} = "
+            f"{cost / target:.3f} x target")
+        if finetune:
+            data = data or get_data(cfg)
+            finetune_stage(sub_cfg, data=data, log=log)
+            fuse_stage(sub_cfg, log=log)
+            export_stage(sub_cfg, data=data, log=log)
+            exported, tuned = _read(stage_dir(sub_cfg, "export")), _read(stage_dir(sub_cfg, "finetune"))
+            row.update({"measured_latency_ms": exported["latency"]["median_ms"], "onnx_metrics":
+                        exported["onnx_metrics"], "torch_metrics": tuned["test"]})
+        rows.append(row)
+    report = {"source": str(src), "allocation": cfg.extract.allocation, "subnets": rows,
+              "threads": cfg.export.threads, "environment": _environment()}
+    atomic_write_json(root / "report.json", report)
+    atomic_write_text(root / "report.md", targets_markdown(report))
+    log("\n" + targets_markdown(report))
+    return root
+
+
+def targets_markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [f"# Subnets of {report['source']} at several targets", "",
+             f"{env['date']}, {env['processor']}, torch {env['torch']}; widths by {report['allocation']} allocation; "
+             f"measured latency: onnxruntime, batch 1, {report['threads']} thread.", "",
+             "| target | widths | MACs | predicted latency | measured latency | measured / target | metric |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["subnets"]:
+        pred = r.get("predicted_latency_ms")
+        meas = r.get("measured_latency_ms")
+        ratio = f"{meas / r['target_value']:.3f}" if meas is not None and r["metric"] == "latency" else "-"
+        metric = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("onnx_metrics") or {}).items() if k in ("top1", "psnr"))
+        lines.append(f"| {r['target']} | {' / '.join(map(str, r['widths']))} | {r['macs'] / 1e6:.3f} M | "
+                     f"{f'{pred:.4g} ms' if pred is not None else '-'} | "
+                     f"{f'{meas:.4g} ms' if meas is not None else '-'} | {ratio} | {metric or '-'} |")
+    return "\n".join(lines) + "\n"
 
 
 def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
@@ -241,7 +349,8 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
     data = data or get_data(cfg)
     metrics = data.score_onnx(onnx_session(path, cfg.export.threads), model.spec)
     e = cfg.export
-    latency = onnx_latency_interleaved({"model": path}, shape, e.threads, e.warmup, e.runs)["model"]
+    latency = {"median_ms": onnx_latency_each({"model": path}, shape, e.threads, e.warmup, e.runs)["model"],
+               "statistic": "lowest of 5 sessions' medians", "runs": e.runs, "threads": e.threads}
     report = {"stage": "export", "source": str(src), **model_facts(model), "onnx": str(path),
               "max_abs_diff_onnx_vs_torch": diff, "onnx_metrics": metrics, "latency": latency,
               "latency_input": list(shape), "environment": _environment()}
@@ -258,6 +367,9 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = _print) -
     started = time.perf_counter()
     run = Path(cfg.run_dir)
     data = get_data(cfg)
+    if cfg.search.metric == "latency" and not latency_table_path(cfg).exists():
+        log(f"no latency table at {latency_table_path(cfg)}: measuring one on this machine")
+        profile_stage(cfg, data=data, log=log)
     train_stage(cfg, resume=resume, log=log, data=data)
     search_stage(cfg, resume=resume, log=log, data=data)
     extract_stage(cfg, log=log)
@@ -269,8 +381,9 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = _print) -
     e = cfg.export
     spec = load_model(run / "fuse").spec
     shape = (1, spec.in_channels, *spec.input_size)
-    latency = onnx_latency_interleaved({"dense": run / "dense-export" / "model.onnx",
-                                        "searched": run / "export" / "model.onnx"}, shape, e.threads, e.warmup, e.runs)
+    latency = onnx_latency_each({"dense": run / "dense-export" / "model.onnx",
+                                 "searched": run / "export" / "model.onnx"}, shape, e.threads, e.warmup, e.runs)
+    latency = {k: {"median_ms": v} for k, v in latency.items()}
     summary = summarize(cfg, latency, time.perf_counter() - started, data.primary, data.baseline())
     atomic_write_json(run / "summary.json", summary)
     atomic_write_text(run / "report.md", summary_markdown(summary))
@@ -288,10 +401,16 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
     train, search, extract = _read(run / "train"), _read(run / "search"), _read(run / "extract")
     finetune = _read(run / "finetune")
 
+    table = latency_table_path(cfg)
+
     def row(export: dict[str, Any], trained: dict[str, Any], which: str) -> dict[str, Any]:
+        predicted = None
+        if table.exists():
+            spec = ArchSpec.load(run / ("dense-export" if which == "dense" else "export"))
+            predicted = float(LatencyModel.load(table, spec)(spec.widths))
         return {"widths": export["widths"], "macs": export["macs"], "params": export["params"],
                 "torch": trained["test"][primary], "onnx": export["onnx_metrics"][primary],
-                "onnx_ms": latency[which]["median_ms"]}
+                "onnx_ms": latency[which]["median_ms"], "predicted_ms": predicted}
 
     return {
         "run_dir": str(run), "seconds": seconds, "environment": _environment(), "metric": primary,
@@ -316,10 +435,12 @@ def summary_markdown(s: dict[str, Any]) -> str:
         (f"ONNX latency, batch 1 at {size}, {s['threads']} thread", f"{d['onnx_ms']:.3f} ms",
          f"{p['onnx_ms']:.3f} ms"),
     ]
+    if d.get("predicted_ms") is not None:
+        rows.append(("latency predicted by the table", f"{d['predicted_ms']:.3f} ms", f"{p['predicted_ms']:.3f} ms"))
     env = s["environment"]
     lines = [f"# repas run {s['run_dir']}", "",
              f"{env['date']}, {env['processor']}, torch {env['torch']}, {s['seconds'] / 60:.1f} min in all. "
-             f"Target {s['cost_metric']} {s['target']:,.0f}; the searched net is at "
+             f"Target {s['cost_metric']} {format_cost(s['target'], s['cost_metric'])}; the searched net is at "
              f"{s['cost_vs_target']:.3f} x target.", "",
              "| | dense | searched |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]

@@ -13,8 +13,8 @@ ROOT = Path(__file__).parents[1] / "repas"
 ALLOWED = {
     "reparam": {"spec", "errors"},
     "supernet": {"reparam", "spec", "errors", "atomic"},
-    "search": {"supernet", "reparam", "spec", "errors", "atomic", "config", "data"},
-    "deploy": {"reparam", "spec", "errors", "atomic"},
+    "search": {"supernet", "reparam", "spec", "latency_table", "errors", "atomic", "config", "data"},
+    "deploy": {"reparam", "spec", "latency_table", "errors", "atomic"},
     "data": {"errors", "spec", "colour"},
     "tasks": {"errors", "colour"},
 }

@@ -56,6 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("extract", "cut the searched subnet out of the supernet", source=True)
     _budget_args(sp)
     sp.add_argument("--round-to", type=int, help="round widths to a multiple (e.g. 8)")
+    sp.add_argument("--targets", metavar="T1,T2,...", help="many subnets from one search, e.g. 1ms,2ms,3ms "
+                    "(latency) or 2M,3M (in search.metric): written to RUN_DIR/targets/<target>/")
+    sp.add_argument("--allocation", choices=("ranked", "threshold"),
+                    help="with --targets: widths by importance per unit of cost (ranked, default) or one global "
+                    "threshold on the gate scores")
+    sp.add_argument("--finetune", action="store_true",
+                    help="with --targets: also fine-tune, fuse and export each subnet and measure its latency")
+    sp.add_argument("--epochs", type=int, help="with --finetune: fine-tuning epochs")
+    sp = add("profile", "measure a latency table of the space's layer shapes on this machine")
+    sp.add_argument("--backend", choices=("onnxruntime", "torch", "executorch"),
+                    help="runtime to time (config: profile.backend; default onnxruntime)")
+    sp.add_argument("--divisor", type=_positive, help="channel counts measured: multiples of this (default 4)")
+    sp.add_argument("-o", "--output", metavar="FILE",
+                    help="table to write (default: search.latency_table, else RUN_DIR/latency.csv)")
     add("fuse", "fuse every multi-branch block into one conv", source=True)
     add("export", "export the fused net to ONNX, check it, measure latency", source=True)
     sp = sub.add_parser("upscale", help="super-resolve an image with a trained SR model",
@@ -77,6 +91,10 @@ def _budget_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--target", type=float, help="budget as a fraction of the dense cost, e.g. 0.5")
     sp.add_argument("--target-macs", metavar="N", help="absolute MACs budget, e.g. 2.5M")
     sp.add_argument("--target-params", metavar="N", help="absolute parameter budget, e.g. 40K")
+    sp.add_argument("--target-latency", metavar="T", help="latency budget, e.g. 1.5ms, from a latency table "
+                    "(repas profile)")
+    sp.add_argument("--latency-table", metavar="FILE", help="latency table (config: search.latency_table; "
+                    "default RUN_DIR/latency.csv)")
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
@@ -87,16 +105,24 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         if value is not None:
             values[key] = value
     if getattr(args, "epochs", None) is not None:
-        stages = TRAINING if args.command == "pipeline" else (args.command,)
+        stages = TRAINING if args.command == "pipeline" else ("finetune",) if args.command == "extract" else (
+            args.command,)
         sets += [f"{s}.epochs={args.epochs}" for s in stages]
     if getattr(args, "target", None) is not None:
         sets += [f"search.target={args.target}", "search.target_abs=null"]
-    for metric in ("macs", "params"):
+    for metric in ("macs", "params", "latency"):
         value = getattr(args, f"target_{metric}", None)
         if value is not None:
-            sets += [f"search.metric={metric}", f"search.target_abs={value}"]
-    if getattr(args, "round_to", None) is not None:
-        sets.append(f"extract.round_to={args.round_to}")
+            sets.append(f"search.metric={metric}")
+            values["search.target_abs"] = value
+    for flag, key in (("latency_table", "search.latency_table"), ("backend", "profile.backend"),
+                      ("divisor", "profile.divisor"), ("round_to", "extract.round_to"),
+                      ("allocation", "extract.allocation")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            values[key] = value
+    if getattr(args, "targets", None) is not None:
+        values["extract.targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
     return load_config(args.config, sets, values)
 
 
@@ -194,8 +220,15 @@ def run(args: argparse.Namespace) -> int:
         out = stages.train_stage(cfg, resume=resume)
     elif args.command == "search":
         out = stages.search_stage(cfg, source, resume=resume)
+    elif args.command == "profile":
+        out = stages.profile_stage(cfg, args.output)
+    elif args.command == "extract" and cfg.extract.targets:
+        out = stages.targets_stage(cfg, cfg.extract.targets, source, finetune=args.finetune)
     elif args.command == "extract":
-        flags = any(getattr(args, f, None) is not None for f in ("target", "target_macs", "target_params"))
+        if args.finetune:
+            raise RepasError("--finetune goes with --targets; for one subnet run 'repas finetune' after extract")
+        flags = any(getattr(args, f, None) is not None
+                    for f in ("target", "target_macs", "target_params", "target_latency"))
         out = stages.extract_stage(cfg, source, target_from_search=not flags)
     elif args.command == "finetune":
         out = stages.finetune_stage(cfg, source, resume=resume)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -9,6 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from repas.deploy.onnx_export import onnx_session
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one) and its core count."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def time_calls(fn, warmup: int, runs: int) -> dict[str, float]:  # noqa: ANN001
@@ -54,3 +69,24 @@ def onnx_latency_interleaved(paths: dict[str, str | Path], input_shape: tuple[in
             times[k].append((time.perf_counter() - t) * 1e3)
     return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "threads": threads, "runs": runs}
             for k, v in times.items()}
+
+
+def onnx_latency_each(paths: dict[str, str | Path], input_shape: tuple[int, ...], threads: int = 1,
+                      warmup: int = 10, runs: int = 100, passes: int = 5) -> dict[str, float]:
+    """Latency (ms) of several models, each timed alone (warm caches, as it runs when
+    deployed): in each of ``passes`` rounds a new session times ``runs / passes`` calls, and
+    a model's latency is the lowest of its rounds' medians.
+
+    Why the lowest: on the machine of docs/results.md about one onnxruntime session in three
+    runs the same model 30-40% slower than the others, steadily for its whole life, whatever
+    the input's alignment; a median over sessions would be that lottery. A transient load
+    on the machine likewise spoils one round, not the result."""
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    rounds: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(passes):
+        for k, p in paths.items():
+            session = onnx_session(p, threads)
+            feed = {session.get_inputs()[0].name: x}
+            rounds[k].append(time_calls(lambda s=session, f=feed: s.run(None, f), warmup,
+                                        max(1, runs // passes))["median_ms"])
+    return {k: min(v) for k, v in rounds.items()}

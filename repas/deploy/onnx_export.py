@@ -43,13 +43,15 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     return Path(path)
 
 
-def onnx_session(path: str | Path, threads: int = 1):  # noqa: ANN201
+def onnx_session(path: str | Path | bytes, threads: int = 1):  # noqa: ANN201
+    """An onnxruntime CPU session for a model file (or its bytes) at ``threads`` intra-op threads."""
     ort = _require_onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, x: np.ndarray | torch.Tensor) -> np.ndarray:  # noqa: ANN001

@@ -8,7 +8,7 @@ differentiable in the gate weights through the straight-through estimator.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,6 +17,8 @@ from repas.spec import ArchSpec
 
 METRICS = ("macs", "params")
 Width = torch.Tensor | int | float
+# A cost as a function of the widths: analytic (MACs, params) or measured (a LatencyModel).
+CostFn = Callable[[Sequence[Width]], torch.Tensor | float]
 
 
 def cost(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> torch.Tensor | float:
@@ -46,15 +48,27 @@ def cost(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> torch
     return total
 
 
-def spec_cost(spec: ArchSpec, metric: str = "macs") -> float:
-    """The cost of the spec at its own widths."""
-    return float(cost(spec, spec.widths, metric))
+def analytic_cost(spec: ArchSpec, metric: str = "macs") -> CostFn:
+    """MACs or params of ``spec`` as a function of the widths."""
+    if metric not in METRICS:
+        raise RepasError(f"unknown cost metric {metric!r}; expected one of {METRICS}")
+    return lambda widths: cost(spec, widths, metric)
 
 
-def min_cost(spec: ArchSpec, metric: str = "macs") -> float:
+def spec_cost(spec: ArchSpec, metric: str = "macs", model: CostFn | None = None) -> float:
+    """The cost of the spec at its own widths (``model``: a cost function in place of ``metric``)."""
+    return float((model or analytic_cost(spec, metric))(spec.widths))
+
+
+def min_cost(spec: ArchSpec, metric: str = "macs", model: CostFn | None = None) -> float:
     """The smallest reachable cost: every gated layer at one channel."""
     widths = [1 if lay.gated else lay.out_channels for lay in spec.layers]
-    return float(cost(spec, widths, metric))
+    return float((model or analytic_cost(spec, metric))(widths))
+
+
+def format_cost(value: float, metric: str) -> str:
+    """'3.627 ms' for latency, '3,627,000' for MACs and params."""
+    return f"{value:.4g} ms" if metric == "latency" else f"{value:,.0f}"
 
 
 def parse_quantity(text: str | float | int) -> float:

@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from repas.search.cost import cost
+from repas.search.cost import CostFn, analytic_cost
 from repas.spec import ArchSpec
 from repas.supernet.net import RepNet
 
@@ -48,10 +48,12 @@ def round_masks(masks: list[torch.Tensor], scores: list[torch.Tensor], multiple:
 
 def fit_masks_to_budget(spec: ArchSpec, masks: list[torch.Tensor], scores: list[torch.Tensor],
                         target: float, metric: str = "macs", step: int = 1,
-                        tolerance: float = 0.03) -> list[torch.Tensor]:
+                        tolerance: float = 0.03, model: CostFn | None = None) -> list[torch.Tensor]:
     """Move widths in steps of ``step`` channels until the cost lies in
     ``[target * (1 - tolerance), target]``: drop the lowest-scored kept channels while over,
-    add back the highest-scored pruned channels while under. Ungated layers never change."""
+    add back the highest-scored pruned channels while under. Ungated layers never change.
+    ``model`` is the cost function (default: the analytic ``metric`` of ``spec``)."""
+    fn = model or analytic_cost(spec, metric)
     widths = [int(m.sum()) for m in masks]
     full = [m.numel() for m in masks]
     gated = [lay.gated for lay in spec.layers]
@@ -61,7 +63,7 @@ def fit_masks_to_budget(spec: ArchSpec, masks: list[torch.Tensor], scores: list[
         return float(scores[i][order[i][w - 1]]) if w > 0 else float("inf")
 
     def current() -> float:
-        return float(cost(spec, widths, metric))
+        return float(fn(widths))
 
     for _ in range(sum(full) + 1):
         c = current()
@@ -73,7 +75,7 @@ def fit_masks_to_budget(spec: ArchSpec, masks: list[torch.Tensor], scores: list[
             widths[i] -= step
         elif c < target * (1 - tolerance):
             cands = [i for i in range(len(widths)) if gated[i] and widths[i] + step <= full[i]]
-            cands = [i for i in cands if float(cost(spec, _with(widths, i, widths[i] + step), metric)) <= target]
+            cands = [i for i in cands if float(fn(_with(widths, i, widths[i] + step))) <= target]
             if not cands:
                 break
             i = max(cands, key=lambda i: float(scores[i][order[i][widths[i]]]))
@@ -81,6 +83,88 @@ def fit_masks_to_budget(spec: ArchSpec, masks: list[torch.Tensor], scores: list[
         else:
             break
     return [_top_k_mask(s, w) for s, w in zip(scores, widths)]
+
+
+def allocate_masks(spec: ArchSpec, scores: list[torch.Tensor], target: float, model: CostFn, step: int = 1,
+                   threshold: float = 0.5) -> list[torch.Tensor]:
+    """Widths for ``target`` from one ranking: the gate scores order each layer's channels,
+    and widths move in steps of ``step`` by the importance they carry per unit of cost.
+
+    From the full net, remove the step whose channels lose the least importance
+    (``score - threshold``, so channels the search switched off go first) per unit of cost
+    saved, until the cost is within the target; then add back, while the target allows,
+    the steps that bring the most importance per unit of cost. Unlike one global threshold
+    on the scores, a channel in a layer that is cheap on this device is worth keeping
+    longer than an equally-ranked one in an expensive layer."""
+    full = [s.numel() for s in scores]
+    gated = [lay.gated for lay in spec.layers]
+    order = [torch.argsort(s, descending=True) for s in scores]
+    value = [(s[o] - threshold).tolist() for s, o in zip(scores, order)]  # importance by rank
+    widths = list(full)
+    smallest = [min(step, f) for f in full]
+
+    def lower(i: int) -> int:  # the next width down: a multiple of step, at least one step
+        w = widths[i]
+        return max(smallest[i], (w - 1) // step * step)
+
+    def upper(i: int) -> int:
+        return min(full[i], (widths[i] // step + 1) * step)
+
+    now = float(model(widths))
+    while now > target:
+        best, best_ratio = None, float("inf")
+        for i in range(len(widths)):
+            if not gated[i] or lower(i) >= widths[i]:
+                continue
+            after = float(model(_with(widths, i, lower(i))))
+            saved = now - after
+            if saved <= 0:
+                continue
+            ratio = sum(value[i][lower(i):widths[i]]) / saved
+            if ratio < best_ratio:
+                best, best_ratio = (i, after), ratio
+        if best is None:
+            break
+        widths[best[0]], now = lower(best[0]), best[1]
+    while True:
+        best, best_ratio = None, -float("inf")
+        for i in range(len(widths)):
+            if not gated[i] or widths[i] >= full[i]:
+                continue
+            after = float(model(_with(widths, i, upper(i))))
+            if after > target:
+                continue
+            gain = sum(value[i][widths[i]:upper(i)])
+            ratio = gain / (after - now) if after > now else float("inf")
+            if ratio > best_ratio:
+                best, best_ratio = (i, after), ratio
+        if best is None:
+            break
+        widths[best[0]], now = upper(best[0]), best[1]
+    return [_top_k_mask(s, w) for s, w in zip(scores, widths)]
+
+
+def threshold_masks(spec: ArchSpec, scores: list[torch.Tensor], target: float, model: CostFn,
+                    step: int = 1) -> list[torch.Tensor]:
+    """The baseline allocation: one global threshold on the gate scores (each layer's count
+    rounded to ``step``, at least one step), the lowest threshold whose cost meets ``target``."""
+    def masks_at(tau: float) -> list[torch.Tensor]:
+        out = []
+        for s, lay in zip(scores, spec.layers):
+            if not lay.gated:
+                out.append(torch.ones(s.numel(), dtype=torch.bool))
+                continue
+            w = int((s > tau).sum())
+            w = s.numel() if w == s.numel() else min(s.numel(), max(step, step * round(w / step)))
+            out.append(_top_k_mask(s, max(w, 1)))
+        return out
+
+    finite = torch.cat([s[torch.isfinite(s)] for s in scores])
+    for tau in [float("-inf"), *torch.unique(finite).tolist()]:  # ascending: the first that fits keeps most
+        masks = masks_at(tau)
+        if float(model([int(m.sum()) for m in masks])) <= target:
+            return masks
+    return masks
 
 
 def _with(widths: list[int], i: int, w: int) -> list[int]:

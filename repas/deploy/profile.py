@@ -1,0 +1,171 @@
+"""``repas profile``: measure a latency table for a spec's layer shapes on a backend.
+
+Each row is the median time of one micro-model (one fused layer, the head or the SR tail)
+after warm-up, at fixed threads, minus the time of an empty model; the table's constant
+overhead is calibrated on whole nets built from the same parts. Backends: onnxruntime on the CPU
+(the default), PyTorch eager on the CPU, and ExecuTorch with XNNPACK when installed.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from repas.deploy.latency import cpu_name, time_calls
+from repas.deploy.micro_models import MicroModule, Part, onnx_bytes, random_inputs
+from repas.errors import RepasError
+from repas.latency_table import OVERHEAD_KEY, LatencyTable, describe_key, net_parts, profile_grid
+from repas.spec import ArchSpec
+
+BACKENDS = ("onnxruntime", "torch", "executorch")
+Timer = Callable[[list[Part]], float]
+
+
+def onnx_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
+    from repas.deploy.onnx_export import _require_onnxruntime, onnx_session
+
+    ort = _require_onnxruntime()
+
+    def timer(parts: list[Part]) -> float:
+        # Inputs and output bound once to preallocated buffers: a row times the layer, not the
+        # copies in and out of Python that a whole net makes only once (the overhead has those).
+        session = onnx_session(onnx_bytes(parts), threads)
+        inputs = random_inputs(parts)
+        binding = session.io_binding()
+        for i, x in zip(session.get_inputs(), inputs):
+            binding.bind_ortvalue_input(i.name, ort.OrtValue.ortvalue_from_numpy(x))
+        out = session.run(None, dict(zip((i.name for i in session.get_inputs()), inputs)))[0]
+        binding.bind_ortvalue_output("output", ort.OrtValue.ortvalue_from_numpy(np.empty_like(out)))
+        return time_calls(lambda: session.run_with_iobinding(binding), warmup, runs)["median_ms"]
+
+    return timer, f"onnxruntime {ort.__version__} CPUExecutionProvider"
+
+
+def torch_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
+    torch.set_num_threads(threads)
+
+    def timer(parts: list[Part]) -> float:
+        module = MicroModule(parts).eval()
+        inputs = [torch.from_numpy(x) for x in random_inputs(parts)]
+        with torch.inference_mode():
+            return time_calls(lambda: module(*inputs), warmup, runs)["median_ms"]
+
+    return timer, f"torch {torch.__version__} eager CPU"
+
+
+def executorch_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
+    from repas.deploy.executorch_export import executorch_version, load_pte, lower_to_pte, set_executorch_threads
+
+    version = executorch_version()
+    set_executorch_threads(threads)
+
+    def timer(parts: list[Part]) -> float:
+        inputs = [torch.from_numpy(x) for x in random_inputs(parts)]
+        program = lower_to_pte(MicroModule(parts).eval(), tuple(inputs))
+        method = load_pte(program)  # the runtime reads the program's bytes in place: keep them alive
+        return time_calls(lambda: method.execute(inputs), warmup, runs)["median_ms"]
+
+    return timer, f"executorch {version} XNNPACK"
+
+
+TIMERS = {"onnxruntime": onnx_timer, "torch": torch_timer, "executorch": executorch_timer}
+
+
+def make_timer(backend: str, threads: int = 1, warmup: int = 10, runs: int = 50) -> tuple[Timer, str]:
+    """A function timing a chain of parts on ``backend``, and the backend's description."""
+    if backend not in TIMERS:
+        raise RepasError(f"unknown latency backend {backend!r}; expected one of {BACKENDS}")
+    return TIMERS[backend](threads, warmup, runs)
+
+
+@dataclass
+class ProfilePlan:
+    """What a latency table measures: one micro-model per row, an empty model, and a few
+    whole nets (chains of the same parts) that calibrate the constant overhead."""
+
+    spec: ArchSpec
+    divisor: int
+    rows: list[Part]
+    calibration: list[list[Part]]
+
+    def models(self) -> dict[str, list[Part]]:
+        """Every model to time, by a file-safe name."""
+        out = {"empty": [(OVERHEAD_KEY, 1, 1)]}
+        out.update({f"row{i:04d}": [part] for i, part in enumerate(self.rows)})
+        out.update({f"net{i}": parts for i, parts in enumerate(self.calibration)})
+        return out
+
+
+def plan_profile(spec: ArchSpec, divisor: int = 4) -> ProfilePlan:
+    """The rows for every layer shape of ``spec`` over a grid of channel counts (1, the
+    multiples of ``divisor``, the full width), and three calibration nets: dense, the
+    smallest on the grid, and one in between."""
+    if divisor < 1:
+        raise RepasError(f"divisor must be >= 1, got {divisor}")
+    grid = profile_grid(spec, divisor)
+    rows = [(key, ci, co) for key, (cins, couts) in grid.items() for ci in cins for co in couts]
+    dense = spec.widths
+    small = [min(divisor, w) if lay.gated else w for lay, w in zip(spec.layers, dense)]
+    middle = [max(s, w // 2 // divisor * divisor) for s, w in zip(small, dense)]
+    calibration = [net_parts(spec, w) for w in (dense, middle, small)]
+    return ProfilePlan(spec, divisor, rows, calibration)
+
+
+def time_models(models: dict[str, list[Part]], timer: Timer, passes: int = 5,
+                progress: bool = True) -> dict[str, float]:
+    """Each model's time: the lowest over ``passes`` rounds (a new session each) of the
+    median of its calls, the same statistic as ``onnx_latency_each`` (which says why)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    bar = tqdm(total=passes * len(models), desc="profile", disable=not progress, leave=False)
+    for _ in range(passes):
+        for name, parts in models.items():
+            try:
+                times[name].append(timer(parts))
+            except RepasError:
+                raise
+            except Exception as e:  # a backend failing on one shape: say which
+                key, ci, co = parts[0]
+                raise RepasError(f"timing {describe_key(key)}, {ci} -> {co} channels failed: {e}") from e
+            bar.update()
+    bar.close()
+    return {name: min(t) for name, t in times.items()}
+
+
+def assemble_table(plan: ProfilePlan, times: dict[str, float], meta: dict[str, str]) -> LatencyTable:
+    """The table from measured times: each row minus the empty model's time, and a constant
+    overhead such that the calibration nets are predicted right on average (the median of
+    measured minus summed rows). The overhead absorbs what every part's own measurement
+    adds and a whole net does not (feeding and fetching its tensors, one call each)."""
+    missing = [name for name in plan.models() if name not in times]
+    if missing:
+        raise RepasError(f"no time for {len(missing)} models, e.g. {missing[0]}: time every model of the plan")
+    empty = times["empty"]
+    table = LatencyTable(meta={"divisor": str(plan.divisor), "space": plan.spec.name,
+                               "input_size": "x".join(map(str, plan.spec.input_size)), **meta})
+    for i, (key, ci, co) in enumerate(plan.rows):
+        table.add(key, ci, co, max(times[f"row{i:04d}"] - empty, 0.0))
+    residuals = [times[f"net{i}"] - sum(table.entries[k][(ci, co)] for k, ci, co in parts)
+                 for i, parts in enumerate(plan.calibration)]
+    table.add(OVERHEAD_KEY, 0, 0, float(np.median(residuals)))
+    table.meta["empty_model_ms"] = f"{empty:.6g}"
+    return table
+
+
+def profile(spec: ArchSpec, backend: str = "onnxruntime", divisor: int = 4, threads: int = 1, warmup: int = 10,
+            runs: int = 50, passes: int = 5, progress: bool = True) -> LatencyTable:
+    """Time every layer shape of ``spec`` over a grid of channel counts (multiples of
+    ``divisor``) on ``backend``, one micro-model at a time; ``runs`` timed calls per pass."""
+    timer, description = make_timer(backend, threads, warmup, max(1, runs // passes))
+    plan = plan_profile(spec, divisor)
+    started = time.perf_counter()
+    times = time_models(plan.models(), timer, passes, progress)
+    return assemble_table(plan, times, {
+        "backend": description, "device": cpu_name(), "machine": platform.machine(), "threads": str(threads),
+        "warmup": str(warmup), "runs": str(runs), "passes": str(passes), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": f"{time.perf_counter() - started:.1f}"})
