@@ -120,8 +120,10 @@ class ProfileConfig:
 
     backend: str = "onnxruntime"  # onnxruntime | torch | executorch
     divisor: int = 4  # channel counts measured: 1, the multiples of divisor, the full width
-    warmup: int = 10
-    runs: int = 50  # timed calls per row, spread over the passes
+    # A new session runs its first few dozen calls slower (allocation, caches): small layers
+    # need these counts; layers of tens of ms (SR at 640x360) are steady with far fewer.
+    warmup: int = 20
+    runs: int = 200  # timed calls per row, spread over the passes
     passes: int = 5  # rounds over every row, a new session each; a row's time is its best round's median
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ import torch
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig
 from repas.deploy import cpu_name, export_onnx, onnx_latency_each, onnx_session, verify_onnx
-from repas.deploy.profile import profile
+from repas.deploy.profile import profile, table_from_device
 from repas.errors import RepasError
 from repas.search import (
     Budget,
@@ -141,16 +141,21 @@ def width_step(cfg: PipelineConfig, model: CostFn) -> int:
 
 
 def profile_stage(cfg: PipelineConfig, out: str | Path | None = None, data: TaskData | None = None,
-                  log: Log = _print) -> Path:
-    """Measure the latency table of the configured space on ``cfg.profile.backend``."""
+                  from_device: str | Path | None = None, log: Log = _print) -> Path:
+    """Measure the latency table of the configured space on ``cfg.profile.backend``, or
+    build it from micro-models timed on another device (``from_device``)."""
     setup(cfg)
-    data = data or get_data(cfg)
-    spec = shaped_spec(cfg, data)
-    p = cfg.profile
-    table = profile(spec, p.backend, p.divisor, cfg.export.threads, p.warmup, p.runs, p.passes)
+    if from_device is not None:
+        table = table_from_device(from_device)
+        spec = ArchSpec.from_dict(json.loads((Path(from_device) / "plan.json").read_text())["spec"])
+    else:
+        data = data or get_data(cfg)
+        spec = shaped_spec(cfg, data)
+        p = cfg.profile
+        table = profile(spec, p.backend, p.divisor, cfg.export.threads, p.warmup, p.runs, p.passes)
     path = table.save(out or latency_table_path(cfg))
-    log(f"profile: {len(table)} rows for {spec.name} on {table.meta['backend']} ({cfg.export.threads} thread) "
-        f"in {table.meta['seconds']} s, overhead {table.overhead:.4f} ms -> {path}")
+    log(f"profile: {len(table)} rows for {spec.name} on {table.meta['backend']} ({table.meta['threads']} thread), "
+        f"overhead {table.overhead:.4f} ms -> {path}")
     return path
 
 

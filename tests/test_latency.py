@@ -189,3 +189,24 @@ def test_profile_on_executorch_xnnpack():
     assert "XNNPACK" in table.meta["backend"] and len(table) == len(plan_profile(spec, 6).rows) + 1
     model = LatencyModel(table, spec)
     assert float(model(spec.widths)) > 0
+
+
+def test_a_table_timed_on_another_device_comes_back_through_files(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from repas.deploy.profile import table_from_device, write_plan
+
+    spec = tiny_spec(size=8)
+    plan = plan_profile(spec, 6)
+    write_plan(plan, tmp_path)
+    with pytest.raises(RepasError, match="has no times.json"):
+        table_from_device(tmp_path)
+    timer = Path(__file__).parents[1] / "scripts" / "time_micro_models.py"
+    assert "repas" not in "".join(line for line in timer.read_text().splitlines() if "import" in line)
+    subprocess.run([sys.executable, str(timer), str(tmp_path), "--warmup", "1", "--runs", "2", "--passes", "1"],
+                   check=True, capture_output=True, env={"OMP_WAIT_POLICY": "PASSIVE", "PATH": "/usr/bin:/bin"})
+    table = table_from_device(tmp_path)
+    assert len(table) == len(plan.rows) + 1 and "onnxruntime" in table.meta["backend"]
+    assert float(LatencyModel(table, spec)(spec.widths)) > 0

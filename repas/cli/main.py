@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--divisor", type=_positive, help="channel counts measured: multiples of this (default 4)")
     sp.add_argument("-o", "--output", metavar="FILE",
                     help="table to write (default: search.latency_table, else RUN_DIR/latency.csv)")
+    sp.add_argument("--from-device", metavar="DIR", help="build the table from micro-models timed on another "
+                    "device (scripts/export_micro_models.py, then scripts/time_micro_models.py there)")
     add("fuse", "fuse every multi-branch block into one conv", source=True)
     add("export", "export the fused net to ONNX, check it, measure latency", source=True)
     sp = sub.add_parser("upscale", help="super-resolve an image with a trained SR model",
@@ -221,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "search":
         out = stages.search_stage(cfg, source, resume=resume)
     elif args.command == "profile":
-        out = stages.profile_stage(cfg, args.output)
+        out = stages.profile_stage(cfg, args.output, from_device=args.from_device)
     elif args.command == "extract" and cfg.extract.targets:
         out = stages.targets_stage(cfg, cfg.extract.targets, source, finetune=args.finetune)
     elif args.command == "extract":

@@ -12,6 +12,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -157,8 +158,8 @@ def assemble_table(plan: ProfilePlan, times: dict[str, float], meta: dict[str, s
     return table
 
 
-def profile(spec: ArchSpec, backend: str = "onnxruntime", divisor: int = 4, threads: int = 1, warmup: int = 10,
-            runs: int = 50, passes: int = 5, progress: bool = True) -> LatencyTable:
+def profile(spec: ArchSpec, backend: str = "onnxruntime", divisor: int = 4, threads: int = 1, warmup: int = 20,
+            runs: int = 200, passes: int = 5, progress: bool = True) -> LatencyTable:
     """Time every layer shape of ``spec`` over a grid of channel counts (multiples of
     ``divisor``) on ``backend``, one micro-model at a time; ``runs`` timed calls per pass."""
     timer, description = make_timer(backend, threads, warmup, max(1, runs // passes))
@@ -169,3 +170,50 @@ def profile(spec: ArchSpec, backend: str = "onnxruntime", divisor: int = 4, thre
         "backend": description, "device": cpu_name(), "machine": platform.machine(), "threads": str(threads),
         "warmup": str(warmup), "runs": str(runs), "passes": str(passes), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "seconds": f"{time.perf_counter() - started:.1f}"})
+
+
+# ---- tables measured on another device ------------------------------------------------------
+def write_plan(plan: ProfilePlan, out: str | Path, pte: bool = False) -> list[Path]:
+    """The plan's models as files for another device: ``<name>.onnx`` (and ``<name>.pte``
+    for ExecuTorch/XNNPACK with ``pte``), their input shapes, and ``plan.json`` (the spec
+    and divisor, from which ``table_from_device`` rebuilds the same plan)."""
+    from repas.atomic import atomic_write_bytes, atomic_write_json
+    from repas.deploy.micro_models import input_shapes
+
+    out = Path(out)
+    written = []
+    models = plan.models()
+    for name, parts in tqdm(models.items(), desc="micro-models", leave=False):
+        atomic_write_bytes(out / f"{name}.onnx", onnx_bytes(parts))
+        written.append(out / f"{name}.onnx")
+        if pte:
+            from repas.deploy.executorch_export import lower_to_pte
+
+            example = tuple(torch.from_numpy(x) for x in random_inputs(parts))
+            atomic_write_bytes(out / f"{name}.pte", lower_to_pte(MicroModule(parts).eval(), example))
+            written.append(out / f"{name}.pte")
+    atomic_write_json(out / "plan.json", {"format": "repas-profile-plan", "version": 1, "divisor": plan.divisor,
+                                          "spec": plan.spec.to_dict(),
+                                          "inputs": {n: input_shapes(p) for n, p in models.items()}})
+    return written
+
+
+def table_from_device(folder: str | Path) -> LatencyTable:
+    """The latency table from a folder that ``write_plan`` wrote and the device's timer
+    (``scripts/time_micro_models.py``) filled with ``times.json``."""
+    import json
+
+    folder = Path(folder)
+    for name in ("plan.json", "times.json"):
+        if not (folder / name).is_file():
+            raise RepasError(f"{folder} has no {name}: export the micro-models with scripts/export_micro_models.py, "
+                             "then time them on the device with scripts/time_micro_models.py")
+    try:
+        saved = json.loads((folder / "plan.json").read_text())
+        measured = json.loads((folder / "times.json").read_text())
+        spec = ArchSpec.from_dict(saved["spec"])
+        times, meta = measured["times_ms"], {k: str(v) for k, v in measured["meta"].items()}
+        divisor = int(saved["divisor"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise RepasError(f"{folder}: plan.json or times.json is malformed ({e})") from None
+    return assemble_table(plan_profile(spec, divisor), {k: float(v) for k, v in times.items()}, meta)
