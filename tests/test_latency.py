@@ -210,3 +210,20 @@ def test_a_table_timed_on_another_device_comes_back_through_files(tmp_path):
     table = table_from_device(tmp_path)
     assert len(table) == len(plan.rows) + 1 and "onnxruntime" in table.meta["backend"]
     assert float(LatencyModel(table, spec)(spec.widths)) > 0
+
+
+def test_on_a_staircase_the_gradient_still_says_channels_cost():
+    """Measured latency is flat within SIMD blocks; the value keeps the steps, the gradient
+    comes from the smooth fit, so a gate on a flat step still feels the budget."""
+    spec = tiny_spec()
+    plan = plan_profile(spec, divisor=4)
+    times = {"empty": 0.0}
+    for name, parts in plan.models().items():
+        steps = [sum(-(-c // 8) for c in (ci, co)) * 0.01 for _, ci, co in parts]  # flat within blocks of 8
+        times[name] = sum(steps)
+    model = LatencyModel(assemble_table(plan, times, {}), spec)
+    widths = [torch.tensor(float(w), requires_grad=True) for w in (8, 12, 12, 12)]
+    total = model(widths)
+    assert float(total.detach()) == pytest.approx(float(model([8, 12, 12, 12])))  # the value is the table's
+    total.backward()
+    assert all(float(w.grad) > 0 for w in widths)
