@@ -1,10 +1,10 @@
 """How well the latency model predicts whole nets: predicted vs measured batch-1 latency of
 random subnets of a classification and an SR space.
 
-For each space: measure a latency table (``repas profile``'s code), then for N random
-subnets (widths at multiples of the divisor; the first two are the dense net and the
-smallest one), export the fused net exactly as the pipeline does and time it. Prints each
-net and the mean absolute percentage error (MAPE).
+For each space: N random subnets (widths at multiples of the divisor; the first two are
+the dense net and the smallest one) are exported exactly as the pipeline does, and timed
+in the same rounds as the latency table's micro-models (``repas profile``'s code); the
+table then predicts each net. Prints each net and the mean absolute percentage error.
 
     python scripts/bench_latency_model.py                    # both spaces, 20 nets each
     python scripts/bench_latency_model.py --backend torch    # PyTorch eager instead of onnxruntime
@@ -15,18 +15,19 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from repas.atomic import atomic_write_json
-from repas.deploy import cpu_name, export_onnx, time_calls
-from repas.deploy.latency import onnx_latency_each
-from repas.deploy.profile import profile
+from repas.deploy import cpu_name, export_onnx, onnx_session, time_calls
+from repas.deploy.profile import assemble_table, make_timer, plan_profile, time_models
 from repas.search import LatencyModel, subnet_spec
 from repas.supernet import build, create_supernet_spec, fuse_net
 
+PASSES = 5
 SPACES = {"repvgg-fmnist": {"in_channels": 1, "input_size": (28, 28), "num_classes": 10},
           "ecbsr-m4c32": {"in_channels": 1, "scale": 2}}
 
@@ -41,16 +42,24 @@ def random_widths(spec, divisor: int, rng: random.Random, n: int) -> list[list[i
     return nets
 
 
-def measure(nets: list[torch.nn.Module], shape: tuple[int, ...], backend: str, out: Path, sr: bool, threads: int,
-            warmup: int, runs: int) -> list[float]:
+def net_jobs(nets: list[torch.nn.Module], shape: tuple[int, ...], backend: str, out: Path, sr: bool, threads: int,
+             warmup: int, runs: int) -> dict[str, Callable[[], float]]:
+    """One timing round of each whole net, as the pipeline's export measures it: the fused
+    net exported by torch.onnx (a new session a round), or the fused RepNet in eager mode."""
+    x = torch.randn(*shape)
     if backend == "torch":
-        x = torch.randn(*shape)
-        with torch.inference_mode():
-            return [time_calls(lambda n=n: n(x), warmup, runs)["median_ms"] for n in nets]
+        def eager(n: torch.nn.Module) -> float:
+            with torch.inference_mode():
+                return time_calls(lambda: n(x), warmup, runs)["median_ms"]
+        return {f"subnet{i}": (lambda n=n: eager(n)) for i, n in enumerate(nets)}
     check = (1, shape[1], 48, 40) if sr else shape
-    paths = {str(i): export_onnx(n, check, out / f"net{i}.onnx", dynamic_hw=sr) for i, n in enumerate(nets)}
-    timed = onnx_latency_each(paths, shape, threads, warmup, runs)
-    return [timed[str(i)] for i in range(len(nets))]
+    feed = {"input": x.numpy()}
+
+    def onnx(path: Path) -> float:
+        session = onnx_session(path, threads)
+        return time_calls(lambda: session.run(None, feed), warmup, runs)["median_ms"]
+    paths = [export_onnx(n, check, out / f"net{i}.onnx", dynamic_hw=sr) for i, n in enumerate(nets)]
+    return {f"subnet{i}": (lambda p=p: onnx(p)) for i, p in enumerate(paths)}
 
 
 def main() -> None:
@@ -77,21 +86,31 @@ def main() -> None:
         sr = spec.task == "super-resolution"
         # big SR layers take tens of ms each: fewer runs, still medians
         warmup, runs = (2, 10) if sr else (20, 200)
-        started = time.perf_counter()
-        table = profile(spec, args.backend, args.divisor, args.threads, warmup, runs)
-        table.save(out / f"{name}-{args.backend}.csv")
-        seconds = time.perf_counter() - started
-        model = LatencyModel(table, spec)
         widths = random_widths(spec, args.divisor, random.Random(args.seed), args.nets)
         nets = []
         for w in widths:
             masks = [torch.arange(lay.out_channels) < c for lay, c in zip(spec.layers, w)]
             nets.append(fuse_net(build(subnet_spec(spec, masks)).eval()))
-        predicted = [float(model(w)) for w in widths]
         shape = (1, spec.in_channels, *spec.input_size)
-        measured = measure(nets, shape, args.backend, out / name, sr, args.threads, warmup, runs)
+        per_pass = max(1, runs // PASSES)
+        jobs = net_jobs(nets, shape, args.backend, out / name, sr, args.threads, warmup, per_pass)
+        # The table's rows and the whole nets are timed in the same rounds: this machine's
+        # speed drifts by tens of percent within minutes (docs/results.md), and a table
+        # measured before the nets would compare two different machines.
+        started = time.perf_counter()
+        timer, description = make_timer(args.backend, args.threads, warmup, per_pass)
+        plan = plan_profile(spec, args.divisor)
+        times = time_models(plan.models(), timer, PASSES, extra=jobs)
+        seconds = time.perf_counter() - started
+        table = assemble_table(plan, times, {"backend": description, "device": cpu_name(),
+                                             "threads": str(args.threads), "date": results["date"]})
+        table.save(out / f"{name}-{args.backend}.csv")
+        model = LatencyModel(table, spec)
+        predicted = [float(model(w)) for w in widths]
+        measured = [times[f"subnet{i}"] for i in range(len(nets))]
         errors = [abs(p_ - m) / m for p_, m in zip(predicted, measured)]
-        print(f"## {name} at {'x'.join(map(str, spec.input_size))}: table of {len(table)} rows in {seconds:.0f} s, "
+        print(f"## {name} at {'x'.join(map(str, spec.input_size))}: table of {len(table)} rows and {len(nets)} nets "
+              f"in {seconds:.0f} s, "
               f"overhead {table.overhead:.4f} ms\n")
         print("| widths | predicted (ms) | measured (ms) | error |\n|---|---|---|---|")
         for w, p_, m in zip(widths, predicted, measured):

@@ -40,7 +40,8 @@ def main() -> None:
         spec = ArchSpec.load(Path(r) / "export")
         pred = f"{float(LatencyModel.load(args.table, spec)(spec.widths)):.4f} ms" if args.table else "-"
         e = extracts[r]
-        target = f"{e['target']:.4g} ms" if e["metric"] == "latency" else f"{e['target'] / 1e6:.3f} M MACs"
+        value = e.get("target_value", e["target"])  # a --targets subnet keeps its label in "target"
+        target = f"{value:.4g} ms" if e["metric"] == "latency" else f"{value / 1e6:.3f} M MACs"
         metric = ", ".join(f"{k} {v:.2f}" for k, v in reports[r]["onnx_metrics"].items() if k in ("top1", "psnr"))
         print(f"| {r} | {e['metric']} {target} | {' / '.join(map(str, spec.widths))} | "
               f"{reports[r]['macs'] / 1e6:.3f} M | {pred} | {measured[r]:.4f} ms | {metric} |")

@@ -118,20 +118,26 @@ def plan_profile(spec: ArchSpec, divisor: int = 4) -> ProfilePlan:
     return ProfilePlan(spec, divisor, rows, calibration)
 
 
-def time_models(models: dict[str, list[Part]], timer: Timer, passes: int = 5,
-                progress: bool = True) -> dict[str, float]:
+def time_models(models: dict[str, list[Part]], timer: Timer, passes: int = 5, progress: bool = True,
+                extra: dict[str, Callable[[], float]] | None = None) -> dict[str, float]:
     """Each model's time: the lowest over ``passes`` rounds (a new session each) of the
-    median of its calls, the same statistic as ``onnx_latency_each`` (which says why)."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    bar = tqdm(total=passes * len(models), desc="profile", disable=not progress, leave=False)
+    median of its calls, the same statistic as ``onnx_latency_each`` (which says why).
+    ``extra`` jobs (each returning one round's median) are timed in the same rounds, under
+    the same conditions of the machine (benchmarks compare whole nets with the table)."""
+    jobs: dict[str, Callable[[], float]] = {name: (lambda p=parts: timer(p)) for name, parts in models.items()}
+    jobs.update(extra or {})
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    bar = tqdm(total=passes * len(jobs), desc="profile", disable=not progress, leave=False)
     for _ in range(passes):
-        for name, parts in models.items():
+        for name, job in jobs.items():
             try:
-                times[name].append(timer(parts))
+                times[name].append(job())
             except RepasError:
                 raise
             except Exception as e:  # a backend failing on one shape: say which
-                key, ci, co = parts[0]
+                if name not in models:
+                    raise
+                key, ci, co = models[name][0]
                 raise RepasError(f"timing {describe_key(key)}, {ci} -> {co} channels failed: {e}") from e
             bar.update()
     bar.close()

@@ -107,6 +107,17 @@ def allocate_masks(spec: ArchSpec, scores: list[torch.Tensor], target: float, mo
         w = widths[i]
         return max(smallest[i], (w - 1) // step * step)
 
+    def cheaper(i: int) -> tuple[int, float] | None:
+        """The nearest width down that costs less, and its cost: a measured cost is a
+        staircase, so one step down may save nothing where two would."""
+        w = widths[i]
+        while w > smallest[i]:
+            w = max(smallest[i], (w - 1) // step * step)
+            after = float(model(_with(widths, i, w)))
+            if after < now:
+                return w, after
+        return None
+
     def upper(i: int) -> int:
         return min(full[i], (widths[i] // step + 1) * step)
 
@@ -114,18 +125,16 @@ def allocate_masks(spec: ArchSpec, scores: list[torch.Tensor], target: float, mo
     while now > target:
         best, best_ratio = None, float("inf")
         for i in range(len(widths)):
-            if not gated[i] or lower(i) >= widths[i]:
+            found = cheaper(i) if gated[i] else None
+            if found is None:
                 continue
-            after = float(model(_with(widths, i, lower(i))))
-            saved = now - after
-            if saved <= 0:
-                continue
-            ratio = sum(value[i][lower(i):widths[i]]) / saved
+            w, after = found
+            ratio = sum(value[i][w:widths[i]]) / (now - after)
             if ratio < best_ratio:
-                best, best_ratio = (i, after), ratio
+                best, best_ratio = (i, w, after), ratio
         if best is None:
             break
-        widths[best[0]], now = lower(best[0]), best[1]
+        widths[best[0]], now = best[1], best[2]
     while True:
         best, best_ratio = None, -float("inf")
         for i in range(len(widths)):
@@ -135,6 +144,8 @@ def allocate_masks(spec: ArchSpec, scores: list[torch.Tensor], target: float, mo
             if after > target:
                 continue
             gain = sum(value[i][widths[i]:upper(i)])
+            if gain <= 0:  # channels the search switched off are not worth adding back
+                continue
             ratio = gain / (after - now) if after > now else float("inf")
             if ratio > best_ratio:
                 best, best_ratio = (i, after), ratio
