@@ -103,7 +103,8 @@ class ExtractConfig:
     round_to: int = 1  # widths rounded to a multiple (8 suits SIMD lanes); latency: 1 means the table's divisor
     fit: bool = True  # move widths by gate ranking until the cost meets the target
     tolerance: float = 0.03  # fitted cost lies in [target * (1 - tolerance), target]
-    # Many subnets from one search: targets such as ["1ms", "2ms"] (or MACs / params in search.metric)
+    # Many subnets from one search (repas extract; the pipeline makes one): targets such as
+    # ["1ms", "2ms"] (or MACs / params in search.metric)
     targets: list[str] | None = None
     # how widths meet each of those targets: ranked (importance per unit of cost) or threshold (one global one)
     allocation: str = "ranked"

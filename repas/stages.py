@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -259,6 +260,9 @@ def targets_stage(cfg: PipelineConfig, targets: list[str], source: str | Path | 
     allocate = allocate_masks if cfg.extract.allocation == "ranked" else threshold_masks
     root = Path(cfg.run_dir) / "targets"
     plans = []
+    for text in targets:  # each names a directory
+        if not re.fullmatch(r"[\w.]+", str(text).strip()):
+            raise RepasError(f"target {text!r} names a directory under {root}: write it as e.g. 1.5ms, 800us or 2.5M")
     for text in targets:  # resolve every target before the long part, so a bad one fails fast
         metric = target_metric(text, cfg.search.metric)
         fn = cost_model(cfg, model.spec, metric)

@@ -63,3 +63,7 @@ def test_latency_without_a_table_is_one_clear_error(trained, tmp_path, capsys):
                  "--target-latency", "1ms"])
     err = capsys.readouterr().err
     assert code == 2 and "no latency table at" in err and "repas profile" in err and len(err.strip().splitlines()) == 1
+    code = main(["extract", "--data", str(data), "--run-dir", str(run), "--from", str(run / "train"),
+                 "--targets", "1ms,../up"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'../up' names a directory" in err and not (run / "targets" / "1ms").exists()
