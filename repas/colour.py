@@ -1,11 +1,14 @@
-"""BT.601 colour conversions (as MATLAB's rgb2ycbcr / ycbcr2rgb), on arrays in [0, 255].
+"""Colour conversions: any PIL image to 8-bit RGB, and BT.601 YCbCr (as MATLAB's
+rgb2ycbcr / ycbcr2rgb) on arrays in [0, 255].
 
-The standard super-resolution protocol scores the Y channel; data and tasks both use it.
+The standard super-resolution protocol scores the Y channel; data, tasks and the deployed
+runner all use these (numpy and pillow only: the runner runs without torch).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
@@ -28,3 +31,22 @@ def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
     g = 255.0 / 219.0 * y - 255.0 / 224.0 * 1.772 * 0.114 / 0.587 * cb - 255.0 / 224.0 * 1.402 * 0.299 / 0.587 * cr
     b = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.772 * cb
     return np.stack([r, g, b], axis=-1)
+
+
+def to_rgb_u8(im: Image.Image) -> tuple[np.ndarray, str | None]:
+    """An (H, W, 3) uint8 array from any PIL image; the second value says what was converted."""
+    note = None
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        note = "16-bit converted to 8-bit"
+    if im.mode in ("RGBA", "LA", "P", "PA") or (im.mode == "P" and "transparency" in im.info):
+        note = note or f"{im.mode} converted to RGB"
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    if im.mode != "RGB":
+        note = note or f"{im.mode} converted to RGB"
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8), note

@@ -133,12 +133,27 @@ class ProfileConfig:
 
 @dataclass
 class ExportConfig:
-    threads: int = 1
+    """The deployment bundle (``repas export``): model files, checks, int8, latency."""
+
+    threads: int = 1  # intra-op threads for latency (and for repas profile)
     warmup: int = 50
     runs: int = 500
+    # onnx and/or pte; null: onnx, plus pte where ExecuTorch is installed
+    formats: list[str] | None = None
+    int8: bool = True  # also int8 models (post-training, calibrated on training inputs)
+    calibration: int | None = None  # calibration inputs; null: 256 images (classification) or 16 tiles (SR)
+    # SR models have a static input: this LR tile [height, width]; null: the spec's input size
+    tile: list[int] | None = None
 
     def __post_init__(self) -> None:
         _at_least(self, "export", threads=1, warmup=0, runs=1)
+        unknown = [f for f in self.formats or [] if f not in ("onnx", "pte")]
+        if unknown or self.formats == []:
+            raise RepasError(f"export formats {self.formats} must name onnx and/or pte")
+        if self.calibration is not None and self.calibration < 1:
+            raise RepasError(f"export calibration must be >= 1, got {self.calibration}")
+        if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
+            raise RepasError(f"export tile must be [height, width] of positive integers, got {self.tile}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig
-from repas.deploy import cpu_name, export_onnx, onnx_latency_each, onnx_session, verify_onnx
+from repas.deploy import cpu_name, onnx_latency_each
 from repas.deploy.profile import profile, table_from_device
 from repas.errors import RepasError
 from repas.search import (
@@ -342,36 +342,89 @@ def fuse_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str |
     return save_model(fused, out or stage_dir(cfg, "fuse"), report)
 
 
-def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None,
-                 data: TaskData | None = None, log: Log = _print) -> Path:
-    """ONNX at batch 1, checked in onnxruntime against PyTorch; its test metrics and latency.
+def export_formats(cfg: PipelineConfig) -> list[str]:
+    """The configured formats; by default onnx, plus pte where ExecuTorch is installed."""
+    if cfg.export.formats:
+        return list(cfg.export.formats)
+    from repas.deploy.executorch_export import executorch_available
 
-    A classifier is exported at its input size; an SR net with free height and width (it
-    is fully convolutional) and timed at the spec's LR size."""
+    return ["onnx", "pte"] if executorch_available() else ["onnx"]
+
+
+def export_shape(cfg: PipelineConfig, spec: ArchSpec) -> tuple[int, ...]:
+    """The static input shape of the exported files: batch 1 at the spec's input size, or
+    for SR the configured LR tile."""
+    tile = cfg.export.tile if spec.task == "super-resolution" and cfg.export.tile else spec.input_size
+    return (1, spec.in_channels, *tile)
+
+
+def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None,
+                 data: TaskData | None = None, log: Log = _print, formats: list[str] | None = None,
+                 int8: bool | None = None) -> Path:
+    """The deployment bundle: the fused net as .onnx / .pte files (float, and int8
+    calibrated on training inputs) at a static batch-1 shape, each float file checked
+    against PyTorch, every file scored on the test split through the runner ``repas
+    predict`` uses and timed on its runtime; ``model.json`` says how to use them."""
+    from repas.deploy import export_models, latency_each, write_manifest
+    from repas.deploy.bundle import FILES
+    from repas.deploy.runner import onnx_runner, pte_runner
+
     setup(cfg)
     src = _source(cfg, "export", source)
     model = load_model(src).eval()
+    spec, e = model.spec, cfg.export
     out = Path(out or stage_dir(cfg, "export"))
-    shape = (1, model.spec.in_channels, *model.spec.input_size)
-    sr = model.spec.task == "super-resolution"
-    check_shape = (1, model.spec.in_channels, 48, 40) if sr else shape
-    path = export_onnx(model, check_shape, out / "model.onnx", dynamic_hw=sr)
-    diff = verify_onnx(model, path, check_shape)
-    if diff > 1e-4:
-        raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> 1e-4)")
+    shape = export_shape(cfg, spec)
+    formats = formats or export_formats(cfg)
+    int8 = e.int8 if int8 is None else int8
     data = data or get_data(cfg)
-    metrics = data.score_onnx(onnx_session(path, cfg.export.threads), model.spec)
-    e = cfg.export
-    latency = {"median_ms": onnx_latency_each({"model": path}, shape, e.threads, e.warmup, e.runs)["model"],
-               "statistic": "lowest of 5 sessions' medians", "runs": e.runs, "threads": e.threads}
-    report = {"stage": "export", "source": str(src), **model_facts(model), "onnx": str(path),
-              "max_abs_diff_onnx_vs_torch": diff, "onnx_metrics": metrics, "latency": latency,
-              "latency_input": list(shape), "environment": _environment()}
+    calibration = None
+    if int8:
+        calibration = data.calibration_inputs(shape, e.calibration or (16 if spec.task == "super-resolution" else 256))
+    made = export_models(model, out, shape, formats, calibration, log=log)
+    for (fmt, precision), name in FILES.items():  # files of an earlier export this one did not make
+        if precision not in made["files"].get(fmt, {}):
+            (out / name).unlink(missing_ok=True)
+    if "pte" in formats:
+        from repas.deploy.executorch_export import set_executorch_threads
+
+        set_executorch_threads(e.threads)
+    runners = {}
+    for fmt, files in made["files"].items():
+        for precision, name in files.items():
+            path = out / name
+            runners[f"{fmt} {precision}"] = ((lambda p=path: onnx_runner(p, e.threads)) if fmt == "onnx"
+                                              else (lambda p=path: pte_runner(p)))
+    metrics = {k: data.score(make(), spec, shape) for k, make in runners.items()}
+    times = latency_each(runners, shape, e.warmup, e.runs)
+    for k in runners:
+        shown = ", ".join(f"{m} {v:.4g}" for m, v in metrics[k].items())
+        log(f"export: {k}: {shown}, latency {times[k]:.3f} ms at {'x'.join(map(str, shape[2:]))} "
+            f"({e.threads} thread)")
+    facts = model_facts(model)
+    runtime = {"onnx": "onnxruntime", "pte": "executorch"}
+    latency_ms: dict[str, dict[str, float]] = {}
+    for k, v in times.items():
+        fmt, precision = k.split()
+        latency_ms.setdefault(runtime[fmt], {})[precision] = v
+    manifest = {"task": spec.task, "name": spec.name, "input": data.bundle_input(spec, shape),
+                **({"scale": spec.scale} if spec.task == "super-resolution" else {"labels": data.labels()}),
+                "widths": facts["widths"], "macs": facts["macs"], "params": facts["params"],
+                "files": made["files"], "checks": made["checks"], "metrics": metrics, "latency_ms": latency_ms,
+                "latency_protocol": {"batch": 1, "input": list(shape), "threads": e.threads, "runs": e.runs,
+                                     "warmup": e.warmup, "statistic": "lowest of 5 sessions' medians",
+                                     "device": cpu_name()}}
+    write_manifest(out, manifest)
+    primary = "onnx float" if "onnx float" in metrics else next(iter(metrics))
+    latency = {"median_ms": times[primary], "statistic": "lowest of 5 sessions' medians", "runs": e.runs,
+               "threads": e.threads}
+    report = {"stage": "export", "source": str(src), **facts, "formats": formats,
+              "onnx": str(out / FILES["onnx", "float"]) if "onnx" in formats else None,
+              "max_abs_diff_onnx_vs_torch": made["checks"].get("onnx_float_max_abs_diff"),
+              "onnx_metrics": metrics[primary], "metrics": metrics, "latency": latency, "latency_ms": latency_ms,
+              "checks": made["checks"], "latency_input": list(shape), "environment": _environment()}
     atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "spec.json", model.spec.to_json() + "\n")
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    log(f"export: {path}, |onnx - torch| = {diff:.1e}, {shown}, "
-        f"latency {latency['median_ms']:.3f} ms at {shape[2]}x{shape[3]} ({e.threads} thread)")
+    atomic_write_text(out / "spec.json", spec.to_json() + "\n")
     return out
 
 
@@ -390,10 +443,11 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = _print) -
     fuse_stage(cfg, log=log)
     export_stage(cfg, data=data, log=log)
     fuse_stage(cfg, source=run / "train", out=run / "dense-fuse", log=log)
-    export_stage(cfg, source=run / "dense-fuse", out=run / "dense-export", data=data, log=log)
+    # the dense net, for the comparison only: float ONNX
+    export_stage(cfg, source=run / "dense-fuse", out=run / "dense-export", data=data, log=log, formats=["onnx"],
+                 int8=False)
     e = cfg.export
-    spec = load_model(run / "fuse").spec
-    shape = (1, spec.in_channels, *spec.input_size)
+    shape = tuple(_read(run / "export")["latency_input"])
     latency = onnx_latency_each({"dense": run / "dense-export" / "model.onnx",
                                  "searched": run / "export" / "model.onnx"}, shape, e.threads, e.warmup, e.runs)
     latency = {k: {"median_ms": v} for k, v in latency.items()}

@@ -7,7 +7,6 @@ metrics), and score an exported model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ from repas.data.sr_images import (
     packaged_photos,
     set7_pkg,
     split_packaged,
+    to_model_input,
 )
-from repas.deploy import run_onnx
+from repas.deploy.runner import Run, upscale_array
 from repas.errors import RepasError
 from repas.spec import ArchSpec
 from repas.supernet import create_supernet_spec, with_branches
@@ -64,12 +64,29 @@ class ClassificationData:
     def task(self, tcfg: TrainConfig, spec: ArchSpec) -> ClassificationTask:
         return ClassificationTask(tcfg.label_smoothing)
 
-    def score_onnx(self, session: Any, spec: ArchSpec) -> dict[str, float]:
-        """Top-1 (%) of the exported model in onnxruntime, one image at a time (batch 1)."""
+    def score(self, run: Run, spec: ArchSpec, shape: tuple[int, ...]) -> dict[str, float]:
+        """Top-1 (%) of an exported model on the test split, one image at a time (batch 1)."""
         images = self.data.test.normalize(self.data.test.images).numpy()
         labels = self.data.test.labels.numpy()
-        correct = sum(int(np.argmax(run_onnx(session, images[i:i + 1])) == labels[i]) for i in range(len(labels)))
+        correct = sum(int(np.argmax(run(images[i:i + 1])) == labels[i]) for i in range(len(labels)))
         return {"top1": 100.0 * correct / max(len(labels), 1)}
+
+    def calibration_inputs(self, shape: tuple[int, ...], n: int) -> list[torch.Tensor]:
+        """``n`` training images, normalized as in training (no augmentation), in a fixed
+        random order: the inputs that calibrate int8 quantization."""
+        train = self.data.train
+        order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.cfg.seed))[:n]
+        return [train.normalize(train.images[order])]
+
+    def bundle_input(self, spec: ArchSpec, shape: tuple[int, ...]) -> dict[str, Any]:
+        """How a deployed model's input is made from an image (``model.json``)."""
+        test = self.data.test
+        return {"shape": list(shape),
+                "colour": "grayscale" if spec.in_channels == 1 else "rgb", "pixel_scale": 1 / 255,
+                "mean": list(test.mean), "std": list(test.std)}
+
+    def labels(self) -> list[str]:
+        return list(self.data.test.classes)
 
     def baseline(self) -> dict[str, float] | None:
         return None
@@ -128,8 +145,36 @@ class SuperResolutionData:
     def task(self, tcfg: TrainConfig, spec: ArchSpec) -> SuperResolutionTask:
         return SuperResolutionTask(self.scale, overlap=receptive_radius_of(spec))
 
-    def score_onnx(self, session: Any, spec: ArchSpec) -> dict[str, float]:
-        return self.task(self.cfg.train, spec).evaluate(to_numpy_predict(session), self.eval_batches(self.cfg.train))
+    def score(self, run: Run, spec: ArchSpec, shape: tuple[int, ...]) -> dict[str, float]:
+        """PSNR / SSIM of an exported model of static input ``shape`` over the test images,
+        tiled as ``repas predict`` tiles them."""
+        tile, overlap = tuple(shape[2:]), receptive_radius_of(spec)
+
+        def predict(lr: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(upscale_array(run, lr[0].numpy(), self.scale, tile, overlap))[None]
+
+        whole = SuperResolutionTask(self.scale, tile=1 << 30)  # one call per image: the tiling is above
+        return whole.evaluate(predict, self.eval_batches(self.cfg.train))
+
+    def calibration_inputs(self, shape: tuple[int, ...], n: int) -> list[torch.Tensor]:
+        """``n`` crops of ``shape`` (1, C, h, w) from the training images (edge-padded where an
+        image is smaller), at fixed random places: the inputs that calibrate int8 quantization."""
+        rng = np.random.default_rng(self.cfg.seed)
+        h, w = shape[2:]
+        out = []
+        for i in range(n):
+            x = to_model_input(self.train_pairs[i % len(self.train_pairs)].lr, self.colour)[0].numpy()
+            x = np.pad(x, ((0, 0), (0, max(h - x.shape[1], 0)), (0, max(w - x.shape[2], 0))), mode="edge")
+            y0, x0 = rng.integers(0, x.shape[1] - h + 1), rng.integers(0, x.shape[2] - w + 1)
+            out.append(torch.from_numpy(np.ascontiguousarray(x[None, :, y0:y0 + h, x0:x0 + w])))
+        return out
+
+    def bundle_input(self, spec: ArchSpec, shape: tuple[int, ...]) -> dict[str, Any]:
+        return {"shape": list(shape), "colour": self.colour, "pixel_scale": 1 / 255,
+                "overlap": receptive_radius_of(spec)}
+
+    def labels(self) -> list[str]:
+        return []
 
     def baseline(self) -> dict[str, float]:
         """Bicubic upscaling of the LR test images, scored by the same protocol."""
@@ -170,7 +215,3 @@ def shaped_spec(cfg: PipelineConfig, data: TaskData) -> ArchSpec:
     return with_branches(spec, cfg.model.branches) if cfg.model.branches else spec
 
 
-
-def to_numpy_predict(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An onnxruntime session as a callable on torch tensors."""
-    return lambda x: torch.from_numpy(run_onnx(session, x))

@@ -14,7 +14,7 @@ ALLOWED = {
     "reparam": {"spec", "errors"},
     "supernet": {"reparam", "spec", "errors", "atomic"},
     "search": {"supernet", "reparam", "spec", "latency_table", "errors", "atomic", "config", "data"},
-    "deploy": {"reparam", "spec", "latency_table", "errors", "atomic"},
+    "deploy": {"reparam", "spec", "latency_table", "errors", "atomic", "colour"},
     "data": {"errors", "spec", "colour"},
     "tasks": {"errors", "colour"},
 }

@@ -20,7 +20,8 @@ def sr_run(tmp_path_factory):
     Image.fromarray(smooth_image(60, 76, seed=9)).save(tmp / "test" / "t.png")
     sets = ["data.name=sr-folder", f"data.test_root={tmp / 'test'}", "data.batches_per_epoch=3", "data.patch=16",
             "data.cache_dir=null", "model.space=ecbsr-m4c16", "search.target=0.5", "search.alpha=0.002",
-            "search.gate_lr=1.0", "export.runs=3", "export.warmup=1", "model.branches=null"]
+            "search.gate_lr=1.0", "export.runs=3", "export.warmup=1", "model.branches=null", "export.tile=[32,32]",
+            "export.calibration=2"]
     for stage in ("train", "search", "finetune"):
         sets += [f"{stage}.opt=adam", f"{stage}.lr=0.001", f"{stage}.batch_size=4", f"{stage}.weight_decay=0"]
     argv = ["pipeline", "--data", str(tmp / "train"), "--run-dir", str(tmp / "run"), "--epochs", "1",
@@ -51,3 +52,26 @@ def test_upscale_writes_an_image_of_scale_times_the_size(sr_run, capsys):
     assert img.shape == (80, 100, 3)
     assert main(["upscale", str(sr_run / "missing.png"), "--model", str(sr_run / "run"), "-o", str(out)]) == 2
     assert "no image at" in capsys.readouterr().err
+
+
+def test_predict_on_the_sr_bundle_matches_upscale(sr_run, capsys):
+    """`repas predict` (static 32x32 tiles through onnxruntime) gives the image `repas upscale`
+    (PyTorch, free-size tiles) gives, up to rounding; the int8 model stays close to it."""
+    src = sr_run / "in2.png"
+    Image.fromarray(smooth_image(45, 70, seed=4)).save(src)
+    bundle = sr_run / "run" / "export"
+    manifest = json.loads((bundle / "model.json").read_text())
+    assert manifest["task"] == "super-resolution" and manifest["scale"] == 2
+    assert manifest["input"]["shape"] == [1, 1, 32, 32] and manifest["input"]["colour"] == "y"
+    assert main(["upscale", str(src), "--model", str(sr_run / "run"), "-o", str(sr_run / "ref.png")]) == 0
+    outs = {}
+    for precision in ("float", "int8"):
+        out = sr_run / f"pred-{precision}.png"
+        assert main(["predict", str(bundle), str(src), "-o", str(out), "--precision", precision]) == 0
+        outs[precision] = np.asarray(Image.open(out)).astype(int)
+    ref = np.asarray(Image.open(sr_run / "ref.png")).astype(int)
+    assert outs["float"].shape == ref.shape == (90, 140, 3)
+    assert np.abs(outs["float"] - ref).max() <= 1
+    assert np.abs(outs["int8"] - ref).mean() < 3
+    assert main(["predict", str(bundle), str(src)]) == 2
+    assert "give -o OUTPUT.png" in capsys.readouterr().err

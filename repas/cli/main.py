@@ -9,12 +9,14 @@ exit non-zero.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from repas.config import PipelineConfig, load_config
 from repas.errors import RepasError
+
+if TYPE_CHECKING:
+    from repas.config import PipelineConfig
 
 TRAINING = ("train", "search", "finetune")
 
@@ -73,7 +75,27 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-device", metavar="DIR", help="build the table from micro-models timed on another "
                     "device (scripts/export_micro_models.py, then scripts/time_micro_models.py there)")
     add("fuse", "fuse every multi-branch block into one conv", source=True)
-    add("export", "export the fused net to ONNX, check it, measure latency", source=True)
+    sp = add("export", "the deployment bundle: .onnx / .pte (float and int8), each checked, scored and timed",
+             source=True)
+    sp.add_argument("run", nargs="?", metavar="RUN_DIR", help="the run directory (same as --run-dir)")
+    sp.add_argument("--format", metavar="FMT[,FMT]", help="onnx, pte or onnx,pte (config: export.formats; "
+                    "default onnx, plus pte where ExecuTorch is installed)")
+    sp.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                    help="also int8 models, calibrated on training inputs (config: export.int8; default on)")
+    sp.add_argument("--tile", metavar="HxW", help="SR: the static LR input of the exported files, e.g. 128x128 "
+                    "(config: export.tile; default the spec's input size)")
+    sp = sub.add_parser("predict", help="run an exported bundle on an image (needs only onnxruntime, numpy, "
+                        "pillow)", description="run an exported bundle on an image: the top-5 labels of a "
+                        "classifier, or the upscaled image of an SR model; needs only onnxruntime, numpy and "
+                        "pillow (or ExecuTorch for --format pte)")
+    sp.add_argument("bundle", help="a bundle directory (RUN_DIR/export, with model.json)")
+    sp.add_argument("image", help="input image (PNG, JPEG, ...)")
+    sp.add_argument("-o", "--output", help="SR: output image path")
+    sp.add_argument("--format", choices=("onnx", "pte"), default="onnx", help="which model file to run")
+    sp.add_argument("--precision", choices=("float", "int8"), default="float")
+    sp.add_argument("-k", "--top", type=_positive, default=5, help="classification: labels shown")
+    sp.add_argument("--threads", type=_positive, default=1, help="runtime threads (onnxruntime)")
+    sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("upscale", help="super-resolve an image with a trained SR model",
                         description="super-resolve an image with a trained SR model (tiled, any size)")
     sp.add_argument("image", help="input image (PNG, JPEG, ...)")
@@ -99,7 +121,17 @@ def _budget_args(sp: argparse.ArgumentParser) -> None:
                     "default RUN_DIR/latency.csv)")
 
 
+def _tile(text: str) -> list[int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise RepasError(f"--tile {text!r}: expected HEIGHTxWIDTH, e.g. 128x128") from None
+    return [h, w]
+
+
 def _config(args: argparse.Namespace) -> PipelineConfig:
+    from repas.config import load_config
+
     sets = list(args.set)
     values = {}  # flag values go in as they are (a path is not YAML)
     for flag, key in (("run_dir", "run_dir"), ("seed", "seed"), ("threads", "threads"), ("data", "data.root")):
@@ -123,6 +155,16 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         value = getattr(args, flag, None)
         if value is not None:
             values[key] = value
+    if getattr(args, "run", None) is not None:
+        if args.run_dir is not None and args.run_dir != args.run:
+            raise RepasError(f"two run directories given: {args.run} and --run-dir {args.run_dir}")
+        values["run_dir"] = args.run
+    if getattr(args, "format", None) is not None:
+        values["export.formats"] = [f.strip() for f in args.format.split(",") if f.strip()]
+    if getattr(args, "int8", None) is not None:
+        values["export.int8"] = args.int8
+    if getattr(args, "tile", None) is not None:
+        values["export.tile"] = _tile(args.tile)
     if getattr(args, "targets", None) is not None:
         values["extract.targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
     return load_config(args.config, sets, values)
@@ -172,38 +214,26 @@ def _model_dir(path: Path) -> Path:
 
 
 def _upscale(args: argparse.Namespace) -> None:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from repas.atomic import atomic_write_bytes
-    from repas.data.sr_images import to_rgb_u8
+    from repas.colour import to_rgb_u8
+    from repas.deploy.runner import open_image, save_image
     from repas.supernet import fuse_net, load_model
     from repas.tasks.super_resolution import receptive_radius, upscale_image
 
     model = fuse_net(load_model(_model_dir(Path(args.model))).eval())
     if model.spec.task != "super-resolution":
         raise RepasError(f"{args.model} is a {model.spec.task} model, not a super-resolution one")
-    try:
-        with Image.open(args.image) as im:
-            im.load()
-            rgb, _ = to_rgb_u8(im)
-    except FileNotFoundError:
-        raise RepasError(f"no image at {args.image}") from None
-    except (OSError, UnidentifiedImageError) as e:
-        raise RepasError(f"cannot read {args.image} as an image ({e})") from None
+    rgb, _ = to_rgb_u8(open_image(args.image))
     out = upscale_image(model, rgb, model.spec.scale, model.spec.in_channels, args.tile, receptive_radius(model))
-    suffix = Path(args.output).suffix.lower().lstrip(".") or "png"
-    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF"}.get(suffix, suffix.upper())
-    buf = io.BytesIO()
-    try:
-        Image.fromarray(np.ascontiguousarray(out)).save(buf, format=fmt)
-    except (KeyError, ValueError) as e:
-        raise RepasError(f"cannot write {args.output}: unknown image format {suffix!r} ({e})") from None
-    atomic_write_bytes(args.output, buf.getvalue())
+    save_image(out, args.output)
     print(f"wrote {args.output}: {rgb.shape[1]}x{rgb.shape[0]} -> {out.shape[1]}x{out.shape[0]}")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "predict":  # before anything that needs torch: a bundle runs without it
+        from repas.deploy.runner import predict
+
+        print(predict(args.bundle, args.image, args.output, args.format, args.precision, args.top, args.threads))
+        return 0
     from repas import stages
 
     if args.command == "info":

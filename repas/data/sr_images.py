@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from repas.colour import rgb_to_y
+from repas.colour import rgb_to_y, to_rgb_u8
 from repas.errors import RepasError
 from repas.spec import SR_SCALES
 
@@ -114,25 +114,6 @@ def image_files(root: str | Path) -> list[Path]:
 
 
 # ---- decoding -------------------------------------------------------------------------
-def to_rgb_u8(im: Image.Image) -> tuple[np.ndarray, str | None]:
-    """An (H, W, 3) uint8 array from any PIL image; the second value says what was converted."""
-    note = None
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-        note = "16-bit converted to 8-bit"
-    if im.mode in ("RGBA", "LA", "P", "PA") or (im.mode == "P" and "transparency" in im.info):
-        note = note or f"{im.mode} converted to RGB"
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, im)
-    if im.mode != "RGB":
-        note = note or f"{im.mode} converted to RGB"
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8), note
-
-
 def make_pair(rgb: np.ndarray, scale: int, hr_downscale: int = 1,
               crop: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(HR, LR) uint8 arrays: optional antialiased downscale, central crop, bicubic LR."""

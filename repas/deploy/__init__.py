@@ -1,10 +1,31 @@
-"""Deployment: export fused nets, check them against PyTorch, measure their latency.
+"""Deployment: export fused nets, check them against PyTorch, measure their latency, bundle them.
 
-Depends on ``reparam`` and the spec only, never on ``search``.
+Depends on ``reparam`` and the spec only, never on ``search``. Names are imported on first
+use, so that ``repas.deploy.runner`` runs where torch is not installed.
 """
 
-from repas.deploy.latency import cpu_name, onnx_latency, onnx_latency_each, onnx_latency_interleaved, time_calls
-from repas.deploy.onnx_export import export_onnx, onnx_session, run_onnx, verify_onnx
+import importlib
+from typing import Any
 
-__all__ = ["cpu_name", "export_onnx", "onnx_latency", "onnx_latency_each", "onnx_latency_interleaved", "onnx_session",
-           "run_onnx", "time_calls", "verify_onnx"]
+_EXPORTS = {
+    "cpu_name": "repas.deploy.latency", "latency_each": "repas.deploy.latency", "onnx_latency": "repas.deploy.latency",
+    "onnx_latency_each": "repas.deploy.latency", "onnx_latency_interleaved": "repas.deploy.latency",
+    "time_calls": "repas.deploy.latency",
+    "export_onnx": "repas.deploy.onnx_export", "onnx_session": "repas.deploy.onnx_export",
+    "run_onnx": "repas.deploy.onnx_export", "verify_onnx": "repas.deploy.onnx_export",
+    "export_models": "repas.deploy.bundle", "write_manifest": "repas.deploy.bundle",
+    "predict": "repas.deploy.runner", "load_runner": "repas.deploy.runner", "read_manifest": "repas.deploy.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'repas.deploy' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,6 +1,6 @@
 """ExecuTorch: lower a module to a .pte program with the XNNPACK delegate, and run one.
 
-ExecuTorch is optional (``pip install 'repas[deploy]'`` brings it on Linux x86_64 and
+ExecuTorch is optional (``pip install 'repas[mobile]'`` brings it on Linux x86_64 and
 macOS); every function here raises a RepasError that says how to install it when absent.
 """
 
@@ -17,27 +17,45 @@ from repas.errors import RepasError
 _THREADS: list[int] = []  # the XNNPACK threadpool size, once set
 
 
+def executorch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("executorch") is not None
+
+
 def executorch_version() -> str:
     try:
-        import executorch
+        import executorch  # noqa: F401
     except ImportError:
-        raise RepasError("ExecuTorch is not installed: pip install executorch (Linux x86_64 / macOS), or use "
-                         "--backend onnxruntime") from None
-    return getattr(executorch, "__version__", "unknown")
+        raise RepasError("ExecuTorch is not installed: pip install 'repas[mobile]' (Linux x86_64 / macOS), "
+                         "or stay with onnxruntime (export --format onnx, profile --backend onnxruntime)") from None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("executorch")
+    except PackageNotFoundError:  # a source checkout
+        return "unknown"
 
 
-def lower_to_pte(model: nn.Module, example: tuple[torch.Tensor, ...]) -> bytes:
+def lower_program(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[bytes, Any]:
     """The .pte program of ``model`` (eval mode) traced at ``example``, every supported op
-    delegated to XNNPACK."""
+    delegated to XNNPACK, and the lowered edge program (to inspect what was delegated)."""
     executorch_version()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.export.export(model.eval(), example)
+        if not isinstance(model, torch.fx.GraphModule):  # a quantized (PT2E) graph has no eval mode
+            model = model.eval()
+        program = torch.export.export(model, example)
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        return edge.to_executorch().buffer
+        return edge.to_executorch().buffer, edge
+
+
+def lower_to_pte(model: nn.Module, example: tuple[torch.Tensor, ...]) -> bytes:
+    """The .pte program of ``model`` (eval mode) traced at ``example``, XNNPACK-delegated."""
+    return lower_program(model, example)[0]
 
 
 def set_executorch_threads(threads: int) -> None:

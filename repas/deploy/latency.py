@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,22 +72,30 @@ def onnx_latency_interleaved(paths: dict[str, str | Path], input_shape: tuple[in
             for k, v in times.items()}
 
 
-def onnx_latency_each(paths: dict[str, str | Path], input_shape: tuple[int, ...], threads: int = 1,
-                      warmup: int = 10, runs: int = 100, passes: int = 5) -> dict[str, float]:
+def latency_each(factories: dict[str, Callable[[], Callable[[np.ndarray], object]]], input_shape: tuple[int, ...],
+                 warmup: int = 10, runs: int = 100, passes: int = 5) -> dict[str, float]:
     """Latency (ms) of several models, each timed alone (warm caches, as it runs when
-    deployed): in each of ``passes`` rounds a new session times ``runs / passes`` calls, and
-    a model's latency is the lowest of its rounds' medians.
+    deployed): in each of ``passes`` rounds a fresh instance from ``factories[name]()`` (a
+    new session, a reloaded program) times ``runs / passes`` calls, and a model's latency is
+    the lowest of its rounds' medians.
 
     Why the lowest: on the machine of docs/results.md about one onnxruntime session in three
     runs the same model 30-40% slower than the others, steadily for its whole life, whatever
     the input's alignment; a median over sessions would be that lottery. A transient load
     on the machine likewise spoils one round, not the result."""
     x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
-    rounds: dict[str, list[float]] = {k: [] for k in paths}
+    rounds: dict[str, list[float]] = {k: [] for k in factories}
     for _ in range(passes):
-        for k, p in paths.items():
-            session = onnx_session(p, threads)
-            feed = {session.get_inputs()[0].name: x}
-            rounds[k].append(time_calls(lambda s=session, f=feed: s.run(None, f), warmup,
-                                        max(1, runs // passes))["median_ms"])
+        for k, make in factories.items():
+            run = make()
+            rounds[k].append(time_calls(lambda r=run: r(x), warmup, max(1, runs // passes))["median_ms"])
     return {k: min(v) for k, v in rounds.items()}
+
+
+def onnx_latency_each(paths: dict[str, str | Path], input_shape: tuple[int, ...], threads: int = 1,
+                      warmup: int = 10, runs: int = 100, passes: int = 5) -> dict[str, float]:
+    """``latency_each`` of ONNX files in onnxruntime at ``threads`` intra-op threads."""
+    from repas.deploy.runner import onnx_runner
+
+    return latency_each({k: (lambda p=p: onnx_runner(p, threads)) for k, p in paths.items()}, input_shape,
+                        warmup, runs, passes)

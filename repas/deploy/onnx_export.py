@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from repas.atomic import atomic_write_bytes
+from repas.deploy.runner import onnx_session
 from repas.errors import RepasError
+
+__all__ = ["export_onnx", "onnx_session", "run_onnx", "verify_onnx"]
 
 
 def _require_onnxruntime():  # noqa: ANN202
@@ -41,17 +44,6 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     onnx_program.save(buf)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
-
-
-def onnx_session(path: str | Path | bytes, threads: int = 1):  # noqa: ANN201
-    """An onnxruntime CPU session for a model file (or its bytes) at ``threads`` intra-op threads."""
-    ort = _require_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, x: np.ndarray | torch.Tensor) -> np.ndarray:  # noqa: ANN001

@@ -1,0 +1,125 @@
+"""Write a deployment bundle: the fused net as .onnx and .pte files, float and int8, each
+checked against PyTorch, and ``model.json`` describing how to feed it.
+
+Layout of a bundle directory::
+
+    model.onnx  model-int8.onnx     onnxruntime, static input shape
+    model.pte   model-int8.pte      ExecuTorch, every op delegated to XNNPACK
+    model.json                      task, input (shape, colour, normalization), labels / scale,
+                                    widths, MACs, params, files, checks, metrics, latency per runtime
+
+``repas.deploy.runner`` (``repas predict``) reads it without PyTorch.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from repas.atomic import atomic_write_bytes, atomic_write_json
+from repas.deploy.onnx_export import export_onnx
+from repas.deploy.runner import BUNDLE_FORMAT, MANIFEST, RUNTIMES, Run, onnx_runner, pte_runner
+from repas.errors import RepasError
+
+FORMATS = tuple(RUNTIMES)  # onnx, pte
+FILES = {("onnx", "float"): "model.onnx", ("onnx", "int8"): "model-int8.onnx",
+         ("pte", "float"): "model.pte", ("pte", "int8"): "model-int8.pte"}
+Log = Callable[[str], None]
+
+
+def non_delegated_ops(edge: Any) -> list[str]:  # noqa: ANN401 (executorch EdgeProgramManager)
+    """The ops of a lowered program left to ExecuTorch's portable kernels (not XNNPACK)."""
+    graph = edge.exported_program().graph_module.graph
+    return sorted({str(n.target) for n in graph.nodes if n.op == "call_function"
+                   and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)})
+
+
+def max_abs_diff(run: Run, model: nn.Module, shape: tuple[int, ...], trials: int = 3, seed: int = 0) -> float:
+    """Largest |run(x) - model(x)| over random inputs of ``shape`` (inputs in [-1, 2] cover
+    normalized images and [0, 1] pixels alike)."""
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with torch.no_grad():
+        for _ in range(trials):
+            x = torch.rand(*shape, generator=gen) * 3 - 1
+            worst = max(worst, float(np.abs(run(x.numpy()) - model(x).numpy()).max()))
+    return worst
+
+
+def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], formats: Sequence[str],
+                  calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4,
+                  log: Log = print) -> dict[str, Any]:
+    """Write ``model`` (fused, eval) at static input ``shape`` in each format, float and (with
+    ``calibration`` inputs) int8. Every float file must equal PyTorch within ``tolerance``
+    (max abs difference), and every .pte must run wholly on XNNPACK; either failure is a
+    RepasError. Returns {"files": {fmt: {precision: name}}, "checks": {...}}."""
+    from repas.deploy.executorch_export import executorch_version, lower_program
+    from repas.deploy.quantize import quantize_onnx, quantize_pt2e
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise RepasError(f"unknown export format {', '.join(unknown) or '(none)'}; expected some of "
+                         f"{', '.join(FORMATS)}")
+    if "pte" in formats:
+        executorch_version()  # a clear error before anything is written
+    out = Path(out)
+    model = model.eval()
+    example = torch.zeros(*shape)
+    files: dict[str, dict[str, str]] = {}
+    checks: dict[str, Any] = {}
+
+    def add(fmt: str, precision: str) -> Path:
+        files.setdefault(fmt, {})[precision] = FILES[fmt, precision]
+        return out / FILES[fmt, precision]
+
+    if "onnx" in formats:
+        path = export_onnx(model, shape, add("onnx", "float"))
+        diff = max_abs_diff(onnx_runner(path), model, shape)
+        checks["onnx_float_max_abs_diff"] = diff
+        if diff > tolerance:
+            raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> {tolerance:g}): please report")
+        log(f"export: {path}, |onnxruntime - torch| = {diff:.1e}")
+        if calibration:
+            quantize_onnx(path, add("onnx", "int8"), calibration)
+            log(f"export: {out / FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} calibration inputs)")
+    if "pte" in formats:
+        checks["executorch"] = executorch_version()
+        variants = [("float", model)]
+        if calibration:
+            variants.append(("int8", quantize_pt2e(model, example, calibration)))
+        for precision, m in variants:
+            program, edge = lower_program(m, (example,))
+            left = non_delegated_ops(edge)
+            checks[f"pte_{precision}_non_delegated_ops"] = left
+            if left:
+                raise RepasError(f"the {precision} .pte leaves ops outside XNNPACK: {', '.join(left)}; "
+                                 "they would run on slow portable kernels on a phone")
+            path = add("pte", precision)
+            atomic_write_bytes(path, program)
+            if precision == "float":
+                diff = max_abs_diff(pte_runner(path), model, shape)
+                checks["pte_float_max_abs_diff"] = diff
+                if diff > tolerance:
+                    raise RepasError(f"ExecuTorch output differs from PyTorch by {diff:.2e} (> {tolerance:g}): "
+                                     "please report")
+                log(f"export: {path}, fully delegated to XNNPACK, |executorch - torch| = {diff:.1e}")
+            else:
+                log(f"export: {path} (int8 PT2E), fully delegated to XNNPACK")
+    return {"files": files, "checks": checks}
+
+
+def write_manifest(out: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write ``model.json`` (adds the bundle format, repas version and date)."""
+    from repas import __version__
+
+    head = {"bundle_format": BUNDLE_FORMAT, "repas_version": __version__,
+            "created": datetime.datetime.now().isoformat(timespec="seconds")}
+    path = Path(out) / MANIFEST
+    atomic_write_json(path, {**head, **manifest})
+    return path
