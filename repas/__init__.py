@@ -20,6 +20,7 @@ from typing import Any
 _EXPORTS = {
     "PipelineConfig": "repas.config", "load_config": "repas.config",
     "export_onnx": "repas.deploy", "onnx_latency": "repas.deploy", "verify_onnx": "repas.deploy",
+    "export_models": "repas.deploy", "predict": "repas.deploy", "load_runner": "repas.deploy",
     "RepasError": "repas.errors",
     "RepBlock": "repas.reparam", "fuse": "repas.reparam",
     "Budget": "repas.search", "Trainer": "repas.search", "cost": "repas.search", "extract_subnet": "repas.search",

@@ -477,7 +477,8 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
             predicted = float(LatencyModel.load(table, spec)(spec.widths))
         return {"widths": export["widths"], "macs": export["macs"], "params": export["params"],
                 "torch": trained["test"][primary], "onnx": export["onnx_metrics"][primary],
-                "onnx_ms": latency[which]["median_ms"], "predicted_ms": predicted}
+                "onnx_ms": latency[which]["median_ms"], "predicted_ms": predicted,
+                "metrics": export.get("metrics", {}), "latency_ms": export.get("latency_ms", {})}
 
     return {
         "run_dir": str(run), "seconds": seconds, "environment": _environment(), "metric": primary,
@@ -487,6 +488,14 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
         "searched": row(_read(run / "export"), finetune, "searched"),
         "baseline": baseline, "threads": cfg.export.threads, "latency_input": _read(run / "export")["latency_input"],
     }
+
+
+def _bundle_cell(row: dict[str, Any], fmt: str, runtime: str, precision: str, metric: str) -> str:
+    """A bundle file's test metric and latency in the report ("-" where it was not made)."""
+    key = f"{fmt} {precision}"
+    if key not in row.get("metrics", {}):
+        return "-"
+    return f"{row['metrics'][key][metric]:.2f}, {row['latency_ms'][runtime][precision]:.3f} ms"
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
@@ -502,6 +511,11 @@ def summary_markdown(s: dict[str, Any]) -> str:
         (f"ONNX latency, batch 1 at {size}, {s['threads']} thread", f"{d['onnx_ms']:.3f} ms",
          f"{p['onnx_ms']:.3f} ms"),
     ]
+    for fmt, runtime, name in (("onnx", "onnxruntime", "ONNX"), ("pte", "executorch", "ExecuTorch")):
+        for precision in ("float", "int8"):
+            if (fmt, precision) != ("onnx", "float") and f"{fmt} {precision}" in p.get("metrics", {}):
+                rows.append((f"{metric} and latency, {name} {precision}",
+                             *(_bundle_cell(r, fmt, runtime, precision, s["metric"]) for r in (d, p))))
     if d.get("predicted_ms") is not None:
         rows.append(("latency predicted by the table", f"{d['predicted_ms']:.3f} ms", f"{p['predicted_ms']:.3f} ms"))
     env = s["environment"]

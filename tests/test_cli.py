@@ -1,5 +1,6 @@
 """The CLI end to end on small IDX data, and a one-line error for every bad input."""
 
+import importlib.util
 import json
 
 import pytest
@@ -37,7 +38,10 @@ def test_pipeline_writes_every_stage_and_a_report(pipeline_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["searched"]["macs"] <= summary["target"]
     assert summary["cost_vs_target"] >= 0.97
-    assert "| top-1 (%), fused ONNX |" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "| top-1 (%), fused ONNX |" in report and "| top-1 (%) and latency, ONNX int8 | - |" in report
+    if importlib.util.find_spec("executorch"):
+        assert "| top-1 (%) and latency, ExecuTorch int8 | - |" in report
     fused = load_model(run_dir / "fuse")
     assert all(b.fused for b in fused.blocks)
     export = json.loads((run_dir / "export" / "report.json").read_text())
@@ -70,6 +74,9 @@ def test_stages_rerun_alone_and_info(pipeline_run, capsys):
     (["train", "--data", "{data}", "--run-dir", "{bad_ckpt}", "--resume"], "corrupt or truncated"),
     (["train", "--data", "{data}", "--run-dir", "{tmp}/nan", "--set", "train.lr=1e30", "--epochs", "1"],
      "loss became"),
+    (["export", "{run}", "--data", "{data}", "--format", "tflite"], "must name onnx and/or pte"),
+    (["export", "{run}", "--data", "{data}", "--tile", "12"], "expected HEIGHTxWIDTH"),
+    (["export", "{run}", "--run-dir", "{tmp}/other"], "two run directories given"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, pipeline_run, tmp_path, capsys):
     run_dir, data = pipeline_run
