@@ -381,14 +381,14 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
     calibration = None
     if int8:
         calibration = data.calibration_inputs(shape, e.calibration or (16 if spec.task == "super-resolution" else 256))
+    if "pte" in formats:  # XNNPACK's threadpool is sized before the first program runs
+        from repas.deploy.executorch_export import set_executorch_threads
+
+        set_executorch_threads(e.threads)
     made = export_models(model, out, shape, formats, calibration, log=log)
     for (fmt, precision), name in FILES.items():  # files of an earlier export this one did not make
         if precision not in made["files"].get(fmt, {}):
             (out / name).unlink(missing_ok=True)
-    if "pte" in formats:
-        from repas.deploy.executorch_export import set_executorch_threads
-
-        set_executorch_threads(e.threads)
     runners = {}
     for fmt, files in made["files"].items():
         for precision, name in files.items():
@@ -408,7 +408,9 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
         fmt, precision = k.split()
         latency_ms.setdefault(runtime[fmt], {})[precision] = v
     manifest = {"task": spec.task, "name": spec.name, "input": data.bundle_input(spec, shape),
-                **({"scale": spec.scale} if spec.task == "super-resolution" else {"labels": data.labels()}),
+                **({"scale": spec.scale, "output": "image in [0, 1], scale x the input's height and width"}
+                   if spec.task == "super-resolution" else
+                   {"labels": data.labels(), "output": "logits, one per label (softmax for probabilities)"}),
                 "widths": facts["widths"], "macs": facts["macs"], "params": facts["params"],
                 "files": made["files"], "checks": made["checks"], "metrics": metrics, "latency_ms": latency_ms,
                 "latency_protocol": {"batch": 1, "input": list(shape), "threads": e.threads, "runs": e.runs,
