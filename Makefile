@@ -11,7 +11,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[deploy,mobile,sr,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[deploy,mobile,sr,baselines,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,9 @@ from repas.errors import RepasError
 
 COST_METRICS = ("macs", "params", "latency")
 ALLOCATIONS = ("ranked", "threshold")
+# pas: the gates learn widths under the budget; the others are the baselines of
+# repas.search.baselines, which prune the trained supernet to the same budget
+METHODS = ("pas", "uniform", "l1", "l1-layer", "slimming", "oicsr", "admm", "correlation", "lasso", "torch-pruning")
 
 
 @dataclass
@@ -89,9 +92,18 @@ class SearchConfig(TrainConfig):
     alpha: float = 5.0
     gate_lr: float = 0.05
     latency_table: str | None = None  # None: <run_dir>/latency.csv
+    # how widths are chosen: pas, or a baseline (uniform, l1, l1-layer, slimming, oicsr,
+    # admm, correlation, lasso, torch-pruning); slimming / oicsr / admm / correlation train
+    # for `epochs` with their regulariser, the others prune the trained net in one shot
+    method: str = "pas"
+    strength: float | None = None  # the baseline's regulariser strength (admm: rho); None: its default
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.method not in METHODS:
+            close = difflib.get_close_matches(str(self.method), METHODS, n=1)
+            raise RepasError(f"search method {self.method!r} is unknown"
+                             + (f" (did you mean {close[0]!r}?)" if close else "") + f"; expected one of {METHODS}")
         if self.alpha < 0 or self.gate_lr <= 0:
             raise RepasError(f"search alpha must be >= 0 and gate_lr > 0, got {self.alpha} and {self.gate_lr}")
         if self.metric not in COST_METRICS:

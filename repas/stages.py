@@ -40,7 +40,9 @@ from repas.search import (
     spec_cost,
     threshold_masks,
 )
+from repas.search.baselines import apply_masks, make_regularizer, method_masks
 from repas.search.cost import CostFn, format_cost
+from repas.search.regularizers import Regularizer
 from repas.spec import ArchSpec
 from repas.supernet import RepNet, build, fuse_net, load_model, save_model
 from repas.task_data import TaskData, make_task_data, shaped_spec
@@ -98,15 +100,16 @@ def _environment() -> dict[str, Any]:
 
 def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, resume: bool, log: Log,
            budget: Budget | None = None, gate_lr: float | None = None,
-           data: TaskData | None = None) -> tuple[RepNet, dict[str, Any]]:
+           data: TaskData | None = None, regularizer: Regularizer | None = None) -> tuple[RepNet, dict[str, Any]]:
     data = data or get_data(cfg)
     train, test = data.train_loader(tcfg), data.eval_batches(tcfg)
     out = stage_dir(cfg, stage)
     task = data.task(tcfg, model.spec)
-    trainer = Trainer(model, task, tcfg, out, budget=budget, gate_lr=gate_lr, log=log)
+    trainer = Trainer(model, task, tcfg, out, budget=budget, gate_lr=gate_lr, log=log, regularizer=regularizer)
     started = time.perf_counter()
     trainer.fit(train, test, resume=resume)
-    final = trainer.eval_model if budget is None else model  # a search keeps its raw gates
+    # a search keeps its raw gates (a baseline's gates are its masks)
+    final = trainer.eval_model if budget is None and regularizer is None else model
     metrics = trainer.evaluate(test, final)
     report = {"stage": stage, **model_facts(final), "test": metrics, "seconds": time.perf_counter() - started,
               "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": _environment()}
@@ -175,16 +178,47 @@ def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: 
     model = load_model(_source(cfg, "search", source))
     if not any(g is not None for g in model.gate_modules()):
         raise RepasError(f"{model.spec.name} has no gated layer: search needs a supernet spec")
-    model.freeze_gates(False)
+    method = cfg.search.method
+    model.freeze_gates(method != "pas")
     budget = search_budget(cfg, model)
-    log(f"search: target {budget.metric} {format_cost(budget.target, budget.metric)} "
+    log(f"search ({method}): target {budget.metric} {format_cost(budget.target, budget.metric)} "
         f"(dense {format_cost(float(budget.cost(model.spec.widths)), budget.metric)})")
-    model, report = _train(cfg, "search", model, cfg.search, resume, log, budget=budget, gate_lr=cfg.search.gate_lr,
-                           data=data)
+    if method == "pas":
+        model, report = _train(cfg, "search", model, cfg.search, resume, log, budget=budget,
+                               gate_lr=cfg.search.gate_lr, data=data)
+    else:
+        model, report = baseline_search(cfg, model, budget, resume, log, data or get_data(cfg))
     widths = [int(m.sum()) for m in gate_masks(model)]
-    report.update({"target": budget.target, "metric": budget.metric, "searched_widths": widths,
+    report.update({"target": budget.target, "metric": budget.metric, "method": method, "searched_widths": widths,
                    f"searched_{budget.metric}": float(budget.cost(widths))})
     return save_model(model, stage_dir(cfg, "search"), report)
+
+
+def baseline_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: bool, log: Log,
+                    data: TaskData) -> tuple[RepNet, dict[str, Any]]:
+    """A baseline method's masks, written into the supernet's gates: slimming, oicsr, admm
+    and correlation first train for search.epochs with their regulariser; the others prune
+    the trained net as it is (the report says how long that took)."""
+    s = cfg.search
+    step = width_step(cfg, budget.model)
+    started = time.perf_counter()
+    regularizer = make_regularizer(s.method, model, budget, step, cfg.extract.tolerance, s.strength,
+                                   len(data.train_loader(s)), s.epochs)
+    report: dict[str, Any] = {"stage": "search"}
+    if regularizer is not None:
+        model, report = _train(cfg, "search", model, s, resume, log, data=data, regularizer=regularizer)
+    inputs = None
+    if s.method == "lasso":
+        size = model.spec.input_size if model.spec.task != "super-resolution" else (48, 48)
+        n = 256 if model.spec.task != "super-resolution" else 16
+        inputs = torch.cat(data.calibration_inputs((1, model.spec.in_channels, *size), n))
+    masks, scores = method_masks(s.method, model, budget, step, cfg.extract.tolerance, regularizer, inputs)
+    apply_masks(model, masks, scores)
+    if regularizer is None:
+        report.update({**model_facts(model), "seconds": time.perf_counter() - started,
+                       "environment": _environment()})
+    log(f"search ({s.method}): widths {[int(m.sum()) for m in masks]}")
+    return model, report
 
 
 def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Log = _print,

@@ -77,6 +77,7 @@ def test_stages_rerun_alone_and_info(pipeline_run, capsys):
     (["export", "{run}", "--data", "{data}", "--format", "tflite"], "must name onnx and/or pte"),
     (["export", "{run}", "--data", "{data}", "--tile", "12"], "expected HEIGHTxWIDTH"),
     (["export", "{run}", "--run-dir", "{tmp}/other"], "two run directories given"),
+    (["search", "--run-dir", "{run}", "--data", "{data}", "--method", "slimmming"], "did you mean 'slimming'"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, pipeline_run, tmp_path, capsys):
     run_dir, data = pipeline_run
@@ -165,3 +166,19 @@ def test_resume_refuses_a_changed_recipe(pipeline_run, tmp_path, capsys):
     code, _, err = run(capsys, "train", "--data", data, "--run-dir", run_dir, "--resume", "--epochs", "1", *QUICK,
                        "--set", "train.lr=0.5")
     assert code == 2 and "training config changed" in err and "lr: 0.1 -> 0.5" in err
+
+
+@pytest.mark.parametrize("method", ["slimming", "lasso", "torch-pruning"])
+def test_a_baseline_method_prunes_the_same_supernet_to_the_same_budget(method, pipeline_run, tmp_path, capsys):
+    run_dir, data = pipeline_run
+    code, out, err = run(capsys, "search", "--from", run_dir / "train", "--run-dir", tmp_path, "--data", data,
+                         "--method", method, "--target", "0.4", "--epochs", "1", *QUICK)
+    assert code == 0, err
+    searched = json.loads((tmp_path / "search" / "report.json").read_text())
+    assert searched["method"] == method and searched["searched_macs"] <= searched["target"]
+    assert searched["searched_macs"] >= 0.97 * searched["target"]
+    assert ("history" in searched) == (method == "slimming")  # only slimming trains first
+    code, out, err = run(capsys, "extract", "--run-dir", tmp_path, "--data", data, *QUICK)
+    assert code == 0, err
+    extracted = json.loads((tmp_path / "extract" / "report.json").read_text())
+    assert extracted["widths"] == searched["searched_widths"]  # extract reads the method's masks as they are

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint.pt")
         if name in ("search", "pipeline"):
             _budget_args(sp)
+            sp.add_argument("--method", help="how widths are chosen: pas (default) or a baseline pruning method "
+                            "for comparisons at the same budget: uniform, l1, l1-layer, slimming, oicsr, admm, "
+                            "correlation, lasso, torch-pruning")
     sp = add("extract", "cut the searched subnet out of the supernet", source=True)
     _budget_args(sp)
     sp.add_argument("--round-to", type=int, help="round widths to a multiple (e.g. 8)")
@@ -149,7 +152,8 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
         if value is not None:
             sets.append(f"search.metric={metric}")
             values["search.target_abs"] = value
-    for flag, key in (("latency_table", "search.latency_table"), ("backend", "profile.backend"),
+    for flag, key in (("latency_table", "search.latency_table"), ("method", "search.method"),
+                      ("backend", "profile.backend"),
                       ("divisor", "profile.divisor"), ("round_to", "extract.round_to"),
                       ("allocation", "extract.allocation")):
         value = getattr(args, flag, None)

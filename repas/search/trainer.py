@@ -32,6 +32,7 @@ from repas.config import TrainConfig
 from repas.errors import RepasError
 from repas.search.budget import Budget
 from repas.search.extract import gate_masks
+from repas.search.regularizers import Regularizer
 from repas.supernet.fused import fuse_net
 from repas.supernet.net import RepNet
 
@@ -74,8 +75,10 @@ class Trainer:
 
     def __init__(self, model: RepNet, task: Any, cfg: TrainConfig, run_dir: str | Path,
                  budget: Budget | None = None, gate_lr: float | None = None,
-                 log: Callable[[str], None] = print, progress: bool | None = None) -> None:
+                 log: Callable[[str], None] = print, progress: bool | None = None,
+                 regularizer: Regularizer | None = None) -> None:
         self.model, self.task, self.cfg, self.budget = model, task, cfg, budget
+        self.regularizer = regularizer  # a baseline method's penalty and per-update hook
         self.run_dir = Path(run_dir)
         self.log = log
         self.progress = progress
@@ -128,6 +131,7 @@ class Trainer:
             "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": torch.get_rng_state(), "history": self.history,
+            "regularizer": self.regularizer.state_dict() if self.regularizer is not None else None,
             "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
         }
 
@@ -164,6 +168,8 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
+        if self.regularizer is not None and state.get("regularizer") is not None:
+            self.regularizer.load_state_dict(state["regularizer"])
         self.history = list(state["history"])
         self.num_updates = int(state["num_updates"])
         self.start_epoch = int(state["epoch"]) + 1
@@ -225,6 +231,8 @@ class Trainer:
                 cost = self.budget.cost(self.model.channel_counts())
                 loss = loss + self.budget.loss(cost)
                 cost_value = cost.item()
+            if self.regularizer is not None:
+                loss = loss + self.regularizer.penalty(self.model)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 last = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
@@ -238,6 +246,8 @@ class Trainer:
             for opt in optimizers:
                 opt.step()
             self.num_updates += 1
+            if self.regularizer is not None:
+                self.regularizer.after_step(self.model, self.num_updates)
             for scheduler in schedulers:
                 scheduler.step_update(self.num_updates)
             if self.ema is not None:

@@ -1,0 +1,186 @@
+"""The baseline pruning methods: every one meets the budget within 3% on a small net, its
+regulariser shrinks what it penalises, LASSO's reconstruction is exact where it writes and
+helps where it fits, and Torch-Pruning's choice is what the masks keep."""
+
+import copy
+
+import pytest
+import torch
+from conftest import randomize_bn
+
+from repas.errors import RepasError
+from repas.search import Budget, extract_subnet, gate_masks, spec_cost
+from repas.search.baselines import METHODS, TRAINED, apply_masks, make_regularizer, method_masks
+from repas.search.extract import gated_copy
+from repas.search.importance import bn_scales, gated_layers, group_norms
+from repas.search.lasso import reconstruct, write_kernel
+from repas.spec import ArchSpec, LayerSpec
+from repas.supernet import build
+
+REP = ["conv", "conv1x1", "identity"]
+
+
+def small_spec() -> ArchSpec:
+    """Wide enough that one channel moves the cost by well under 3%."""
+    return ArchSpec(name="small", in_channels=3, input_size=(12, 12), num_classes=5,
+                    layers=[LayerSpec(16, branches=["conv", "conv1x1"]),
+                            LayerSpec(24, stride=2, branches=["conv", "conv1x1"]),
+                            LayerSpec(24, branches=REP), LayerSpec(24, branches=REP)])
+
+
+def supernet(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build(small_spec())
+    randomize_bn(model, seed)
+    model.freeze_gates()
+    return model
+
+
+def inputs(n: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+
+
+def train_with(model, reg, steps: int = 8, lr: float = 0.01, task: bool = True):
+    x = inputs()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train(task)  # without the task loss, BN statistics stay as they are
+    for update in range(1, steps + 1):
+        loss = (model(x).square().mean() if task else 0) + (reg.penalty(model) if reg is not None else 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if reg is not None:
+            reg.after_step(model, update)
+    return model
+
+
+def run_method(method: str, metric: str = "macs", fraction: float = 0.5):
+    model = supernet()
+    spec = model.spec
+    budget = Budget(spec, fraction * spec_cost(spec, metric), metric)
+    reg = make_regularizer(method, model, budget, 1, 0.03, None, updates_per_epoch=4, epochs=2)
+    if reg is not None:
+        train_with(model, reg)
+    masks, scores = method_masks(method, model, budget, 1, 0.03, reg, inputs=inputs())
+    apply_masks(model, masks, scores)
+    return model, budget, masks
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "pas"])
+def test_every_method_meets_the_budget_within_3_percent(method, metric):
+    model, budget, masks = run_method(method, metric)
+    widths = [int(m.sum()) for m in gate_masks(model)]
+    assert widths == [int(m.sum()) for m in masks]  # the gates carry the method's masks
+    cost = float(budget.model(widths))
+    assert budget.target * 0.97 <= cost <= budget.target * (1 + 1e-9), (method, widths, cost / budget.target)
+    assert widths != model.spec.widths and all(w >= 1 for w in widths)
+    sub = extract_subnet(model.eval())
+    assert sub.spec.widths == widths and spec_cost(sub.spec, metric) == pytest.approx(cost)
+    x = inputs(4)
+    with torch.no_grad():
+        assert torch.allclose(sub(x), gated_copy(model, gate_masks(model)).eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_methods_differ_and_uniform_is_uniform():
+    chosen = {m: [int(k.sum()) for k in run_method(m)[2]] for m in ("uniform", "l1", "slimming", "lasso")}
+    assert len({tuple(w) for w in chosen.values()}) > 1
+    model, _, masks = run_method("uniform")
+    ratios = [int(m.sum()) / m.numel() for m in masks]
+    assert max(ratios) - min(ratios) < 0.15  # one multiplier, moved by the fit by a channel or two
+    assert all(bool(m[: int(m.sum())].all()) for m in masks[:1])  # the first channels
+
+
+def _scale_sum(model):
+    with torch.no_grad():
+        return float(sum(s.sum() for s in bn_scales(model)))
+
+
+def _group_sum(model):
+    with torch.no_grad():
+        return float(sum(g.sum() for g in group_norms(model, normalized=False) if g is not None))
+
+
+@pytest.mark.parametrize("method, measure", [("slimming", _scale_sum), ("oicsr", _group_sum)])
+def test_penalties_shrink_what_they_penalize(method, measure):
+    budget = Budget(small_spec(), 0.5 * spec_cost(small_spec()), "macs")
+    plain = train_with(supernet(), None, steps=10, lr=0.05)
+    model = supernet()
+    reg = make_regularizer(method, model, budget, 1, 0.03, 1.0, 4, 2)
+    regularized = train_with(model, reg, steps=10, lr=0.05)
+    assert measure(regularized) < 0.9 * measure(plain)
+
+
+def test_admm_pulls_pruned_filters_to_zero_and_projects_onto_the_budget():
+    model = supernet()
+    budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
+    reg = make_regularizer("admm", model, budget, 1, 0.03, 1.0, updates_per_epoch=4, epochs=4)
+    reg.penalty(model)  # the first projection
+
+    def pruned_norm():
+        from repas.search.regularizers import _filter_rows
+        with torch.no_grad():
+            rows = _filter_rows(model)
+            return float(sum(r[~reg.masks[i]].norm() for r, i in zip(rows, gated_layers(model))))
+
+    before = pruned_norm()
+    train_with(model, reg, steps=16, lr=0.05, task=False)  # the penalty alone
+    assert pruned_norm() < 0.7 * before
+    assert any(float(u.abs().sum()) > 0 for u in reg.U)  # the multiplier moved
+    assert float(budget.model([int(m.sum()) for m in reg.masks])) <= budget.target
+
+
+def test_correlation_switches_channels_off_in_rounds():
+    model = supernet()
+    budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
+    reg = make_regularizer("correlation", model, budget, 1, 0.03, None, updates_per_epoch=4, epochs=2)
+    train_with(model, reg, steps=4)  # rounds end at updates 2 and 4 of 8
+    off_mid = sum(int((~m).sum()) for m in gate_masks(model))
+    assert off_mid > 0 and float(budget.model([int(m.sum()) for m in gate_masks(model)])) > budget.target
+    state = reg.state_dict()
+    assert state["round"] == 2 and state["pairs"]
+
+
+def test_lasso_writes_kernels_exactly_and_reconstruction_helps():
+    model = supernet().eval()
+    block = model.blocks[2]
+    kernel, bias = block.equivalent_kernel_bias()
+    new_k, new_b = torch.randn_like(kernel), torch.randn_like(bias)
+    write_kernel(block, new_k, new_b, 2)
+    k2, b2 = block.equivalent_kernel_bias()
+    assert torch.allclose(k2, new_k, atol=1e-5) and torch.allclose(b2, new_b, atol=1e-5)
+
+    model = supernet().eval()
+    x = inputs(64)
+    masks = [torch.ones(16, dtype=torch.bool)] + [torch.arange(24) % 2 == 0 for _ in range(3)]
+    plain = gated_copy(model, masks).eval()
+    rebuilt = copy.deepcopy(model)
+    reconstruct(rebuilt, masks, x)
+    with torch.no_grad():
+        dense = model(x)
+        err_plain = float((plain(x) - dense).pow(2).mean())
+        err_rebuilt = float((gated_copy(rebuilt, masks).eval()(x) - dense).pow(2).mean())
+    assert err_rebuilt < 0.5 * err_plain
+
+
+def test_torch_pruning_masks_are_what_it_removed():
+    pytest.importorskip("torch_pruning")
+    from repas.search.torch_pruning_peer import plain_sequential, prune_once
+
+    model = supernet().eval()
+    masks = prune_once(model, 0.4, 1)
+    net, names, _ = plain_sequential(model)
+    assert [net[int(n)].out_channels for n in names] == small_spec().widths
+    assert [int(m.sum()) for m in masks][0] < 16 or [int(m.sum()) for m in masks][1] < 24
+
+
+def test_methods_that_train_need_their_regularizer_and_unknown_methods_are_errors():
+    model = supernet()
+    budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
+    for method in TRAINED:
+        with pytest.raises(RepasError, match="trains before it prunes"):
+            method_masks(method, model, budget)
+    with pytest.raises(RepasError, match="unknown pruning method 'magic'"):
+        method_masks("magic", model, budget)
+    with pytest.raises(RepasError, match="lasso samples feature maps"):
+        method_masks("lasso", model, budget)
