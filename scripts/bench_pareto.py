@@ -59,32 +59,29 @@ def plot(rows: list[dict], primary: str, name: str, docs: Path) -> list[Path]:
             pts = sorted((r[x_key] / (1e6 if x_key == "macs" else 1), r["metric"][primary]) for r in rows
                          if r["method"] == m)
             ax.plot(*zip(*pts), marker="o" if m == "pas" else ".", lw=2.2 if m == "pas" else 1, label=m)
-        ax.set_xlabel(label)
-        ax.set_ylabel(primary)
-        ax.set_title(f"{name}: {primary} against {x_key.split('_')[0]}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        path = docs / f"pareto_{name}_{x_key.split('_')[0]}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_finish(plt, fig, ax, label, primary, f"{name}: {primary} against {x_key.split('_')[0]}",
+                             docs / f"pareto_{name}_{x_key.split('_')[0]}.png"))
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
     mid = budgets[len(budgets) // 2]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for r in rows:
         if r["budget"] == mid:
             ax.plot(range(len(r["widths"])), r["widths"], marker=".", label=r["method"])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("width")
-    ax.set_title(f"{name}: widths found at {mid:g} x dense")
+    paths.append(_finish(plt, fig, ax, "layer", "width", f"{name}: widths found at {mid:g} x dense",
+                         docs / f"pareto_{name}_widths.png"))
+    return paths
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    path = docs / f"pareto_{name}_widths.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [*paths, path]
+    return path
 
 
 def table(rows: list[dict], primary: str) -> str:
@@ -123,7 +120,7 @@ def main() -> None:
         stages.train_stage(cfg, data=data)
     results_path = run / "pareto.json"
     done = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
-    rows = [r for r in done]
+    rows = list(done)
     for budget in (float(b) for b in args.budgets.split(",")):
         for method in args.methods.split(","):
             if any(r["method"] == method and r["budget"] == budget for r in rows):
