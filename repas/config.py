@@ -100,6 +100,8 @@ class SearchConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.strength is not None and self.strength <= 0:
+            raise RepasError(f"search strength must be > 0 (or null for the method's default), got {self.strength}")
         if self.method not in METHODS:
             close = difflib.get_close_matches(str(self.method), METHODS, n=1)
             raise RepasError(f"search method {self.method!r} is unknown"

@@ -78,6 +78,7 @@ def test_stages_rerun_alone_and_info(pipeline_run, capsys):
     (["export", "{run}", "--data", "{data}", "--tile", "12"], "expected HEIGHTxWIDTH"),
     (["export", "{run}", "--run-dir", "{tmp}/other"], "two run directories given"),
     (["search", "--run-dir", "{run}", "--data", "{data}", "--method", "slimmming"], "did you mean 'slimming'"),
+    (["search", "--run-dir", "{run}", "--data", "{data}", "--set", "search.strength=-1"], "strength must be > 0"),
 ])
 def test_bad_input_gives_one_line_error(argv, message, pipeline_run, tmp_path, capsys):
     run_dir, data = pipeline_run
