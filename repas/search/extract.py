@@ -9,6 +9,7 @@ output channel to the same channel in the kept inputs (or none, where it was pru
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 
@@ -65,6 +66,11 @@ def fit_masks_to_budget(spec: ArchSpec, masks: list[torch.Tensor], scores: list[
     def current() -> float:
         return float(fn(widths))
 
+    def swap_gain(i: int, j: int) -> float:  # score gained in layer i minus score lost in layer j
+        added = order[i][widths[i]:widths[i] + step]
+        removed = order[j][widths[j] - step:widths[j]]
+        return float(scores[i][added].sum() - scores[j][removed].sum())
+
     for _ in range(sum(full) + 1):
         c = current()
         if c > target:
@@ -76,13 +82,43 @@ def fit_masks_to_budget(spec: ArchSpec, masks: list[torch.Tensor], scores: list[
         elif c < target * (1 - tolerance):
             cands = [i for i in range(len(widths)) if gated[i] and widths[i] + step <= full[i]]
             cands = [i for i in cands if float(fn(_with(widths, i, widths[i] + step))) <= target]
-            if not cands:
+            if cands:
+                i = max(cands, key=lambda i: float(scores[i][order[i][widths[i]]]))
+                widths[i] += step
+            elif not _swap_up(widths, full, gated, step, fn, target, target * (1 - tolerance), swap_gain):
                 break
-            i = max(cands, key=lambda i: float(scores[i][order[i][widths[i]]]))
-            widths[i] += step
         else:
             break
     return [_top_k_mask(s, w) for s, w in zip(scores, widths)]
+
+
+def _swap_up(widths: list[int], full: list[int], gated: list[bool], step: int, fn: CostFn,
+             target: float, low: float, gain: Callable[[int, int], float]) -> bool:
+    """No single step fits under ``target``: move one step from layer j to layer i. With
+    coarse steps (round_to) single steps alone can stop short of ``[low, target]``; a swap of
+    a cheap layer's step for a dearer one's closes that gap. Among swaps that land in the
+    band, take the one that loses the least importance (``gain(i, j)``); if none does, the
+    one that raises the cost most. Returns False when no swap raises the cost."""
+    cost = float(fn(widths))
+    in_band, closer = [], []
+    for i in range(len(widths)):
+        if not gated[i] or widths[i] + step > full[i]:
+            continue
+        for j in range(len(widths)):
+            if j == i or not gated[j] or widths[j] - step < 1:
+                continue
+            c = float(fn(_with(_with(widths, i, widths[i] + step), j, widths[j] - step)))
+            if cost < c <= target:
+                (in_band if c >= low else closer).append((gain(i, j), c, i, j))
+    if in_band:
+        _, _, i, j = max(in_band)
+    elif closer:
+        _, _, i, j = max(closer, key=lambda t: t[1])
+    else:
+        return False
+    widths[i] += step
+    widths[j] -= step
+    return True
 
 
 def allocate_masks(spec: ArchSpec, scores: list[torch.Tensor], target: float, model: CostFn, step: int = 1,
