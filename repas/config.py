@@ -44,9 +44,15 @@ class DataConfig:
     hr_downscale: int | None = None  # HR = photo / this (None: 2 for sr-photos' JPEGs, 1 for a folder)
     test_root: str | None = None  # sr-folder: HR test images (None: Set7-pkg)
     cache_dir: str | None = "~/.cache/repas/sr"  # decoded (HR, LR) pairs
+    # Fraction of the training data held out as a validation split (images; SR: photos), for
+    # the error-tolerance search. 0: none, and search.max_drop then holds out 0.1. Keep it
+    # the same for every stage of a run, so the dense net never trains on it.
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _at_least(self, "data", patch=1, batches_per_epoch=1, scale=1)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise RepasError(f"data val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -97,9 +103,24 @@ class SearchConfig(TrainConfig):
     # for `epochs` with their regulariser, the others prune the trained net in one shot
     method: str = "pas"
     strength: float | None = None  # the baseline's regulariser strength (admm: rho); None: its default
+    # Error-tolerance mode (Play-and-Prune): instead of a target, the largest acceptable drop
+    # of the validation metric (top-1 points, or PSNR dB) from the dense net's. The target
+    # starts at the dense cost and shrinks by `shrink` a round (pas: `round_epochs` of search
+    # a round, continuing; a baseline: its method from the trained net at each target) until
+    # a round's extracted net drops more; the last net within the drop is the result.
+    max_drop: float | None = None
+    shrink: float = 0.85
+    round_epochs: int = 1
+    min_target: float = 0.05  # fraction of the dense cost where the rounds stop in any case
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_drop is not None and self.max_drop < 0:
+            raise RepasError(f"search max_drop must be >= 0 (a drop in top-1 points or PSNR dB), got {self.max_drop}")
+        if not 0.0 < self.shrink < 1.0 or not 0.0 < self.min_target < 1.0:
+            raise RepasError(f"search shrink and min_target must lie in (0, 1), got {self.shrink} and "
+                             f"{self.min_target}")
+        _at_least(self, "search", round_epochs=1)
         if self.strength is not None and self.strength <= 0:
             raise RepasError(f"search strength must be > 0 (or null for the method's default), got {self.strength}")
         if self.method not in METHODS:
@@ -183,6 +204,12 @@ class PipelineConfig:
     finetune: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+    @property
+    def val_fraction(self) -> float:
+        """The training data held out for validation: data.val_fraction, or 0.1 when the
+        search is in error-tolerance mode and none was set."""
+        return self.data.val_fraction or (0.1 if self.search.max_drop is not None else 0.0)
 
 
 def _at_least(cfg: Any, section: str, **minimums: int) -> None:

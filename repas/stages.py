@@ -8,6 +8,7 @@ be rerun or resumed alone. ``run_pipeline`` runs them all and writes ``report.md
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import platform
@@ -43,6 +44,7 @@ from repas.search import (
 from repas.search.baselines import apply_masks, make_regularizer, method_masks
 from repas.search.cost import CostFn, format_cost
 from repas.search.regularizers import Regularizer
+from repas.search.tolerance import shrinking_targets, tolerance_search
 from repas.spec import ArchSpec
 from repas.supernet import RepNet, build, fuse_net, load_model, save_model
 from repas.task_data import TaskData, make_task_data, shaped_spec
@@ -180,6 +182,9 @@ def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: 
         raise RepasError(f"{model.spec.name} has no gated layer: search needs a supernet spec")
     method = cfg.search.method
     model.freeze_gates(method != "pas")
+    if cfg.search.max_drop is not None:
+        model, report, budget = tolerance_search_stage(cfg, model, log, data or get_data(cfg))
+        return _save_search(cfg, model, report, budget)
     budget = search_budget(cfg, model)
     log(f"search ({method}): target {budget.metric} {format_cost(budget.target, budget.metric)} "
         f"(dense {format_cost(float(budget.cost(model.spec.widths)), budget.metric)})")
@@ -188,10 +193,94 @@ def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: 
                                gate_lr=cfg.search.gate_lr, data=data)
     else:
         model, report = baseline_search(cfg, model, budget, resume, log, data or get_data(cfg))
+    return _save_search(cfg, model, report, budget)
+
+
+def _save_search(cfg: PipelineConfig, model: RepNet, report: dict[str, Any], budget: Budget) -> Path:
     widths = [int(m.sum()) for m in gate_masks(model)]
-    report.update({"target": budget.target, "metric": budget.metric, "method": method, "searched_widths": widths,
-                   f"searched_{budget.metric}": float(budget.cost(widths))})
+    report.update({"target": budget.target, "metric": budget.metric, "method": cfg.search.method,
+                   "searched_widths": widths, f"searched_{budget.metric}": float(budget.cost(widths))})
     return save_model(model, stage_dir(cfg, "search"), report)
+
+
+def tolerance_search_stage(cfg: PipelineConfig, model: RepNet, log: Log, data: TaskData
+                           ) -> tuple[RepNet, dict[str, Any], Budget]:
+    """Error-tolerance mode: the smallest net whose validation metric (after extraction, before
+    fine-tuning) is within ``search.max_drop`` of the dense net's. Targets shrink by
+    ``search.shrink`` a round; PaS searches ``round_epochs`` a round, continuing from the last
+    round; a baseline runs its method at each target from the trained net. Every round's net
+    is then trained ``round_epochs`` at its masks to recover before it is validated. Returns the
+    net of the last round within the drop (the trained net if none was), its report, and its
+    budget, whose target the extract stage then meets with the very masks evaluated here."""
+    s = cfg.search
+    fn = cost_model(cfg, model.spec, s.metric)
+    dense = float(fn(model.spec.widths))
+    step = width_step(cfg, fn)
+    val, task = data.val_batches(s), data.task(s, model.spec)
+    round_cfg = dataclasses.replace(s, epochs=s.round_epochs)
+    root = stage_dir(cfg, "search")
+    trained = copy.deepcopy(model)
+    started = time.perf_counter()
+
+    def validate(net: RepNet) -> float:
+        return task.evaluate(fuse_net(net.eval()), val)[data.primary]
+
+    def run_round(target: float) -> tuple[list[int], float, float, RepNet] | None:
+        out = root / f"round-{len(rounds_run) + 1}"
+        rounds_run.append(target)
+        budget = Budget(model.spec, target, s.metric, s.alpha, fn)
+        if s.method == "pas":  # PaS continues: each round tightens the same search
+            Trainer(model, task, round_cfg, out, budget=budget, gate_lr=s.gate_lr, log=log).fit(data.train_loader(s))
+            net = copy.deepcopy(model)
+        else:
+            sub_cfg = dataclasses.replace(cfg, run_dir=str(out), search=round_cfg)
+            net, _ = baseline_search(sub_cfg, copy.deepcopy(trained), budget, False, log, data)
+        # Prune, then recover (Play-and-Prune): the round's net is cut where its gates are
+        # (widths rounded to the step; no fit to the target: a fit would cut channels the
+        # search kept or switch back on ones it switched off), then trained at those masks for
+        # round_epochs, the same for every method, before it is judged on validation.
+        net.eval()
+        scores = gate_scores(net)
+        apply_masks(net, round_masks(gate_masks(net), scores, step), scores)
+        Trainer(net, task, round_cfg, out / "recover", log=log).fit(data.train_loader(s))
+        sub = extract_subnet(net.eval(), gate_masks(net))
+        return sub.spec.widths, float(fn(sub.spec.widths)), validate(sub), net
+
+    rounds_run: list[float] = []
+    reference = validate(trained)
+    log(f"search ({s.method}, error tolerance): dense validation {data.primary} {reference:.4g}, allowed drop "
+        f"{s.max_drop:g}; targets shrink by {s.shrink:g} a round from {format_cost(dense, s.metric)}")
+    state, best, rounds = tolerance_search(reference, shrinking_targets(dense, s.shrink, s.min_target), run_round,
+                                           s.max_drop, log)
+    net = state if state is not None else trained
+    # the extract stage meets this target with the round's own masks (their cost is in the band)
+    target = best.cost if best is not None else dense
+    broke = rounds[-1] if rounds and not rounds[-1].within else None
+    report = {"stage": "search", **model_facts(net), "seconds": time.perf_counter() - started,
+              "environment": _environment(), "config": dataclasses.asdict(s),
+              "tolerance": {"metric": data.primary, "reference": reference, "max_drop": s.max_drop,
+                            "accepted": best.as_dict() if best else None,
+                            "broke": broke.as_dict() if broke else None,
+                            "rounds": [r.as_dict() for r in rounds]}}
+    if best is None:
+        log("search: no round stayed within the drop; the result is the dense net")
+    return net, report, Budget(model.spec, target, s.metric, s.alpha, fn)
+
+
+def searched_masks(model: RepNet, budget: Budget, step: int, cfg: PipelineConfig) -> list[torch.Tensor]:
+    """The masks the extract stage cuts by: the gates' masks rounded to ``step`` channels and,
+    with extract.fit, moved by gate ranking until the cost meets the budget's target."""
+    masks, scores = gate_masks(model), gate_scores(model)
+    masks = round_masks(masks, scores, step)
+    if cfg.extract.fit:
+        masks = fit_masks_to_budget(model.spec, masks, scores, budget.target, budget.metric, step=step,
+                                    tolerance=cfg.extract.tolerance, model=budget.model)
+        fitted = float(budget.cost([int(m.sum()) for m in masks]))
+        if fitted > budget.target * (1 + 1e-9):
+            raise RepasError(f"widths in steps of {step} cannot meet the target {budget.metric} "
+                             f"{format_cost(budget.target, budget.metric)} (the closest is "
+                             f"{format_cost(fitted, budget.metric)}): lower --round-to or raise the target")
+    return masks
 
 
 def baseline_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: bool, log: Log,
@@ -230,8 +319,7 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Lo
     setup(cfg)
     src = _source(cfg, "extract", source)
     model = load_model(src).eval()
-    masks, scores = gate_masks(model), gate_scores(model)
-    threshold_widths = [int(m.sum()) for m in masks]
+    threshold_widths = [int(m.sum()) for m in gate_masks(model)]
     searched = json.loads((src / "report.json").read_text()) if (src / "report.json").exists() else {}
     if target_from_search and "target" in searched:
         metric = searched["metric"]
@@ -240,15 +328,7 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, log: Lo
     else:
         budget = search_budget(cfg, model)
     step = width_step(cfg, budget.model)
-    masks = round_masks(masks, scores, step)
-    if cfg.extract.fit:
-        masks = fit_masks_to_budget(model.spec, masks, scores, budget.target, budget.metric, step=step,
-                                    tolerance=cfg.extract.tolerance, model=budget.model)
-        fitted = float(budget.cost([int(m.sum()) for m in masks]))
-        if fitted > budget.target * (1 + 1e-9):
-            raise RepasError(f"widths in steps of {step} cannot meet the target {budget.metric} "
-                             f"{format_cost(budget.target, budget.metric)} (the closest is "
-                             f"{format_cost(fitted, budget.metric)}): lower --round-to or raise the target")
+    masks = searched_masks(model, budget, step, cfg)
     sub, diff = extract_checked(model, masks)
     cost = float(budget.cost(sub.spec.widths))
     report = {"stage": "extract", **model_facts(sub), "threshold_widths": threshold_widths,

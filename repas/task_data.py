@@ -49,6 +49,9 @@ class ClassificationData:
             self.data.train = self.data.train.subset(d.train_subset)
         if d.test_subset:
             self.data.test = self.data.test.subset(d.test_subset)
+        self.val = None
+        if cfg.val_fraction:
+            self.data.train, self.val = self.data.train.split_off(cfg.val_fraction, cfg.seed)
 
     def shape_spec(self, spec_name: str) -> dict[str, Any]:
         c, h, w = self.data.image_shape
@@ -60,6 +63,10 @@ class ClassificationData:
 
     def eval_batches(self, tcfg: TrainConfig) -> TensorLoader:
         return TensorLoader(self.data.test, tcfg.eval_batch_size)
+
+    def val_batches(self, tcfg: TrainConfig) -> TensorLoader:
+        """The validation split (held out of the training data), batched as the test split."""
+        return TensorLoader(_need_val(self.val), tcfg.eval_batch_size)
 
     def task(self, tcfg: TrainConfig, spec: ArchSpec) -> ClassificationTask:
         return ClassificationTask(tcfg.label_smoothing)
@@ -93,7 +100,8 @@ class ClassificationData:
 
     def describe(self) -> str:
         d = self.data
-        return (f"{self.cfg.data.name}: {len(d.train)} train and {len(d.test)} test images, "
+        val = f", {len(self.val)} validation" if self.val is not None else ""
+        return (f"{self.cfg.data.name}: {len(d.train)} train{val} and {len(d.test)} test images, "
                 f"shape {d.image_shape}, {d.num_classes} classes")
 
 
@@ -124,14 +132,24 @@ class SuperResolutionData:
             self.train_pairs = self.train_pairs[:d.train_subset]
         if d.test_subset:
             self.test_pairs = self.test_pairs[:d.test_subset]
+        self.val_pairs = None
+        if cfg.val_fraction:
+            if len(self.train_pairs) < 2:
+                raise RepasError(f"a validation split needs at least 2 training images, {d.name} has "
+                                 f"{len(self.train_pairs)}")
+            n = min(len(self.train_pairs) - 1, max(1, round(cfg.val_fraction * len(self.train_pairs))))
+            order = np.random.default_rng(cfg.seed).permutation(len(self.train_pairs))
+            self.val_pairs = [self.train_pairs[i] for i in sorted(order[:n])]
+            self.train_pairs = [self.train_pairs[i] for i in sorted(order[n:])]
 
     def shape_spec(self, spec_name: str) -> dict[str, Any]:
         return {"in_channels": 1 if self.colour == "y" else 3, "scale": self.scale}
 
     def describe(self) -> str:
         pixels = sum(p.hr.shape[0] * p.hr.shape[1] for p in self.train_pairs) / 1e6
+        val = f", {len(self.val_pairs)} validation" if self.val_pairs else ""
         return (f"{self.cfg.data.name} x{self.scale} ({self.colour}): {len(self.train_pairs)} train images "
-                f"({pixels:.1f} HR megapixels), {len(self.test_pairs)} test images "
+                f"({pixels:.1f} HR megapixels){val}, {len(self.test_pairs)} test images "
                 f"({', '.join(p.name for p in self.test_pairs)})")
 
     def train_loader(self, tcfg: TrainConfig) -> PatchLoader:
@@ -141,6 +159,10 @@ class SuperResolutionData:
 
     def eval_batches(self, tcfg: TrainConfig) -> list[tuple[torch.Tensor, np.ndarray]]:
         return eval_images(self.test_pairs, self.colour)
+
+    def val_batches(self, tcfg: TrainConfig) -> list[tuple[torch.Tensor, np.ndarray]]:
+        """The validation photos (held out of the training photos), whole."""
+        return eval_images(_need_val(self.val_pairs), self.colour)
 
     def task(self, tcfg: TrainConfig, spec: ArchSpec) -> SuperResolutionTask:
         return SuperResolutionTask(self.scale, overlap=receptive_radius_of(spec))
@@ -192,6 +214,12 @@ def bicubic_scores(pairs: list, colour: str, scale: int) -> dict[str, float]:
         out = to_model_input(up, "y")[0] if colour == "y" else torch.from_numpy(up).permute(2, 0, 1).float() / 255
         scores.append(sr_scores(out, p.hr, scale))
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def _need_val(split: Any) -> Any:
+    if split is None:
+        raise RepasError("no validation split: set data.val_fraction (e.g. 0.1) to hold part of the training data out")
+    return split
 
 
 def receptive_radius_of(spec: ArchSpec) -> int:

@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--method", help="how widths are chosen: pas (default) or a baseline pruning method "
                             "for comparisons at the same budget: uniform, l1, l1-layer, slimming, oicsr, admm, "
                             "correlation, lasso, torch-pruning")
+            sp.add_argument("--max-drop", type=float, metavar="D",
+                            help="error-tolerance mode instead of a budget: the smallest net whose validation "
+                            "top-1 (points) or PSNR (dB) is at most D below the dense net's (holds out "
+                            "data.val_fraction of the training data, 0.1 by default)")
     sp = add("extract", "cut the searched subnet out of the supernet", source=True)
     _budget_args(sp)
     sp.add_argument("--round-to", type=int, help="round widths to a multiple (e.g. 8)")
@@ -153,7 +157,7 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
             sets.append(f"search.metric={metric}")
             values["search.target_abs"] = value
     for flag, key in (("latency_table", "search.latency_table"), ("method", "search.method"),
-                      ("backend", "profile.backend"),
+                      ("max_drop", "search.max_drop"), ("backend", "profile.backend"),
                       ("divisor", "profile.divisor"), ("round_to", "extract.round_to"),
                       ("allocation", "extract.allocation")):
         value = getattr(args, flag, None)

@@ -34,7 +34,17 @@ class TensorImages:
         return (images.float() / 255.0 - mean) / std
 
     def subset(self, n: int) -> TensorImages:
-        return TensorImages(self.images[:n], self.labels[:n], self.mean, self.std, self.classes)
+        return self.take(slice(0, n))
+
+    def take(self, index: slice | torch.Tensor) -> TensorImages:
+        return TensorImages(self.images[index], self.labels[index], self.mean, self.std, self.classes)
+
+    def split_off(self, fraction: float, seed: int) -> tuple[TensorImages, TensorImages]:
+        """(the rest, a held-out ``fraction``): images drawn at random with ``seed``, so every
+        stage of a run holds out the same ones."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        n = max(1, round(fraction * len(self)))
+        return self.take(order[n:].sort().values), self.take(order[:n].sort().values)
 
 
 def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
