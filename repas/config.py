@@ -80,9 +80,15 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.998
     eval_batch_size: int = 1000
+    # also checkpoint every N optimizer updates (0: at epoch ends only); a run killed at any
+    # point loses at most N updates, and resumes to the same weights as an uninterrupted run
+    checkpoint_every: int = 0
+    amp: bool = False  # bf16 autocast for the forward pass (CUDA; also runs on CPU)
+    channels_last: bool = False  # NHWC memory format: faster convs on tensor-core GPUs
+    compile: bool = False  # torch.compile the training forward
 
     def __post_init__(self) -> None:
-        _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1)
+        _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1, checkpoint_every=0)
         if self.lr <= 0:
             raise RepasError(f"training lr must be > 0, got {self.lr}")
 

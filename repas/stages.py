@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from repas import distributed
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig
 from repas.deploy import cpu_name, onnx_latency_each
@@ -45,6 +46,7 @@ from repas.search.baselines import apply_masks, make_regularizer, method_masks
 from repas.search.cost import CostFn, format_cost
 from repas.search.regularizers import Regularizer
 from repas.search.tolerance import shrinking_targets, tolerance_search
+from repas.search.trainer import CHECKPOINT
 from repas.spec import ArchSpec
 from repas.supernet import RepNet, build, fuse_net, load_model, save_model
 from repas.task_data import TaskData, make_task_data, shaped_spec
@@ -54,7 +56,27 @@ Log = Callable[[str], None]
 
 
 def _print(message: str) -> None:
-    print(message, flush=True)  # progress lines must reach a log file as they happen
+    if distributed.is_main():  # under torchrun, one process speaks
+        print(message, flush=True)  # progress lines must reach a log file as they happen
+
+
+Resume = bool | str  # False, True (the stage's checkpoint must exist) or "auto"
+
+
+def stage_complete(cfg: PipelineConfig, stage: str) -> bool:
+    """The stage's output was saved after its last checkpoint (``--resume auto`` skips it)."""
+    out = stage_dir(cfg, stage)
+    report, ckpt = out / "report.json", out / CHECKPOINT
+    return report.exists() and (out / "weights.safetensors").exists() and (
+        not ckpt.exists() or report.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns)
+
+
+def _save_trained(model: RepNet, out: Path, report: dict[str, Any]) -> Path:
+    """Rank 0 saves a training stage's model; every process waits for it."""
+    if distributed.is_main():
+        save_model(model, out, report)
+    distributed.barrier()
+    return out
 
 
 def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
@@ -100,7 +122,7 @@ def _environment() -> dict[str, Any]:
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, resume: bool, log: Log,
+def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, resume: Resume, log: Log,
            budget: Budget | None = None, gate_lr: float | None = None,
            data: TaskData | None = None, regularizer: Regularizer | None = None) -> tuple[RepNet, dict[str, Any]]:
     data = data or get_data(cfg)
@@ -109,23 +131,28 @@ def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, re
     task = data.task(tcfg, model.spec)
     trainer = Trainer(model, task, tcfg, out, budget=budget, gate_lr=gate_lr, log=log, regularizer=regularizer)
     started = time.perf_counter()
-    trainer.fit(train, test, resume=resume)
+    if resume == "auto":
+        resume = trainer.checkpoint_path.exists()
+    trainer.fit(train, test, resume=bool(resume))
     # a search keeps its raw gates (a baseline's gates are its masks)
-    final = trainer.eval_model if budget is None and regularizer is None else model
+    final = (trainer.eval_model if budget is None and regularizer is None else model).cpu()
     metrics = trainer.evaluate(test, final)
     report = {"stage": stage, **model_facts(final), "test": metrics, "seconds": time.perf_counter() - started,
               "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": _environment()}
     return final, report
 
 
-def train_stage(cfg: PipelineConfig, resume: bool = False, log: Log = _print, data: TaskData | None = None) -> Path:
+def train_stage(cfg: PipelineConfig, resume: Resume = False, log: Log = _print, data: TaskData | None = None) -> Path:
     """Train the dense supernet (gates frozen at all-on)."""
     setup(cfg)
+    if resume == "auto" and stage_complete(cfg, "train"):
+        log(f"train: complete in {stage_dir(cfg, 'train')}, skipped (--resume auto)")
+        return stage_dir(cfg, "train")
     data = data or get_data(cfg)
     model = build(shaped_spec(cfg, data))
     model.freeze_gates()
     model, report = _train(cfg, "train", model, cfg.train, resume, log, data=data)
-    return save_model(model, stage_dir(cfg, "train"), report)
+    return _save_trained(model, stage_dir(cfg, "train"), report)
 
 
 def latency_table_path(cfg: PipelineConfig) -> Path:
@@ -173,16 +200,22 @@ def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
     return Budget(model.spec, target, s.metric, s.alpha, fn)
 
 
-def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
+def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: Resume = False,
                  log: Log = _print, data: TaskData | None = None) -> Path:
     """Learn the gates of a (trained) supernet under the budget."""
     setup(cfg)
+    if resume == "auto" and stage_complete(cfg, "search"):
+        log(f"search: complete in {stage_dir(cfg, 'search')}, skipped (--resume auto)")
+        return stage_dir(cfg, "search")
     model = load_model(_source(cfg, "search", source))
     if not any(g is not None for g in model.gate_modules()):
         raise RepasError(f"{model.spec.name} has no gated layer: search needs a supernet spec")
     method = cfg.search.method
     model.freeze_gates(method != "pas")
     if cfg.search.max_drop is not None:
+        if distributed.is_distributed():
+            raise RepasError("the error-tolerance search (search.max_drop) runs in one process: launch it without "
+                             "torchrun")
         model, report, budget = tolerance_search_stage(cfg, model, log, data or get_data(cfg))
         return _save_search(cfg, model, report, budget)
     budget = search_budget(cfg, model)
@@ -200,7 +233,7 @@ def _save_search(cfg: PipelineConfig, model: RepNet, report: dict[str, Any], bud
     widths = [int(m.sum()) for m in gate_masks(model)]
     report.update({"target": budget.target, "metric": budget.metric, "method": cfg.search.method,
                    "searched_widths": widths, f"searched_{budget.metric}": float(budget.cost(widths))})
-    return save_model(model, stage_dir(cfg, "search"), report)
+    return _save_trained(model, stage_dir(cfg, "search"), report)
 
 
 def tolerance_search_stage(cfg: PipelineConfig, model: RepNet, log: Log, data: TaskData
@@ -283,7 +316,7 @@ def searched_masks(model: RepNet, budget: Budget, step: int, cfg: PipelineConfig
     return masks
 
 
-def baseline_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: bool, log: Log,
+def baseline_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Resume, log: Log,
                     data: TaskData) -> tuple[RepNet, dict[str, Any]]:
     """A baseline method's masks, written into the supernet's gates: slimming, oicsr, admm
     and correlation first train for search.epochs with their regulariser; the others prune
@@ -430,13 +463,16 @@ def targets_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: bool = False,
+def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: Resume = False,
                    log: Log = _print, data: TaskData | None = None) -> Path:
     """Train the extracted (physically smaller) multi-branch net."""
     setup(cfg)
+    if resume == "auto" and stage_complete(cfg, "finetune"):
+        log(f"finetune: complete in {stage_dir(cfg, 'finetune')}, skipped (--resume auto)")
+        return stage_dir(cfg, "finetune")
     model = load_model(_source(cfg, "finetune", source))
     model, report = _train(cfg, "finetune", model, cfg.finetune, resume, log, data=data)
-    return save_model(model, stage_dir(cfg, "finetune"), report)
+    return _save_trained(model, stage_dir(cfg, "finetune"), report)
 
 
 def fuse_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None,
@@ -544,18 +580,25 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
     return out
 
 
-def run_pipeline(cfg: PipelineConfig, resume: bool = False, log: Log = _print) -> dict[str, Any]:
-    """All stages, plus the dense net fused and exported for comparison; writes report.md."""
+def run_pipeline(cfg: PipelineConfig, resume: Resume = False, log: Log = _print) -> dict[str, Any] | None:
+    """All stages, plus the dense net fused and exported for comparison; writes report.md.
+    Under torchrun every process trains, searches and fine-tunes; rank 0 alone extracts,
+    fuses, exports and reports (the others return None)."""
     started = time.perf_counter()
     run = Path(cfg.run_dir)
     data = get_data(cfg)
-    if cfg.search.metric == "latency" and not latency_table_path(cfg).exists():
+    if cfg.search.metric == "latency" and not latency_table_path(cfg).exists() and distributed.is_main():
         log(f"no latency table at {latency_table_path(cfg)}: measuring one on this machine")
         profile_stage(cfg, data=data, log=log)
+    distributed.barrier()
     train_stage(cfg, resume=resume, log=log, data=data)
     search_stage(cfg, resume=resume, log=log, data=data)
-    extract_stage(cfg, log=log)
+    if distributed.is_main():
+        extract_stage(cfg, log=log)
+    distributed.barrier()
     finetune_stage(cfg, resume=resume, log=log, data=data)
+    if not distributed.is_main():
+        return None
     fuse_stage(cfg, log=log)
     export_stage(cfg, data=data, log=log)
     fuse_stage(cfg, source=run / "train", out=run / "dense-fuse", log=log)

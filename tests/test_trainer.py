@@ -40,9 +40,12 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("budget", [False, True])
-def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, budget):
-    cfg = SearchConfig(epochs=3, lr=0.05, ema=not budget) if budget else TrainConfig(epochs=3, lr=0.05, ema=True)
+@pytest.mark.parametrize("budget,every", [(False, 0), (True, 0), (False, 1), (True, 2)])
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, budget, every):
+    """A crash at epoch 2, step 3: with epoch checkpoints the partial epoch is redone; with
+    checkpoint_every the run resumes mid-epoch (the data of the steps before is skipped)."""
+    cfg = SearchConfig(epochs=3, lr=0.05, ema=not budget, checkpoint_every=every) if budget else \
+        TrainConfig(epochs=3, lr=0.05, ema=True, checkpoint_every=every)
     full = make_trainer(tmp_path / "full", cfg, budget)
     full.fit(loader())
 
@@ -55,10 +58,13 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, budge
     first.step_hook = stop
     with pytest.raises(Interrupt):
         first.fit(loader())
+    saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
+    assert (saved["epoch"], saved["step"]) == ((1, 2) if every else (0, None))
     torch.manual_seed(1234)  # a resumed process starts with other RNG state
     second = make_trainer(tmp_path / "cut", cfg, budget, seed=99)
     second.fit(loader(), resume=True)
-    assert second.start_epoch == 1
+    assert (second.start_epoch, second.start_step) == (1, 0)  # both consumed by the run
+    assert [h["loss"] for h in second.history] == [h["loss"] for h in full.history]
     a, b = full.model.state_dict(), second.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:

@@ -9,11 +9,12 @@ exit non-zero.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from repas.errors import RepasError
+from repas.errors import Interrupted, RepasError
 
 if TYPE_CHECKING:
     from repas.config import PipelineConfig
@@ -52,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
                         ("finetune", "fine-tune the extracted subnet"), ("pipeline", "run every stage")):
         sp = add(name, help_, source=name in ("search", "finetune"))
         sp.add_argument("--epochs", type=int, help="epochs of this stage (pipeline: of every training stage)")
-        sp.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint.pt")
+        sp.add_argument("--resume", nargs="?", const=True, choices=("auto",),
+                        help="continue from the stage's checkpoint.pt; '--resume auto' continues where a run "
+                        "stopped: complete stages are skipped, a stage with a checkpoint resumes (mid-epoch "
+                        "too), the others start")
         if name in ("search", "pipeline"):
             _budget_args(sp)
             sp.add_argument("--method", help="how widths are chosen: pas (default) or a baseline pruning method "
@@ -255,7 +259,14 @@ def run(args: argparse.Namespace) -> int:
         print(stages.get_data(cfg).describe())
         return 0
     source = getattr(args, "source", None)
-    resume = getattr(args, "resume", False)
+    resume = getattr(args, "resume", None) or False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if args.command not in ("train", "search", "finetune", "pipeline"):
+            raise RepasError(f"'repas {args.command}' runs in one process; under torchrun only train, search, "
+                             "finetune and pipeline run")
+        from repas.distributed import init_distributed
+
+        init_distributed()
     if args.command == "train":
         out = stages.train_stage(cfg, resume=resume)
     elif args.command == "search":
@@ -292,12 +303,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"repas: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"repas: {e}: rerun the same command with --resume auto to continue", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("repas: interrupted; every checkpoint already written is complete: rerun the same command "
-              "with --resume to continue", file=sys.stderr)
+              "with --resume auto to continue", file=sys.stderr)
         return 130
     finally:
         sys.stdout.flush()
+        if "repas.distributed" in sys.modules:  # never import torch for 'repas predict'
+            sys.modules["repas.distributed"].shutdown()
 
 
 if __name__ == "__main__":

@@ -221,6 +221,7 @@ class PatchLoader:
             raise RepasError(f"images smaller than a {patch}-pixel LR patch: {small}")
         self.scale, self.patch, self.batch_size = scale, patch, batch_size
         self.batches_per_epoch, self.seed, self.epoch = batches_per_epoch, seed, 0
+        self.rank, self.world = 0, 1
         self.lr = [to_model_input(p.lr, colour)[0] for p in pairs]
         self.hr = [to_model_input(p.hr, colour)[0] for p in pairs]
         sizes = torch.tensor([x.shape[1] * x.shape[2] for x in self.lr], dtype=torch.float64)
@@ -228,6 +229,11 @@ class PatchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only this process's slice of every (global) batch; the random draws of the
+        whole batch are made on every process, so the patches are those of one process."""
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -238,12 +244,15 @@ class PatchLoader:
         for _ in range(self.batches_per_epoch):
             which = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=gen)
             lrs, hrs = [], []
-            for i in which.tolist():
+            part = self.batch_size // self.world
+            for k, i in enumerate(which.tolist()):
                 lr, hr = self.lr[i], self.hr[i]
                 y = int(torch.randint(0, lr.shape[1] - p + 1, (1,), generator=gen))
                 x = int(torch.randint(0, lr.shape[2] - p + 1, (1,), generator=gen))
-                a, b = lr[:, y:y + p, x:x + p], hr[:, y * s:(y + p) * s, x * s:(x + p) * s]
                 flip, rot = torch.randint(0, 2, (1,), generator=gen), int(torch.randint(0, 4, (1,), generator=gen))
+                if self.world > 1 and not self.rank * part <= k < (self.rank + 1) * part:
+                    continue
+                a, b = lr[:, y:y + p, x:x + p], hr[:, y * s:(y + p) * s, x * s:(x + p) * s]
                 if flip:
                     a, b = a.flip(-1), b.flip(-1)
                 lrs.append(torch.rot90(a, rot, (1, 2)))

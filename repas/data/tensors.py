@@ -47,20 +47,26 @@ class TensorImages:
         return self.take(order[n:].sort().values), self.take(order[:n].sort().values)
 
 
-def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crops from a zero-padded batch, and random horizontal flips."""
+def random_crop_flip(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator,
+                     drawn: int | None = None, keep: slice = slice(None)) -> torch.Tensor:
+    """Per-image random crops from a zero-padded batch, and random horizontal flips.
+
+    The random offsets and flips are drawn for ``drawn`` images (default: all of
+    ``images``) and those of ``keep`` applied to ``images``: a process of a distributed run
+    passes its slice of the global batch and augments it exactly as one process would."""
     n, _, h, w = images.shape
+    drawn = n if drawn is None else drawn
     if pad > 0:
+        oy = torch.randint(0, 2 * pad + 1, (drawn,), generator=generator)[keep]
+        ox = torch.randint(0, 2 * pad + 1, (drawn,), generator=generator)[keep]
         padded = F.pad(images, [pad, pad, pad, pad])
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
         batch = torch.arange(n)[:, None, None, None]
         chans = torch.arange(images.shape[1])[None, :, None, None]
         images = padded[batch, chans, rows, cols]
     if flip:
-        flips = torch.rand(n, generator=generator) < 0.5
+        flips = (torch.rand(drawn, generator=generator) < 0.5)[keep]
         images = torch.where(flips[:, None, None, None], images.flip(-1), images)
     return images
 
@@ -75,6 +81,12 @@ class TensorLoader:
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.crop_pad, self.flip, self.drop_last = crop_pad, flip, drop_last
         self.epoch = 0
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only this process's slice of every (global) batch: rank r of w gets the
+        r-th of w equal parts."""
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -89,7 +101,9 @@ class TensorLoader:
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self.data.images[idx]
+            part = len(idx) // self.world
+            keep = slice(self.rank * part, (self.rank + 1) * part) if self.world > 1 else slice(None)
+            images = self.data.images[idx[keep]]
             if self.augment:
-                images = random_crop_flip(images, self.crop_pad, self.flip, gen)
-            yield self.data.normalize(images), self.data.labels[idx]
+                images = random_crop_flip(images, self.crop_pad, self.flip, gen, drawn=len(idx), keep=keep)
+            yield self.data.normalize(images), self.data.labels[idx[keep]]

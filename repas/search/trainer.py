@@ -2,10 +2,15 @@
 
 Optimizers and schedulers come from timm, EMA is timm's ModelEmaV3, scalars go to
 tensorboard, progress to tqdm. After every epoch the full training state is written
-atomically to ``checkpoint.pt`` (loadable with ``weights_only=True``); ``resume=True``
-continues from it and ends with the same weights as an uninterrupted run, because the
-data order and augmentation of an epoch depend only on (seed, epoch) and the RNG state,
-optimizer state and update count are restored.
+atomically to ``checkpoint.pt`` (loadable with ``weights_only=True``), and with
+``checkpoint_every`` every N updates too; SIGINT / SIGTERM save one between two steps and
+stop. ``resume=True`` continues from it, mid-epoch included, and ends with the same weights
+as an uninterrupted run, because the data order and augmentation of an epoch depend only
+on (seed, epoch) and the RNG state, optimizer state and update count are restored.
+
+Under ``torchrun`` (see ``repas.distributed``) the model is wrapped in
+DistributedDataParallel, every process takes its slice of each global batch, losses are
+averaged over processes, and only rank 0 writes checkpoints, logs and tensorboard.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from timm.utils import ModelEmaV3
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from repas import distributed
 from repas.atomic import atomic_torch_save
 from repas.config import TrainConfig
-from repas.errors import RepasError
+from repas.errors import Interrupted, RepasError
 from repas.search.budget import Budget
 from repas.search.extract import gate_masks
 from repas.search.regularizers import Regularizer
@@ -48,6 +54,18 @@ class EpochLoader(Protocol):
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def shard(self, rank: int, world: int) -> None: ...
+
+
+class _NoWriter:
+    """Tensorboard on ranks other than 0: writes nothing."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def param_groups(model: RepNet, weight_decay: float) -> list[dict[str, Any]]:
@@ -76,12 +94,26 @@ class Trainer:
     def __init__(self, model: RepNet, task: Any, cfg: TrainConfig, run_dir: str | Path,
                  budget: Budget | None = None, gate_lr: float | None = None,
                  log: Callable[[str], None] = print, progress: bool | None = None,
-                 regularizer: Regularizer | None = None) -> None:
+                 regularizer: Regularizer | None = None, device: torch.device | None = None) -> None:
         self.model, self.task, self.cfg, self.budget = model, task, cfg, budget
         self.regularizer = regularizer  # a baseline method's penalty and per-update hook
         self.run_dir = Path(run_dir)
-        self.log = log
-        self.progress = progress
+        self.main = distributed.is_main()
+        self.log = log if self.main else (lambda _: None)
+        self.progress = progress if self.main else False
+        self.device = device or distributed.device()
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        # what the training steps call: the model, in DDP under torchrun, compiled on request
+        self.forward: torch.nn.Module = model
+        if distributed.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
         self.optimizer = create_optimizer_v2(param_groups(model, cfg.weight_decay), opt=cfg.opt,
                                              lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
         self.gate_optimizer = gate_optimizer(model, gate_lr or cfg.lr)
@@ -89,6 +121,8 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.num_updates = 0
         self.start_epoch = 0
+        self.start_step = 0  # batches of start_epoch already trained (a mid-epoch checkpoint)
+        self.partial: dict[str, float] | None = None  # that epoch's loss sums so far
         # Called after every optimizer step with (epoch, step); tests use it to interrupt.
         self.step_hook: Callable[[int, int], None] | None = None
         self.stop_signal: int | None = None
@@ -123,20 +157,25 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     # ---- checkpoints ---------------------------------------------------------------
-    def state(self, epoch: int) -> dict[str, Any]:
+    def state(self, epoch: int, step: int | None = None, partial: dict[str, float] | None = None
+              ) -> dict[str, Any]:
+        """Everything a resumed run needs; ``step`` (batches of ``epoch`` done) marks a
+        mid-epoch checkpoint, None one written at the end of ``epoch``."""
         return {
-            "epoch": epoch, "num_updates": self.num_updates,
+            "epoch": epoch, "step": step, "partial": partial, "num_updates": self.num_updates,
             "spec": self.model.spec.to_json(),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": torch.get_rng_state(), "history": self.history,
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "regularizer": self.regularizer.state_dict() if self.regularizer is not None else None,
             "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
         }
 
-    def save_checkpoint(self, epoch: int) -> None:
-        atomic_torch_save(self.checkpoint_path, self.state(epoch))
+    def save_checkpoint(self, epoch: int, step: int | None = None, partial: dict[str, float] | None = None) -> None:
+        if self.main:
+            atomic_torch_save(self.checkpoint_path, self.state(epoch, step, partial))
 
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path
@@ -153,7 +192,8 @@ class Trainer:
                              "use a fresh run directory or the matching config")
         saved = json.loads(state.get("config", "{}"))
         now = dataclasses.asdict(self.cfg)
-        changed = sorted(k for k in now if k != "epochs" and k in saved and saved[k] != now[k])
+        changed = sorted(k for k in now if k not in ("epochs", "checkpoint_every") and k in saved
+                         and saved[k] != now[k])
         if changed:
             raise RepasError(f"--resume: the training config changed since {path} was written "
                              f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in changed)}); a resumed run "
@@ -168,11 +208,16 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         if self.regularizer is not None and state.get("regularizer") is not None:
             self.regularizer.load_state_dict(state["regularizer"])
         self.history = list(state["history"])
         self.num_updates = int(state["num_updates"])
-        self.start_epoch = int(state["epoch"]) + 1
+        step = state.get("step")
+        self.start_epoch = int(state["epoch"]) + (1 if step is None else 0)
+        self.start_step = int(step or 0)
+        self.partial = dict(state["partial"]) if state.get("partial") else None
 
     # ---- training ------------------------------------------------------------------
     def widths(self) -> list[int]:
@@ -189,15 +234,24 @@ class Trainer:
                       for opt in (self.optimizer, self.gate_optimizer) if opt is not None]
         if resume:
             self.load_checkpoint()
-            self.log(f"resumed from {self.checkpoint_path} at epoch {self.start_epoch}")
+            self.log(f"resumed from {self.checkpoint_path} at epoch {self.start_epoch + 1}"
+                     + (f", step {self.start_step + 1}" if self.start_step else ""))
+        world = distributed.world_size()
+        if world > 1:
+            if cfg.batch_size % world:
+                raise RepasError(f"batch size {cfg.batch_size} (the global batch) does not split over {world} "
+                                 f"processes: use a multiple of {world}")
+            train.shard(distributed.rank(), world)
         for scheduler in schedulers:
             scheduler.step_update(self.num_updates)  # the lr is a function of the update count
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.num_updates or None)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.num_updates or None) if self.main \
+            else _NoWriter()
         previous = self._catch_stop_signals()
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
-                record = self._epoch(epoch, train, schedulers, writer)
+                skip, self.start_step = self.start_step, 0
+                record = self._epoch(epoch, train, schedulers, writer, skip)
                 if val is not None:
                     record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
                 for key, value in record.items():
@@ -209,23 +263,37 @@ class Trainer:
                 self.save_checkpoint(epoch)
                 self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in record.items()))
+                if self.stop_signal is not None and epoch + 1 < cfg.epochs:
+                    raise Interrupted(self.stop_signal, f"after epoch {epoch + 1}; checkpoint saved")
         finally:
             self._restore_signals(previous)
             writer.close()
         return self.history[-1] if self.history else {}
 
-    def _epoch(self, epoch: int, train: EpochLoader, schedulers: list[Any], writer: SummaryWriter
+    def _epoch(self, epoch: int, train: EpochLoader, schedulers: list[Any], writer: Any, skip: int = 0
                ) -> dict[str, Any]:
+        """One epoch, from batch ``skip`` on (the batches before it are drawn and dropped, so
+        the data and augmentation stay those of an uninterrupted run)."""
         self.model.train()
         train.set_epoch(epoch)
-        sums = {"loss": 0.0, "task_loss": 0.0}
-        n = 0
+        sums = dict(self.partial) if skip and self.partial else {"loss": 0.0, "task_loss": 0.0, "n": 0.0,
+                                                                 "images": 0.0}
+        self.partial = None
         started = time.perf_counter()
+        images_now = 0
         cost_value = None
         disable = None if self.progress is None else not self.progress  # None: only on a terminal
         bar = tqdm(train, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, disable=disable)
+        dev, cfg = self.device, self.cfg
         for step, (images, labels) in enumerate(bar):
-            task_loss = self.task.loss(self.model(images), labels)
+            if step < skip:
+                continue
+            images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                out = self.forward(images)
+            task_loss = self.task.loss(out.float(), labels)
             loss = task_loss
             if self.budget is not None:
                 cost = self.budget.cost(self.model.channel_counts())
@@ -254,7 +322,9 @@ class Trainer:
                 self.ema.update(self.model, step=self.num_updates)
             sums["loss"] += loss_value
             sums["task_loss"] += task_loss.item()
-            n += 1
+            sums["n"] += 1
+            sums["images"] += len(images)
+            images_now += len(images)
             if self.num_updates % 20 == 0:
                 writer.add_scalar("train/loss", loss_value, self.num_updates)
                 writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.num_updates)
@@ -263,10 +333,19 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
+            last = step + 1 == len(train)
             if self.stop_signal is not None:
-                raise KeyboardInterrupt(f"stopped by signal {self.stop_signal} after update {self.num_updates}")
-        record: dict[str, Any] = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
-                                  "seconds": time.perf_counter() - started}
+                if not last:  # at the epoch's end, the epoch checkpoint below is the one to keep
+                    self.save_checkpoint(epoch, step + 1, sums)
+                    raise Interrupted(self.stop_signal, f"at epoch {epoch + 1}, step {step + 1}; checkpoint saved")
+            elif cfg.checkpoint_every and self.num_updates % cfg.checkpoint_every == 0 and not last:
+                self.save_checkpoint(epoch, step + 1, sums)
+        seconds = time.perf_counter() - started
+        loss, task_loss, n, _ = distributed.all_reduce_sum(
+            [sums["loss"], sums["task_loss"], sums["n"], sums["images"]])
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss / max(n, 1), "task_loss": task_loss / max(n, 1),
+                                  "seconds": seconds,
+                                  "images_per_s": images_now * distributed.world_size() / max(seconds, 1e-9)}
         if self.budget is not None:
             record[self.budget.metric] = float(self.budget.cost(self.widths()))
         return record
@@ -275,5 +354,7 @@ class Trainer:
     def evaluate(self, loader: Iterable, model: RepNet | None = None) -> dict[str, float]:
         """The task's metrics of ``model`` (default: the eval model), computed on its fused
         copy (equal in eval mode, and several times faster for multi-branch nets)."""
-        model = fuse_net(model if model is not None else self.eval_model)
-        return self.task.evaluate(model, loader)
+        model = fuse_net(model if model is not None else self.eval_model).eval()
+        if self.device.type == "cpu":
+            return self.task.evaluate(model, loader)
+        return self.task.evaluate(lambda x: model(x.to(self.device)).float().cpu(), loader)
