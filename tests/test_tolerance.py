@@ -73,13 +73,13 @@ def _real_fashion_mnist():
 
 @pytest.mark.parametrize("method", ["pas", "uniform"])
 def test_tolerance_search_returns_the_smallest_net_within_the_drop(method, tmp_path, capsys):
-    """Real Fashion-MNIST (2,000 training images, 400 of them held out for validation).
+    """Real Fashion-MNIST (1,500 training images, 300 of them held out for validation).
     A first search with no real limit gives every round's drop; a second one, with the
     limit set between two rounds' drops, must stop exactly there: the net it returns is
     within the drop, and the next round (a smaller target) broke it."""
     root = _real_fashion_mnist()
     common = ["--data", root, "--run-dir", tmp_path / "run", *QUICK, "--set", "data.val_fraction=0.2",
-              "--set", "extract.round_to=4", "--set", "data.train_subset=2000", "--set", "data.test_subset=200"]
+              "--set", "extract.round_to=4", "--set", "data.train_subset=1500", "--set", "data.test_subset=200"]
     assert main([str(a) for a in ("train", *common, "--epochs", "6")]) == 0
 
     def search(max_drop):

@@ -119,3 +119,31 @@ def test_tensorboard_scalars_are_written(tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"epoch/loss", "epoch/val_top1", "epoch/macs", "width/layer00"} <= tags
     assert len(acc.Scalars("epoch/val_top1")) == 2
+
+
+def test_gpu_speed_options_train_the_same_model(tmp_path, monkeypatch):
+    """bf16 autocast + channels_last and torch.compile are GPU speed options; on the CPU their
+    logic is checked: the same losses as float32 (bf16: within 2e-2), channels_last weights,
+    and the compiled module is the one that trains (with the eager backend: inductor takes a
+    minute to compile on this CPU)."""
+    plain = make_trainer(tmp_path / "a", TrainConfig(epochs=2, lr=0.05))
+    plain.fit(loader())
+    fast = make_trainer(tmp_path / "b", TrainConfig(epochs=2, lr=0.05, amp=True, channels_last=True))
+    assert fast.model.blocks[1].branches["conv"].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    fast.fit(loader())
+    for a, b in zip(plain.history, fast.history):
+        assert abs(a["loss"] - b["loss"]) < 2e-2 and a["loss"] != b["loss"]  # bf16 did run
+        assert b["images_per_s"] > 0
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(module, **kwargs):
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    comp = make_trainer(tmp_path / "c", TrainConfig(epochs=2, lr=0.05, compile=True))
+    comp.fit(loader())
+    assert compiled == [comp.model] and comp.forward is not comp.model
+    for a, b in zip(plain.history, comp.history):
+        assert abs(a["loss"] - b["loss"]) < 1e-5

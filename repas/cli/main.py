@@ -290,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         stages.run_pipeline(cfg, resume=resume)
         out = Path(cfg.run_dir) / "report.md"
-    print(f"wrote {out}")
+    if "repas.distributed" not in sys.modules or sys.modules["repas.distributed"].is_main():
+        print(f"wrote {out}")
     return 0
 
 
