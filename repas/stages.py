@@ -646,6 +646,7 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
         "dense": row(_read(run / "dense-export"), train, "dense"),
         "searched": row(_read(run / "export"), finetune, "searched"),
         "baseline": baseline, "threads": cfg.export.threads, "latency_input": _read(run / "export")["latency_input"],
+        "tolerance": search.get("tolerance"),
     }
 
 
@@ -684,6 +685,19 @@ def summary_markdown(s: dict[str, Any]) -> str:
              f"{s['cost_vs_target']:.3f} x target.", "",
              "| | dense | searched |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    t = s.get("tolerance")
+    if t:
+        got, broke = t["accepted"], t["broke"]
+        text = (f"Error-tolerance search: the smallest net whose validation {t['metric']} (after each round's recovery "
+                f"epochs, before fine-tuning) "
+                f"stays within {t['max_drop']:g} of the dense net's {t['reference']:.2f}, in "
+                f"{len(t['rounds'])} rounds: ")
+        text += (f"{got['value']:.2f} (drop {got['drop']:.2f}) at {format_cost(got['cost'], s['cost_metric'])}"
+                 if got else "no round stayed within it, so the net is the dense one")
+        if broke:
+            text += (f"; the next round, at {format_cost(broke['cost'], s['cost_metric'])}, dropped "
+                     f"{broke['drop']:.2f}")
+        lines += ["", text + "."]
     if s.get("baseline"):
         lines += ["", "Bicubic upscaling on the same images: " +
                   ", ".join(f"{k} {v:.4f}" for k, v in s["baseline"].items()) + "."]
