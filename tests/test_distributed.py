@@ -116,3 +116,32 @@ def test_the_cli_runs_unchanged_under_torchrun(tmp_path):
     # a stage that runs in one process says so
     done = subprocess.run(torchrun + ["extract", *common], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0 and "runs in one process" in done.stderr
+
+
+def test_the_shards_of_every_batch_make_up_the_one_process_batch():
+    """Rank r of w gets the r-th part of the batch one process draws, augmentation included,
+    for the classification loader and the SR patch loader."""
+    import numpy as np
+    from test_trainer import toy_data
+
+    from repas.data import TensorLoader
+    from repas.data.sr_images import PatchLoader, SRPair
+
+    rng = np.random.default_rng(0)
+    pairs = [SRPair(f"p{i}", rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+                    rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) for i in range(3)]
+    makers = [lambda: TensorLoader(toy_data(), 16, shuffle=True, augment=True, seed=3, drop_last=True),
+              lambda: PatchLoader(pairs, 2, "y", patch=16, batch_size=8, batches_per_epoch=4, seed=3)]
+    for make in makers:
+        one = make()
+        shards = [make() for _ in range(2)]
+        for r, s in enumerate(shards):
+            s.shard(r, 2)
+        for epoch in (0, 1):
+            for loader in (one, *shards):
+                loader.set_epoch(epoch)
+            whole, parts = list(one), [list(s) for s in shards]
+            assert len(whole) == len(parts[0]) == len(parts[1]) > 0
+            for b, (x, y) in enumerate(whole):
+                assert torch.equal(torch.cat([parts[0][b][0], parts[1][b][0]]), x)
+                assert torch.equal(torch.cat([parts[0][b][1], parts[1][b][1]]), y)

@@ -236,6 +236,8 @@ class Trainer:
             self.load_checkpoint()
             self.log(f"resumed from {self.checkpoint_path} at epoch {self.start_epoch + 1}"
                      + (f", step {self.start_step + 1}" if self.start_step else ""))
+        if self.device.type != "cpu" and hasattr(train, "to_device"):
+            train.to_device(self.device)  # augment on the GPU: the CPU alone cannot feed it
         world = distributed.world_size()
         if world > 1:
             if cfg.batch_size % world:
