@@ -63,11 +63,19 @@ def barrier() -> None:
 
 def all_reduce_sum(values: list[float]) -> list[float]:
     """The sums of ``values`` over all processes."""
+    return _all_reduce(values, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(values: list[float]) -> list[float]:
+    """The largest of each of ``values`` over all processes."""
+    return _all_reduce(values, dist.ReduceOp.MAX)
+
+
+def _all_reduce(values: list[float], op: dist.ReduceOp) -> list[float]:
     if not is_distributed():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64,
-                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t)
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=op)
     return t.tolist()
 
 

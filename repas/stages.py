@@ -25,7 +25,7 @@ from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig
 from repas.deploy import cpu_name, onnx_latency_each
 from repas.deploy.profile import profile, table_from_device
-from repas.errors import RepasError
+from repas.errors import Interrupted, RepasError
 from repas.search import (
     Budget,
     LatencyModel,
@@ -63,19 +63,56 @@ def _print(message: str) -> None:
 Resume = bool | str  # False, True (the stage's checkpoint must exist) or "auto"
 
 
-def stage_complete(cfg: PipelineConfig, stage: str) -> bool:
-    """The stage's output was saved after its last checkpoint (``--resume auto`` skips it)."""
+def stage_complete(cfg: PipelineConfig, stage: str, tcfg: TrainConfig, source: Path | None = None) -> bool:
+    """What ``--resume auto`` skips: the stage's output, saved after its last checkpoint,
+    trained with the same recipe (``tcfg``), and newer than its ``source`` stage's output."""
     out = stage_dir(cfg, stage)
     report, ckpt = out / "report.json", out / CHECKPOINT
-    return report.exists() and (out / "weights.safetensors").exists() and (
-        not ckpt.exists() or report.stat().st_mtime_ns >= ckpt.stat().st_mtime_ns)
+    if not (report.exists() and (out / "weights.safetensors").exists()):
+        return False
+    if ckpt.exists() and report.stat().st_mtime_ns < ckpt.stat().st_mtime_ns:
+        return False
+    if source is not None and not _newer(out, source):
+        return False
+    saved = json.loads(report.read_text()).get("config", {})
+    now = dataclasses.asdict(tcfg)
+    return all(saved.get(k) == v for k, v in now.items() if k != "checkpoint_every")
+
+
+def resolve_resume(resume: Resume, cfg: PipelineConfig, stage: str, tcfg: TrainConfig, source: Path | None,
+                   log: Log) -> bool | None:
+    """What ``--resume auto`` means for a training stage: None when its output is complete
+    (skip it), True when its checkpoint can be continued, False to start it. A checkpoint
+    older than the source stage's output was made from another net: the stage starts over."""
+    if resume != "auto":
+        return bool(resume)
+    if stage_complete(cfg, stage, tcfg, source):
+        log(f"{stage}: complete in {stage_dir(cfg, stage)}, skipped (--resume auto)")
+        return None
+    ckpt = stage_dir(cfg, stage) / CHECKPOINT
+    if not ckpt.exists():
+        return False
+    stale = source is not None and (source / "report.json").exists() and \
+        (source / "report.json").stat().st_mtime_ns > ckpt.stat().st_mtime_ns
+    if stale:
+        log(f"{stage}: {ckpt} is older than {source}: starting the stage over (--resume auto)")
+    return not stale
+
+
+def _newer(out: Path, source: Path) -> bool:
+    """``out`` was written after ``source`` (both stage directories with a report.json)."""
+    mine, theirs = out / "report.json", source / "report.json"
+    return mine.exists() and (not theirs.exists() or theirs.stat().st_mtime_ns <= mine.stat().st_mtime_ns)
 
 
 def _save_trained(model: RepNet, out: Path, report: dict[str, Any]) -> Path:
-    """Rank 0 saves a training stage's model; every process waits for it."""
+    """Rank 0 saves a training stage's model; every process waits for it. A stage that a
+    signal reached in its last epoch is saved complete, and then the run stops."""
     if distributed.is_main():
         save_model(model, out, report)
     distributed.barrier()
+    if report.get("stopped_by_signal"):
+        raise Interrupted(report["stopped_by_signal"], f"after the {report['stage']} stage; its output is saved")
     return out
 
 
@@ -131,22 +168,23 @@ def _train(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, re
     task = data.task(tcfg, model.spec)
     trainer = Trainer(model, task, tcfg, out, budget=budget, gate_lr=gate_lr, log=log, regularizer=regularizer)
     started = time.perf_counter()
-    if resume == "auto":
-        resume = trainer.checkpoint_path.exists()
     trainer.fit(train, test, resume=bool(resume))
     # a search keeps its raw gates (a baseline's gates are its masks)
-    final = (trainer.eval_model if budget is None and regularizer is None else model).cpu()
+    final = trainer.eval_model if budget is None and regularizer is None else model
     metrics = trainer.evaluate(test, final)
+    final.cpu()
     report = {"stage": stage, **model_facts(final), "test": metrics, "seconds": time.perf_counter() - started,
               "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": _environment()}
+    if trainer.stopping():  # the signal came in the last epoch: the stage is saved, then the run stops
+        report["stopped_by_signal"] = trainer.stopping()
     return final, report
 
 
 def train_stage(cfg: PipelineConfig, resume: Resume = False, log: Log = _print, data: TaskData | None = None) -> Path:
     """Train the dense supernet (gates frozen at all-on)."""
     setup(cfg)
-    if resume == "auto" and stage_complete(cfg, "train"):
-        log(f"train: complete in {stage_dir(cfg, 'train')}, skipped (--resume auto)")
+    resume = resolve_resume(resume, cfg, "train", cfg.train, None, log)
+    if resume is None:
         return stage_dir(cfg, "train")
     data = data or get_data(cfg)
     model = build(shaped_spec(cfg, data))
@@ -204,8 +242,8 @@ def search_stage(cfg: PipelineConfig, source: str | Path | None = None, resume: 
                  log: Log = _print, data: TaskData | None = None) -> Path:
     """Learn the gates of a (trained) supernet under the budget."""
     setup(cfg)
-    if resume == "auto" and stage_complete(cfg, "search"):
-        log(f"search: complete in {stage_dir(cfg, 'search')}, skipped (--resume auto)")
+    resume = resolve_resume(resume, cfg, "search", cfg.search, _source(cfg, "search", source), log)
+    if resume is None:
         return stage_dir(cfg, "search")
     model = load_model(_source(cfg, "search", source))
     if not any(g is not None for g in model.gate_modules()):
@@ -264,7 +302,7 @@ def tolerance_search_stage(cfg: PipelineConfig, model: RepNet, log: Log, data: T
         budget = Budget(model.spec, target, s.metric, s.alpha, fn)
         if s.method == "pas":  # PaS continues: each round tightens the same search
             Trainer(model, task, round_cfg, out, budget=budget, gate_lr=s.gate_lr, log=log).fit(data.train_loader(s))
-            net = copy.deepcopy(model)
+            net = copy.deepcopy(model.cpu())
         else:
             sub_cfg = dataclasses.replace(cfg, run_dir=str(out), search=round_cfg)
             net, _ = baseline_search(sub_cfg, copy.deepcopy(trained), budget, False, log, data)
@@ -276,7 +314,7 @@ def tolerance_search_stage(cfg: PipelineConfig, model: RepNet, log: Log, data: T
         scores = gate_scores(net)
         apply_masks(net, round_masks(gate_masks(net), scores, step), scores)
         Trainer(net, task, round_cfg, out / "recover", log=log).fit(data.train_loader(s))
-        sub = extract_subnet(net.eval(), gate_masks(net))
+        sub = extract_subnet(net.cpu().eval(), gate_masks(net))
         return sub.spec.widths, float(fn(sub.spec.widths)), validate(sub), net
 
     rounds_run: list[float] = []
@@ -467,8 +505,8 @@ def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, resume
                    log: Log = _print, data: TaskData | None = None) -> Path:
     """Train the extracted (physically smaller) multi-branch net."""
     setup(cfg)
-    if resume == "auto" and stage_complete(cfg, "finetune"):
-        log(f"finetune: complete in {stage_dir(cfg, 'finetune')}, skipped (--resume auto)")
+    resume = resolve_resume(resume, cfg, "finetune", cfg.finetune, _source(cfg, "finetune", source), log)
+    if resume is None:
         return stage_dir(cfg, "finetune")
     model = load_model(_source(cfg, "finetune", source))
     model, report = _train(cfg, "finetune", model, cfg.finetune, resume, log, data=data)
@@ -593,7 +631,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Resume = False, log: Log = _print)
     distributed.barrier()
     train_stage(cfg, resume=resume, log=log, data=data)
     search_stage(cfg, resume=resume, log=log, data=data)
-    if distributed.is_main():
+    extracted = resume == "auto" and _newer(stage_dir(cfg, "extract"), stage_dir(cfg, "search"))
+    if distributed.is_main() and not extracted:  # (auto: an extract newer than its search is kept)
         extract_stage(cfg, log=log)
     distributed.barrier()
     finetune_stage(cfg, resume=resume, log=log, data=data)

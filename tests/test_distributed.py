@@ -138,8 +138,8 @@ def test_the_shards_of_every_batch_make_up_the_one_process_batch():
         for r, s in enumerate(shards):
             s.shard(r, 2)
         for epoch in (0, 1):
-            for loader in (one, *shards):
-                loader.set_epoch(epoch)
+            for each in (one, *shards):
+                each.set_epoch(epoch)
             whole, parts = list(one), [list(s) for s in shards]
             assert len(whole) == len(parts[0]) == len(parts[1]) > 0
             for b, (x, y) in enumerate(whole):

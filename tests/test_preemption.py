@@ -116,3 +116,23 @@ def test_a_checkpoint_save_interrupted_midway_leaves_the_previous_one(tmp_path, 
     again.fit(loader(), resume=True)
     a, b = full.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_auto_redoes_a_stage_whose_recipe_or_source_changed(trained, tmp_path, capsys):
+    data, trained_dir = trained
+    _copy_trained(trained_dir, tmp_path)
+    argv = [*_search_argv(data, tmp_path)[:-2], "--epochs", "1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--resume", "auto"]) == 0
+    assert "search: complete" in capsys.readouterr().out  # same recipe, same source: skipped
+    # another recipe: not complete, and its checkpoint cannot be continued: a clear error
+    assert main([*argv, "--set", "search.alpha=2", "--resume", "auto"]) == 2
+    assert "training config changed" in capsys.readouterr().err
+    time.sleep(0.05)
+    os.utime(tmp_path / "train" / "report.json")  # the trained net is newer than the search
+    assert main([*argv, "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "search: complete" not in out and "starting the stage over" in out
+    assert main([*argv, "--resume", "auto"]) == 0
+    assert "search: complete" in capsys.readouterr().out

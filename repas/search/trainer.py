@@ -125,7 +125,8 @@ class Trainer:
         self.partial: dict[str, float] | None = None  # that epoch's loss sums so far
         # Called after every optimizer step with (epoch, step); tests use it to interrupt.
         self.step_hook: Callable[[int, int], None] | None = None
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # a signal this process received
+        self.agreed_stop: int | None = None  # under DDP: a signal any process received
 
     # ---- Ctrl-C and SIGTERM: stop between steps, never inside a write -------------------
     def _catch_stop_signals(self) -> dict[int, Any]:
@@ -135,9 +136,11 @@ class Trainer:
             return {}
 
         def handler(signum: int, frame: Any) -> None:
-            if self.stop_signal is not None:
+            # a second Ctrl-C stops at once; repeated SIGTERMs (a launcher forwarding the
+            # scheduler's notice, then its own) must not abort the checkpoint being saved
+            if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self.stop_signal = signum
+            self.stop_signal = self.stop_signal or signum
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -168,7 +171,7 @@ class Trainer:
             "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": torch.get_rng_state(), "history": self.history,
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "regularizer": self.regularizer.state_dict() if self.regularizer is not None else None,
             "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
         }
@@ -208,16 +211,17 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.regularizer is not None and state.get("regularizer") is not None:
-            self.regularizer.load_state_dict(state["regularizer"])
+            self.regularizer.load_state_dict(_to_device(state["regularizer"], self.device))
         self.history = list(state["history"])
         self.num_updates = int(state["num_updates"])
         step = state.get("step")
         self.start_epoch = int(state["epoch"]) + (1 if step is None else 0)
         self.start_step = int(step or 0)
-        self.partial = dict(state["partial"]) if state.get("partial") else None
+        # the partial sums were reduced over processes before saving: rank 0 carries them
+        self.partial = dict(state["partial"]) if state.get("partial") and self.main else None
 
     # ---- training ------------------------------------------------------------------
     def widths(self) -> list[int]:
@@ -265,8 +269,10 @@ class Trainer:
                 self.save_checkpoint(epoch)
                 self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in record.items()))
-                if self.stop_signal is not None and epoch + 1 < cfg.epochs:
-                    raise Interrupted(self.stop_signal, f"after epoch {epoch + 1}; checkpoint saved")
+                if self.stopping() and epoch + 1 < cfg.epochs:
+                    raise Interrupted(self.stopping(), f"after epoch {epoch + 1}; checkpoint saved")
+            if distributed.is_distributed():  # a signal in the last step: every process knows
+                self.agreed_stop = int(distributed.all_reduce_max([float(self.stop_signal or 0)])[0]) or None
         finally:
             self._restore_signals(previous)
             writer.close()
@@ -304,10 +310,11 @@ class Trainer:
             if self.regularizer is not None:
                 loss = loss + self.regularizer.penalty(self.model)
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
+            if self._agree(not math.isfinite(loss_value)):
                 last = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
                     else "no checkpoint was written yet"
-                raise RepasError(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopped "
+                raise RepasError(f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1} (on at least one "
+                                 f"process); stopped "
                                  f"({last}). Lower the learning rate (or alpha) and rerun.")
             optimizers = [o for o in (self.optimizer, self.gate_optimizer) if o is not None]
             for opt in optimizers:
@@ -336,12 +343,12 @@ class Trainer:
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
             last = step + 1 == len(train)
-            if self.stop_signal is not None:
+            if self.stopping():
                 if not last:  # at the epoch's end, the epoch checkpoint below is the one to keep
-                    self.save_checkpoint(epoch, step + 1, sums)
-                    raise Interrupted(self.stop_signal, f"at epoch {epoch + 1}, step {step + 1}; checkpoint saved")
+                    self._save_mid_epoch(epoch, step + 1, sums)
+                    raise Interrupted(self.stopping(), f"at epoch {epoch + 1}, step {step + 1}; checkpoint saved")
             elif cfg.checkpoint_every and self.num_updates % cfg.checkpoint_every == 0 and not last:
-                self.save_checkpoint(epoch, step + 1, sums)
+                self._save_mid_epoch(epoch, step + 1, sums)
         seconds = time.perf_counter() - started
         loss, task_loss, n, _ = distributed.all_reduce_sum(
             [sums["loss"], sums["task_loss"], sums["n"], sums["images"]])
@@ -352,6 +359,26 @@ class Trainer:
             record[self.budget.metric] = float(self.budget.cost(self.widths()))
         return record
 
+    def stopping(self) -> int | None:
+        """The signal to stop for: this process's, or under DDP the one all processes agreed on."""
+        return self.agreed_stop if distributed.is_distributed() else self.stop_signal
+
+    def _agree(self, bad_loss: bool) -> bool:
+        """Under DDP, one collective a step makes every process see a bad loss or a stop
+        signal that any of them saw, so that all stop at the same step (one alone would
+        leave the others waiting in the next all-reduce). Returns: is the loss bad anywhere."""
+        if not distributed.is_distributed():
+            return bad_loss
+        bad, stop = distributed.all_reduce_max([float(bad_loss), float(self.stop_signal or 0)])
+        self.agreed_stop = int(stop) or None
+        return bad > 0
+
+    def _save_mid_epoch(self, epoch: int, step: int, sums: dict[str, float]) -> None:
+        keys = sorted(sums)
+        reduced = dict(zip(keys, distributed.all_reduce_sum([sums[k] for k in keys])))
+        self.save_checkpoint(epoch, step, reduced)
+        distributed.barrier()
+
     @torch.no_grad()
     def evaluate(self, loader: Iterable, model: RepNet | None = None) -> dict[str, float]:
         """The task's metrics of ``model`` (default: the eval model), computed on its fused
@@ -360,3 +387,14 @@ class Trainer:
         if self.device.type == "cpu":
             return self.task.evaluate(model, loader)
         return self.task.evaluate(lambda x: model(x.to(self.device)).float().cpu(), loader)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """Tensors in nested dicts / lists moved to ``device`` (a checkpoint loads on the CPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
