@@ -139,7 +139,8 @@ def main() -> None:
               f"Epochs: dense {cfg.train.epochs}, then {cfg.search.epochs} search + {cfg.finetune.epochs} "
               f"fine-tune for every method (one-shot methods: all {cfg.search.epochs + cfg.finetune.epochs} "
               f"fine-tune).\n\nCommand: `python scripts/bench_pareto.py --config {args.config} --name {args.name} "
-              f"--budgets {args.budgets} " + " ".join(f"--set {s}" for s in args.set) + "`\n")
+              f"--budgets {args.budgets} " + (f"--methods {args.methods} " if args.methods != ",".join(METHODS) else "")
+              + " ".join(f"--set {s}" for s in args.set) + "`\n")
     docs = Path(args.docs)
     plots = plot(rows, primary, args.name, docs)
     text = header + "\n" + table(rows, primary) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
