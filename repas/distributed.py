@@ -34,11 +34,13 @@ def is_main() -> bool:
 
 
 def device() -> torch.device:
-    """This process's device: its local GPU under nccl, else the CPU."""
-    if is_distributed() and dist.get_backend() == "nccl":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cuda") if torch.cuda.is_available() and not is_distributed() and \
-        os.environ.get("REPAS_DEVICE") == "cuda" else torch.device("cpu")
+    """This process's device: its local GPU under nccl; in one process the GPU only when
+    REPAS_DEVICE=cuda asks for it (opt-in until the GPU paths have run on a GPU); else the CPU."""
+    if is_distributed():
+        nccl = dist.get_backend() == "nccl"
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if nccl else torch.device("cpu")
+    wanted = os.environ.get("REPAS_DEVICE") == "cuda" and torch.cuda.is_available()
+    return torch.device("cuda") if wanted else torch.device("cpu")
 
 
 def init_distributed(backend: str | None = None) -> bool:

@@ -42,7 +42,7 @@ def _copy_trained(trained_dir, run_dir):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_search_resumes_to_identical_weights(sig, trained, tmp_path):
+def test_killed_search_resumes_to_identical_weights(sig, trained, tmp_path, capsys):
     data, trained_dir = trained
     full, cut = tmp_path / "full", tmp_path / "cut"
     for d in (full, cut):
@@ -67,7 +67,12 @@ def test_killed_search_resumes_to_identical_weights(sig, trained, tmp_path):
         assert "checkpoint saved" in err and "Traceback" not in err
     assert not (cut / "search" / "weights.safetensors").exists()
 
+    capsys.readouterr()
     assert main([*_search_argv(data, cut), "--resume", "auto"]) == 0
+    # it continued from the checkpoint (a restart from scratch would also end equal)
+    where = f"epoch {state['epoch'] + 1}, step {state['step'] + 1}" if state["step"] else \
+        f"epoch {state['epoch'] + 2}"
+    assert f"resumed from {checkpoint} at {where}" in capsys.readouterr().out
     a, b = load_file(full / "search" / "weights.safetensors"), load_file(cut / "search" / "weights.safetensors")
     assert a.keys() == b.keys()
     for k in a:
