@@ -1,11 +1,13 @@
 """Colour conversions: any PIL image to 8-bit RGB, and BT.601 YCbCr (as MATLAB's
-rgb2ycbcr / ycbcr2rgb) on arrays in [0, 255].
+rgb2ycbcr / ycbcr2rgb) on arrays in [0, 255]; upscaling an RGB image with a Y or RGB model.
 
 The standard super-resolution protocol scores the Y channel; data, tasks and the deployed
 runner all use these (numpy and pillow only: the runner runs without torch).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -50,3 +52,22 @@ def to_rgb_u8(im: Image.Image) -> tuple[np.ndarray, str | None]:
         note = note or f"{im.mode} converted to RGB"
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8), note
+
+
+def upscale_rgb(upscale: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, scale: int, *,
+                colour: str) -> np.ndarray:
+    """An (H, W, 3) uint8 image super-resolved to (scale H, scale W, 3) uint8 by a model of
+    ``colour`` "rgb" or "y" (any other is taken as "y"). ``upscale`` maps a (C, h, w) float32
+    array in [0, 1] to (C, scale h, scale w): the RGB planes for an RGB model; for a Y model
+    the BT.601 luma, while the chroma is upscaled bicubically, as the standard Y protocol
+    assumes. Training code (PyTorch) and the deployed runner (onnxruntime) both use it."""
+    if colour == "rgb":
+        sr = upscale(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0)
+        return (np.clip(sr, 0, 1) * 255.0).round().astype(np.uint8).transpose(1, 2, 0)
+    y = (rgb_to_y(rgb) / 255.0).astype(np.float32)[None]
+    y_up = np.clip(upscale(y)[0], 0, 1) * 255.0
+    h, w = rgb.shape[:2]
+    cb, cr = (np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((w * scale, h * scale),
+                                                                                 Image.BICUBIC))
+              for c in rgb_to_cbcr(rgb))
+    return np.clip(ycbcr_to_rgb(y_up, cb, cr) + 0.5, 0, 255).astype(np.uint8)

@@ -7,6 +7,7 @@ strings (``search.epochs=2``), parsed as YAML scalars.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -21,9 +22,6 @@ from repas.errors import RepasError
 
 COST_METRICS = ("macs", "params", "latency")
 ALLOCATIONS = ("ranked", "threshold")
-# pas: the gates learn widths under the budget; the others are the baselines of
-# repas.search.baselines, which prune the trained supernet to the same budget
-METHODS = ("pas", "uniform", "l1", "l1-layer", "slimming", "oicsr", "admm", "correlation", "lasso", "torch-pruning")
 
 
 @dataclass
@@ -104,9 +102,9 @@ class SearchConfig(TrainConfig):
     alpha: float = 5.0
     gate_lr: float = 0.05
     latency_table: str | None = None  # None: <run_dir>/latency.csv
-    # how widths are chosen: pas, or a baseline (uniform, l1, l1-layer, slimming, oicsr,
-    # admm, correlation, lasso, torch-pruning); slimming / oicsr / admm / correlation train
-    # for `epochs` with their regulariser, the others prune the trained net in one shot
+    # how widths are chosen: a registered pruning method (repas methods lists them): pas, or a
+    # baseline (uniform, l1, ...); methods that train run `epochs` with their hooks, the
+    # others prune the trained net in one shot
     method: str = "pas"
     strength: float | None = None  # the baseline's regulariser strength (admm: rho); None: its default
     # Error-tolerance mode (Play-and-Prune): instead of a target, the largest acceptable drop
@@ -129,10 +127,9 @@ class SearchConfig(TrainConfig):
         _at_least(self, "search", round_epochs=1)
         if self.strength is not None and self.strength <= 0:
             raise RepasError(f"search strength must be > 0 (or null for the method's default), got {self.strength}")
-        if self.method not in METHODS:
-            close = difflib.get_close_matches(str(self.method), METHODS, n=1)
-            raise RepasError(f"search method {self.method!r} is unknown"
-                             + (f" (did you mean {close[0]!r}?)" if close else "") + f"; expected one of {METHODS}")
+        from repas.search.methods import method_class  # the registry, with any method a user registered
+
+        method_class(self.method)
         if self.alpha < 0 or self.gate_lr <= 0:
             raise RepasError(f"search alpha must be >= 0 and gate_lr > 0, got {self.alpha} and {self.gate_lr}")
         if self.metric not in COST_METRICS:
@@ -316,9 +313,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                values: dict[str, Any] | None = None) -> PipelineConfig:
-    """A PipelineConfig from a YAML file (or the defaults), ``section.key=value`` overrides
-    (values parsed as YAML) and ``values`` set as they are (paths from the command line)."""
+                values: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> PipelineConfig:
+    """A PipelineConfig from a YAML file (or ``base``, a config recorded by a stage as a
+    dict, or the defaults), ``section.key=value`` overrides (values parsed as YAML) and
+    ``values`` set as they are (paths from the command line)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -331,11 +329,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise RepasError(f"{path}: a config is a mapping of sections (run_dir:, data:, train: ...), "
                              f"not a {type(data).__name__}")
+    elif base is not None:
+        data = copy.deepcopy(base)
+    for item in overrides or []:  # each checked alone, so that an error names the --set that caused it
+        try:
+            from_dict(PipelineConfig, apply_overrides({}, [item]), "config")
+        except RepasError as e:
+            raise RepasError(f"--set {item}: {e}") from None
     apply_overrides(data, overrides or [])
     for key, value in (values or {}).items():
         set_value(data, key, value)
-    return from_dict(PipelineConfig, data, str(path) if path else "config")
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    where = str(path) if path else "the recorded config" if base is not None else "config"
+    return from_dict(PipelineConfig, data, where)

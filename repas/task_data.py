@@ -33,7 +33,7 @@ from repas.errors import RepasError
 from repas.spec import ArchSpec
 from repas.supernet import create_supernet_spec, with_branches
 from repas.tasks import ClassificationTask
-from repas.tasks.super_resolution import SuperResolutionTask, sr_scores
+from repas.tasks.super_resolution import SuperResolutionTask, receptive_radius, sr_scores
 
 SR_DATASETS = ("sr-photos", "sr-folder")
 
@@ -165,15 +165,15 @@ class SuperResolutionData:
         return eval_images(_need_val(self.val_pairs), self.colour)
 
     def task(self, tcfg: TrainConfig, spec: ArchSpec) -> SuperResolutionTask:
-        return SuperResolutionTask(self.scale, overlap=receptive_radius_of(spec))
+        return SuperResolutionTask(self.scale, overlap=receptive_radius(spec))
 
     def score(self, run: Run, spec: ArchSpec, shape: tuple[int, ...]) -> dict[str, float]:
         """PSNR / SSIM of an exported model of static input ``shape`` over the test images,
         tiled as ``repas predict`` tiles them."""
-        tile, overlap = tuple(shape[2:]), receptive_radius_of(spec)
+        tile, overlap = tuple(shape[2:]), receptive_radius(spec)
 
         def predict(lr: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(upscale_array(run, lr[0].numpy(), self.scale, tile, overlap))[None]
+            return torch.from_numpy(upscale_array(run, lr[0].numpy(), self.scale, tile=tile, overlap=overlap))[None]
 
         whole = SuperResolutionTask(self.scale, tile=1 << 30)  # one call per image: the tiling is above
         return whole.evaluate(predict, self.eval_batches(self.cfg.train))
@@ -193,7 +193,7 @@ class SuperResolutionData:
 
     def bundle_input(self, spec: ArchSpec, shape: tuple[int, ...]) -> dict[str, Any]:
         return {"shape": list(shape), "colour": self.colour, "pixel_scale": 1 / 255,
-                "overlap": receptive_radius_of(spec)}
+                "overlap": receptive_radius(spec)}
 
     def labels(self) -> list[str]:
         return []
@@ -220,10 +220,6 @@ def _need_val(split: Any) -> Any:
     if split is None:
         raise RepasError("no validation split: set data.val_fraction (e.g. 0.1) to hold part of the training data out")
     return split
-
-
-def receptive_radius_of(spec: ArchSpec) -> int:
-    return sum(lay.dilation * (lay.kernel // 2) for lay in spec.layers)
 
 
 TaskData = ClassificationData | SuperResolutionData

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from repas.config import load_config
-from repas.search import Trainer, spec_cost
+from repas.search import spec_cost
 from repas.spec import ArchSpec
 from repas.stages import get_data
 from repas.supernet import build, fuse_net, with_branches
+from repas.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fuse import BLOCKS  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> None:
         model = build(spec)
         train, test = data.train_loader(recipe), data.eval_batches(recipe)
         task = data.task(recipe, spec)
-        trainer = Trainer(model, task, recipe, Path(args.out) / name, log=lambda s: None)
+        trainer = Trainer(model, task, recipe, Path(args.out) / name)
         started = time.perf_counter()
         trainer.fit(train)
         seconds = (time.perf_counter() - started) / args.epochs

@@ -100,7 +100,7 @@ def main() -> None:
         started = time.perf_counter()
         timer, description = make_timer(args.backend, args.threads, warmup, per_pass)
         plan = plan_profile(spec, args.divisor)
-        times = time_models(plan.models(), timer, PASSES, extra=jobs)
+        times = time_models(plan.models(), timer, passes=PASSES, extra=jobs)
         seconds = time.perf_counter() - started
         table = assemble_table(plan, times, {"backend": description, "device": cpu_name(),
                                              "threads": str(args.threads), "date": results["date"]})

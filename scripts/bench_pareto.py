@@ -22,15 +22,16 @@ from pathlib import Path
 
 from repas import stages
 from repas.atomic import atomic_write_json, atomic_write_text
-from repas.config import METHODS, load_config
+from repas.config import load_config
 from repas.deploy import cpu_name, onnx_latency_each
-from repas.search.baselines import TRAINED
+from repas.search import list_methods, method_class
 
 
 def run_one(cfg, run: Path, method: str, budget: float, data) -> dict:
     out = run / f"{method}-{budget:g}"
     search = dataclasses.replace(cfg.search, method=method, target=budget, target_abs=None)
-    epochs = cfg.finetune.epochs + (0 if method == "pas" or method in TRAINED else cfg.search.epochs)
+    # a method that does not train gets the search epochs as extra fine-tuning: equal total epochs
+    epochs = cfg.finetune.epochs + (0 if method_class(method).trains else cfg.search.epochs)
     sub = dataclasses.replace(cfg, run_dir=str(out), search=search,
                               finetune=dataclasses.replace(cfg.finetune, epochs=epochs))
     started = time.perf_counter()
@@ -107,7 +108,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True, help="names the docs files: docs/pareto_<name>*")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(list_methods()))
     p.add_argument("--budgets", default="0.75,0.5,0.25", help="fractions of the dense MACs")
     p.add_argument("--run-dir", help="default: runs/pareto-<name>")
     p.add_argument("--set", action="append", default=[], help="config override, as in repas --set")
@@ -129,8 +130,9 @@ def main() -> None:
             atomic_write_json(results_path, {"rows": rows})
     e = cfg.export
     shape = tuple(json.loads((Path(rows[0]["dir"]) / "export" / "report.json").read_text())["latency_input"])
+    default_methods = ",".join(list_methods())
     times = onnx_latency_each({r["dir"]: Path(r["dir"]) / "export" / "model.onnx" for r in rows}, shape,
-                              e.threads, e.warmup, e.runs)
+                              threads=e.threads, warmup=e.warmup, runs=e.runs)
     for r in rows:
         r["latency_ms"] = times[r["dir"]]
     primary = next(iter(rows[0]["metric"]))
@@ -139,7 +141,7 @@ def main() -> None:
               f"Epochs: dense {cfg.train.epochs}, then {cfg.search.epochs} search + {cfg.finetune.epochs} "
               f"fine-tune for every method (one-shot methods: all {cfg.search.epochs + cfg.finetune.epochs} "
               f"fine-tune).\n\nCommand: `python scripts/bench_pareto.py --config {args.config} --name {args.name} "
-              f"--budgets {args.budgets} " + (f"--methods {args.methods} " if args.methods != ",".join(METHODS) else "")
+              f"--budgets {args.budgets} " + (f"--methods {args.methods} " if args.methods != default_methods else "")
               + " ".join(f"--set {s}" for s in args.set) + "`\n")
     docs = Path(args.docs)
     plots = plot(rows, primary, args.name, docs)

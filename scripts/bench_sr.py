@@ -27,10 +27,11 @@ import torch
 from repas.config import load_config
 from repas.data.sr_images import eval_images, load_pairs, set7_pkg
 from repas.deploy import export_onnx, onnx_latency_interleaved
-from repas.search import Trainer, spec_cost
+from repas.search import spec_cost
 from repas.supernet import build, create_supernet_spec, fuse_net, load_model, save_model
 from repas.task_data import SuperResolutionData, bicubic_scores
 from repas.tasks.super_resolution import SuperResolutionTask
+from repas.train import Trainer
 
 
 def main() -> None:

@@ -23,9 +23,10 @@ from repas import distributed
 from repas.config import SearchConfig
 from repas.data import TensorImages, TensorLoader
 from repas.deploy import cpu_name
-from repas.search import Budget, Trainer, spec_cost
+from repas.search import Budget, create_method, spec_cost
 from repas.supernet import build, create_supernet_spec
 from repas.tasks import ClassificationTask
+from repas.train import Trainer
 
 
 def data(n: int, size: int, channels: int, classes: int) -> TensorImages:
@@ -51,7 +52,7 @@ def search_rate(args: argparse.Namespace, images: TensorImages, **options: bool)
     budget = Budget(spec, 0.5 * spec_cost(spec), alpha=5.0)
     cfg = SearchConfig(epochs=2, batch_size=args.batch, **options)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, ClassificationTask(0.1), cfg, tmp, budget=budget, log=lambda s: None,
+        trainer = Trainer(model, ClassificationTask(0.1), cfg, tmp, terms=[create_method("pas", model, budget)],
                           progress=False, device=torch.device(args.device))
         trainer.fit(TensorLoader(images, args.batch, shuffle=True, augment=True, drop_last=True))
     return trainer.history[-1]["images_per_s"]

@@ -38,7 +38,7 @@ def main() -> None:
     facts = {"dense": (spec.widths, spec_cost(spec))}
     masks, scores = gate_masks(supernet), gate_scores(supernet)
     for r in (1, 4, 8):
-        fitted = fit_masks_to_budget(spec, round_masks(masks, scores, r), scores, budget.target, budget.metric,
+        fitted = fit_masks_to_budget(spec, round_masks(masks, scores, r), scores, budget.target, metric=budget.metric,
                                      step=r, tolerance=cfg.extract.tolerance)
         net = fuse_net(extract_subnet(supernet, fitted))
         name = f"round-to {r}"
@@ -47,7 +47,7 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, onnxruntime CPU, batch 1, {args.runs} interleaved runs\n")
     print("| net | widths | MACs | " + " | ".join(f"{t} thread(s)" for t in args.threads) + " |")
     print("|---|---|---|" + "---|" * len(args.threads))
-    results = {t: onnx_latency_interleaved(paths, shape, t, 100, args.runs) for t in args.threads}
+    results = {t: onnx_latency_interleaved(paths, shape, threads=t, warmup=100, runs=args.runs) for t in args.threads}
     for name, (widths, macs) in facts.items():
         cells = " | ".join(f"{results[t][name]['median_ms']:.4f} ms" for t in args.threads)
         print(f"| {name} | {'/'.join(map(str, widths))} | {macs / 1e6:.3f} M | {cells} |")

@@ -30,8 +30,8 @@ def main() -> None:
     reports = {r: json.loads((Path(r) / "export" / "report.json").read_text()) for r in args.runs}
     extracts = {r: json.loads((Path(r) / "extract" / "report.json").read_text()) for r in args.runs}
     shape = tuple(next(iter(reports.values()))["latency_input"])
-    measured = onnx_latency_each({r: Path(r) / "export" / "model.onnx" for r in args.runs}, shape, args.threads,
-                                 args.warmup, args.runs_per_model)
+    measured = onnx_latency_each({r: Path(r) / "export" / "model.onnx" for r in args.runs}, shape, threads=args.threads,
+                                 warmup=args.warmup, runs=args.runs_per_model)
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {cpu_name()}, onnxruntime, batch 1 at "
           f"{'x'.join(map(str, shape[2:]))}, {args.threads} thread; latency: lowest of 5 sessions' medians\n")
     print("| run | searched for | widths | MACs | predicted latency | measured latency | metric |")

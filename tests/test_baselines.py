@@ -9,15 +9,24 @@ import torch
 from conftest import randomize_bn
 
 from repas.errors import RepasError
-from repas.search import Budget, extract_subnet, gate_masks, spec_cost
-from repas.search.baselines import METHODS, TRAINED, apply_masks, make_regularizer, method_masks
-from repas.search.extract import gated_copy
+from repas.search import (
+    Budget,
+    create_method,
+    extract_subnet,
+    gate_masks,
+    gated_copy,
+    list_methods,
+    method_class,
+    spec_cost,
+)
 from repas.search.importance import bn_scales, gated_layers, group_norms
-from repas.search.lasso import reconstruct, write_kernel
+from repas.search.methods.lasso import reconstruct, write_kernel
 from repas.spec import ArchSpec, LayerSpec
 from repas.supernet import build
 
 REP = ["conv", "conv1x1", "identity"]
+# the baselines that ship with repas (a test may register more)
+BASELINES = [m for m in list_methods() if m != "pas" and method_class(m).__module__.startswith("repas.")]
 
 
 def small_spec() -> ArchSpec:
@@ -40,34 +49,40 @@ def inputs(n: int = 32) -> torch.Tensor:
     return torch.randn(n, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 
 
-def train_with(model, reg, steps: int = 8, lr: float = 0.01, task: bool = True):
+def train_with(model, method, steps: int = 8, lr: float = 0.01, task: bool = True):
+    """A plain loop with the method's hooks (a PruningMethod, or None)."""
     x = inputs()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train(task)  # without the task loss, BN statistics stay as they are
     for update in range(1, steps + 1):
-        loss = (model(x).square().mean() if task else 0) + (reg.penalty(model) if reg is not None else 0)
+        loss = (model(x).square().mean() if task else 0) + (method.penalty() if method is not None else 0)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if reg is not None:
-            reg.after_step(model, update)
+        if method is not None:
+            method.after_step(update)
     return model
+
+
+def attach(name: str, model, budget, **options):
+    return create_method(name, model, budget, step=1, tolerance=0.03, updates_per_epoch=4, epochs=2, **options)
 
 
 def run_method(method: str, metric: str = "macs", fraction: float = 0.5):
     model = supernet()
     spec = model.spec
     budget = Budget(spec, fraction * spec_cost(spec, metric), metric)
-    reg = make_regularizer(method, model, budget, 1, 0.03, None, updates_per_epoch=4, epochs=2)
-    if reg is not None:
-        train_with(model, reg)
-    masks, scores = method_masks(method, model, budget, 1, 0.03, reg, inputs=inputs())
-    apply_masks(model, masks, scores)
+    m = attach(method, model, budget)
+    if m.trains:
+        train_with(model, m)
+    widths = m.prune(inputs())
+    masks = gate_masks(model)
+    assert widths == [int(k.sum()) for k in masks]
     return model, budget, masks
 
 
 @pytest.mark.parametrize("metric", ["macs", "params"])
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "pas"])
+@pytest.mark.parametrize("method", BASELINES)
 def test_every_method_meets_the_budget_within_3_percent(method, metric):
     model, budget, masks = run_method(method, metric)
     widths = [int(m.sum()) for m in gate_masks(model)]
@@ -106,16 +121,16 @@ def test_penalties_shrink_what_they_penalize(method, measure):
     budget = Budget(small_spec(), 0.5 * spec_cost(small_spec()), "macs")
     plain = train_with(supernet(), None, steps=10, lr=0.05)
     model = supernet()
-    reg = make_regularizer(method, model, budget, 1, 0.03, 1.0, 4, 2)
-    regularized = train_with(model, reg, steps=10, lr=0.05)
+    regularized = train_with(model, attach(method, model, budget, strength=1.0), steps=10, lr=0.05)
     assert measure(regularized) < 0.9 * measure(plain)
 
 
 def test_admm_pulls_pruned_filters_to_zero_and_projects_onto_the_budget():
     model = supernet()
     budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
-    reg = make_regularizer("admm", model, budget, 1, 0.03, 1.0, updates_per_epoch=4, epochs=4)
-    reg.penalty(model)  # the first projection
+    method = create_method("admm", model, budget, strength=1.0, updates_per_epoch=4, epochs=4)
+    reg = method.regularizer
+    method.penalty()  # the first projection
 
     def pruned_norm():
         from repas.search.regularizers import _filter_rows
@@ -124,7 +139,7 @@ def test_admm_pulls_pruned_filters_to_zero_and_projects_onto_the_budget():
             return float(sum(r[~reg.masks[i]].norm() for r, i in zip(rows, gated_layers(model))))
 
     before = pruned_norm()
-    train_with(model, reg, steps=16, lr=0.05, task=False)  # the penalty alone
+    train_with(model, method, steps=16, lr=0.05, task=False)  # the penalty alone
     assert pruned_norm() < 0.7 * before
     assert any(float(u.abs().sum()) > 0 for u in reg.U)  # the multiplier moved
     assert float(budget.model([int(m.sum()) for m in reg.masks])) <= budget.target
@@ -133,11 +148,11 @@ def test_admm_pulls_pruned_filters_to_zero_and_projects_onto_the_budget():
 def test_correlation_switches_channels_off_in_rounds():
     model = supernet()
     budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
-    reg = make_regularizer("correlation", model, budget, 1, 0.03, None, updates_per_epoch=4, epochs=2)
-    train_with(model, reg, steps=4)  # rounds end at updates 2 and 4 of 8
+    method = attach("correlation", model, budget)
+    train_with(model, method, steps=4)  # rounds end at updates 2 and 4 of 8
     off_mid = sum(int((~m).sum()) for m in gate_masks(model))
     assert off_mid > 0 and float(budget.model([int(m.sum()) for m in gate_masks(model)])) > budget.target
-    state = reg.state_dict()
+    state = method.state_dict()
     assert state["round"] == 2 and state["pairs"]
 
 
@@ -167,7 +182,7 @@ def test_torch_pruning_masks_are_what_it_removed():
     pytest.importorskip("torch_pruning")
     import torch_pruning as tp
 
-    from repas.search.torch_pruning_peer import plain_sequential, prune_once
+    from repas.search.methods.torch_pruning import plain_sequential, prune_once
 
     model = supernet().eval()
     masks = prune_once(model, 0.4, 1)
@@ -184,13 +199,14 @@ def test_torch_pruning_masks_are_what_it_removed():
     assert torch.equal(first, original[0][masks[0]])  # the first conv's kept rows are the mask's
 
 
-def test_methods_that_train_need_their_regularizer_and_unknown_methods_are_errors():
+def test_unknown_methods_missing_inputs_and_ungated_models_are_clear_errors():
     model = supernet()
     budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
-    for method in TRAINED:
-        with pytest.raises(RepasError, match="trains before it prunes"):
-            method_masks(method, model, budget)
-    with pytest.raises(RepasError, match="unknown pruning method 'magic'"):
-        method_masks("magic", model, budget)
+    with pytest.raises(RepasError, match="unknown.*did you mean 'slimming'"):
+        create_method("slimmin", model, budget)
     with pytest.raises(RepasError, match="lasso samples feature maps"):
-        method_masks("lasso", model, budget)
+        create_method("lasso", model, budget).prune()
+    from repas.supernet import create_model
+
+    with pytest.raises(RepasError, match="has no gated layer"):
+        create_method("l1", create_model("repvgg-fmnist", gated=False), target=0.5)

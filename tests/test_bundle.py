@@ -160,3 +160,78 @@ def test_predict_bad_input_is_one_line_error(bundle, tmp_path, argv, message):
             for a in argv]
     done = bare_predict(*args)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+# ---- bundles that check themselves ----------------------------------------------------------
+
+def _copy_bundle(out: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(out, to))
+
+
+def _record_hash(bundle: Path, name: str) -> None:
+    """Make model.json's hash of ``name`` match the file again (as if the file had been
+    made that way): what is left to catch it is the runtime's own check."""
+    import hashlib
+
+    manifest = json.loads((bundle / "model.json").read_text())
+    manifest.setdefault("sha256", {})[name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    (bundle / "model.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_records_the_sha256_of_every_model_file(bundle):
+    import hashlib
+
+    out, _ = bundle
+    m = json.loads((out / "model.json").read_text())
+    names = {name for per_format in m["files"].values() for name in per_format.values()}
+    assert set(m["sha256"]) == names
+    for name in names:
+        assert m["sha256"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+def test_a_model_file_the_runtime_cannot_load_is_one_line_error(bundle, tmp_path, fmt):
+    """Garbage under a matching hash gets past the hash check: the runtime's failure to load
+    it is then one RepasError line, in Python and from `repas predict` alike."""
+    from repas.deploy.runner import predict
+    from repas.errors import RepasError
+
+    if fmt == "pte":
+        pytest.importorskip("executorch")
+    out, data = bundle
+    _fashion_image(data, 1, tmp_path / "img.png")
+    copy = _copy_bundle(out, tmp_path / "bundle")
+    (copy / f"model.{fmt}").write_bytes(b"not a model at all " * 64)
+    _record_hash(copy, f"model.{fmt}")
+    with pytest.raises(RepasError) as caught:
+        predict(copy, tmp_path / "img.png", fmt=fmt)
+    message = str(caught.value)
+    assert f"model.{fmt}" in message and "cannot load" in message and "\n" not in message
+    done = subprocess.run([sys.executable, "-m", "repas", "predict", str(copy), str(tmp_path / "img.png"),
+                           "--format", fmt], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("repas: error: ") and "cannot load" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_replaced_model_file_fails_its_hash_check(bundle, tmp_path):
+    """A valid model that is not the one exported (here the int8 file copied over the float
+    one) runs, so only the hash can tell; a bundle without hashes (older repas) still loads."""
+    from repas.deploy.runner import load_runner, predict
+    from repas.errors import RepasError
+
+    out, data = bundle
+    _fashion_image(data, 2, tmp_path / "img.png")
+    copy = _copy_bundle(out, tmp_path / "bundle")
+    (copy / "model.onnx").write_bytes((copy / "model-int8.onnx").read_bytes())
+    for call in (lambda: predict(copy, tmp_path / "img.png"), lambda: load_runner(copy)):
+        with pytest.raises(RepasError, match=r"model\.onnx does not match the SHA-256 recorded in model\.json"):
+            call()
+    assert "damaged or replaced" in bare_predict(copy, tmp_path / "img.png").stderr
+    manifest = json.loads((copy / "model.json").read_text())
+    del manifest["sha256"]
+    (copy / "model.json").write_text(json.dumps(manifest))
+    assert len(predict(copy, tmp_path / "img.png").splitlines()) == 5

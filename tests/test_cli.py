@@ -182,4 +182,126 @@ def test_a_baseline_method_prunes_the_same_supernet_to_the_same_budget(method, p
     code, out, err = run(capsys, "extract", "--run-dir", tmp_path, "--data", data, *QUICK)
     assert code == 0, err
     extracted = json.loads((tmp_path / "extract" / "report.json").read_text())
-    assert extracted["widths"] == searched["searched_widths"]  # extract reads the method's masks as they are
+    assert extracted["widths"] == searched["widths"]  # extract reads the method's masks as they are
+
+
+def _mtimes(root):
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_resume_auto_on_a_finished_pipeline_does_nothing(pipeline_run, tmp_path, capsys):
+    import shutil
+
+    source, data = pipeline_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)  # (other tests rerun stages of the shared run)
+    argv = ["pipeline", "--data", data, "--run-dir", run_dir, "--epochs", "1", *QUICK, "--resume", "auto"]
+    code, out, err = run(capsys, *argv)  # brings the copy up to date, rerunning only what is stale
+    assert code == 0, err
+    assert "train: complete" in out and "search: complete" in out  # nothing trained again
+    before = _mtimes(run_dir)
+    report = (run_dir / "report.md").read_text()
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "nothing to do" in out
+    assert _mtimes(run_dir) == before  # no stage reran, no file was rewritten
+    assert (run_dir / "report.md").read_text() == report
+
+
+def test_results_are_easy_to_find(pipeline_run, capsys):
+    run_dir, _ = pipeline_run
+    search = json.loads((run_dir / "search" / "report.json").read_text())
+    extract = json.loads((run_dir / "extract" / "report.json").read_text())
+    gates = load_model(run_dir / "search").gate_modules()
+    assert search["widths"] == [int(g.mask().sum()) for g in gates]  # the result leads: what the gates keep
+    assert search["supernet"]["widths"] == [16, 32, 32, 64, 64, 64] and search["method"] == "pas"
+    assert search["searched_macs"] == search["macs"] <= search["supernet"]["macs"]
+    assert "Widths chosen by method pas" in (run_dir / "report.md").read_text()
+    code, out, _ = run(capsys, "info", run_dir)  # a run directory: its best model, and where the report is
+    assert code == 0 and "report.md" in out and "fuse stage" in out
+    code, out, _ = run(capsys, "info", run_dir / "extract")
+    assert code == 0 and f"total: {extract['macs']:,.0f} MACs" in out
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("repas ")
+
+
+def test_info_counts_grouped_layers_with_the_cost_function(tmp_path, capsys):
+    from repas.search.cost import layer_costs
+    from repas.spec import ArchSpec, LayerSpec
+
+    spec = ArchSpec(name="grouped", in_channels=8, input_size=(8, 8), num_classes=3,
+                    layers=[LayerSpec(8, branches=["conv"], groups=4, gated=False), LayerSpec(16, branches=["conv"])])
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    code, out, _ = run(capsys, "info", tmp_path)
+    assert code == 0
+    grouped_macs = 3 * 3 * 8 * 8 * 8 * 8 / 4
+    assert layer_costs(spec, spec.widths)[0] == grouped_macs
+    assert f"{grouped_macs:,.0f}" in out.splitlines()[2]
+
+
+def test_budget_flags_and_targets_read_as_a_user_means_them(pipeline_run, tmp_path, capsys):
+    run_dir, data = pipeline_run
+    with pytest.raises(SystemExit) as stop:  # two budgets at once
+        main(["search", "--target", "0.5", "--target-macs", "2.5M"])
+    assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    code, _, err = run(capsys, "train", "--set", "search.alpah=1")
+    assert code == 2 and err.startswith("repas: error: --set search.alpah=1:") and "did you mean 'alpha'" in err
+    import shutil
+
+    shutil.copytree(run_dir / "search", tmp_path / "search")
+    code, _, err = run(capsys, "extract", "--run-dir", tmp_path, "--data", data, "--targets", "0.5,0.3", *QUICK)
+    assert code == 0, err
+    report = json.loads((tmp_path / "targets" / "report.json").read_text())
+    assert [r["target_value"] for r in report["subnets"]] == [pytest.approx(0.5 * 7_338_880),
+                                                               pytest.approx(0.3 * 7_338_880)]
+
+
+def test_extract_of_a_net_never_searched_is_an_error(pipeline_run, tmp_path, capsys):
+    run_dir, data = pipeline_run
+    code, _, err = run(capsys, "extract", "--from", run_dir / "train", "--run-dir", tmp_path, "--data", data)
+    assert code == 2 and "never searched" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "extract").exists()
+
+
+def test_a_search_that_never_reaches_its_target_says_so(pipeline_run, tmp_path, capsys):
+    run_dir, data = pipeline_run
+    code, out, err = run(capsys, "search", "--from", run_dir / "train", "--run-dir", tmp_path, "--data", data,
+                         "--epochs", "1", *QUICK, "--set", "search.alpha=0", "--set", "search.gate_lr=1e-6")
+    assert code == 0, err
+    assert "repas: warning: the search ended at 2.00 x its target" in out
+    searched = json.loads((tmp_path / "search" / "report.json").read_text())
+    assert any("did not reach the budget" in w for w in searched["warnings"])
+    code, out, err = run(capsys, "extract", "--run-dir", tmp_path, *QUICK)
+    extracted = json.loads((tmp_path / "extract" / "report.json").read_text())
+    assert code == 0 and extracted["warnings"][:len(searched["warnings"])] == searched["warnings"]
+    # with no search to rank them, the fit empties layers: said too
+    assert any("at one channel" in w for w in extracted["warnings"])
+    from repas.stages.report import summary_markdown
+
+    summary = {"dense": {}, "searched": {}, "warnings": extracted["warnings"]}
+    assert "did not reach the budget" in _warnings_section(summary_markdown, summary)
+
+
+def _warnings_section(render, summary):
+    """The warnings block of report.md, rendered from a summary with the rest filled in."""
+    row = {"widths": [1], "macs": 1.0, "params": 1.0, "torch": 1.0, "onnx": 1.0, "onnx_ms": 1.0}
+    full = {"run_dir": "r", "seconds": 1.0, "environment": {"date": "d", "processor": "p", "torch": "t"},
+            "metric": "top1", "target": 1.0, "cost_metric": "macs", "cost_vs_target": 1.0, "method": "pas",
+            "threads": 1, "latency_input": [1, 1, 28, 28], "dense": row, "searched": row,
+            "warnings": summary["warnings"]}
+    return render(full).split("**Warnings:**")[1]
+
+
+def test_info_on_a_searched_supernet_shows_the_widths_its_gates_keep(tmp_path, capsys):
+    from conftest import tiny_spec
+
+    from repas.supernet import build, save_model
+
+    model = build(tiny_spec())
+    with torch.no_grad():
+        model.gate_modules()[1].weight[:5] = 0.0  # 12 -> 7 channels on
+    save_model(model, tmp_path)
+    code, out, _ = run(capsys, "info", tmp_path)
+    assert code == 0 and "widths are those its gates keep" in out
+    assert "7/12" in out.splitlines()[3]

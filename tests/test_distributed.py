@@ -15,9 +15,10 @@ from test_trainer import loader
 from repas import distributed
 from repas.cli import main
 from repas.config import SearchConfig
-from repas.search import Budget, Trainer, spec_cost
+from repas.search import Budget, create_method, spec_cost
 from repas.supernet import build
 from repas.tasks import ClassificationTask
+from repas.train import Trainer
 
 CFG = dict(epochs=2, lr=0.05, batch_size=16)
 
@@ -44,8 +45,8 @@ def _search(out, frozen_bn: bool = False) -> dict:
 
         model.train = train_with_bn_frozen
     budget = Budget(model.spec, 0.5 * spec_cost(model.spec), alpha=5.0)
-    trainer = Trainer(model, ClassificationTask(0.1), SearchConfig(**CFG), out, budget=budget, gate_lr=0.05,
-                      log=lambda s: None, progress=False)
+    trainer = Trainer(model, ClassificationTask(0.1), SearchConfig(**CFG), out,
+                      terms=[create_method("pas", model, budget)], gate_lr=0.05, progress=False)
     trainer.fit(loader())
     return {"params": {k: v.detach().clone() for k, v in model.named_parameters()},
             "gates": [g.weight.detach().clone() for g in model.gate_modules() if g is not None],

@@ -1,15 +1,18 @@
 """ONNX export is an equality too: onnxruntime == PyTorch within 1e-4."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from conftest import randomize_bn, tiny_spec
+from torch import nn
 
 pytest.importorskip("onnxruntime")
 
 from repas.deploy import export_onnx, onnx_latency, onnx_session, run_onnx  # noqa: E402
 from repas.search import extract_subnet  # noqa: E402
-from repas.supernet import build, create_supernet_spec, fuse_net  # noqa: E402
+from repas.supernet import build, fuse_net  # noqa: E402
 
 
 def test_fused_extracted_net_in_onnxruntime_equals_pytorch(tmp_path):
@@ -29,8 +32,30 @@ def test_fused_extracted_net_in_onnxruntime_equals_pytorch(tmp_path):
     assert "BatchNormalization" not in ops and "Conv" in ops
 
 
-def test_latency_is_measured(tmp_path):
-    spec = create_supernet_spec("repvgg-fmnist")
-    path = export_onnx(fuse_net(build(spec)), (1, 1, 28, 28), tmp_path / "m.onnx")
-    result = onnx_latency(path, (1, 1, 28, 28), threads=1, warmup=3, runs=20)
-    assert 0 < result["min_ms"] <= result["median_ms"] <= result["p90_ms"] and result["threads"] == 1
+def test_time_calls_reports_the_statistics_of_the_measured_calls(monkeypatch):
+    """Ten timed calls lasting 1..10 ms (out of order, on a fake clock): median 5.5 ms, p90 9 ms
+    (the nearest rank below), min 1 ms; warm-up calls are made but not timed."""
+    from repas.deploy import latency
+
+    durations_ms = [7, 3, 10, 1, 5, 9, 2, 8, 4, 6]
+    ticks = iter(t for i, d in enumerate(durations_ms) for t in (float(i), i + d / 1e3))
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    calls = []
+    result = latency.time_calls(lambda: calls.append(1), warmup=2, runs=10)
+    assert len(calls) == 12
+    assert result == {"median_ms": pytest.approx(5.5), "p90_ms": pytest.approx(9.0), "min_ms": pytest.approx(1.0),
+                      "runs": 10}
+
+
+def test_latency_grows_with_the_work(tmp_path):
+    """onnxruntime times what it runs: at 32x32, two 3x3 convs 16 -> 64 -> 64 (47 M MACs) take
+    several times as long as one 3x3 conv 16 -> 4 (0.6 M MACs, 80x less work)."""
+    shape = (1, 16, 32, 32)
+    light = nn.Conv2d(16, 4, 3, padding=1)
+    heavy = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1))
+    times = {}
+    for name, net in (("light", light), ("heavy", heavy)):
+        path = export_onnx(net.eval(), shape, tmp_path / f"{name}.onnx")
+        times[name] = onnx_latency(path, shape, threads=1, warmup=5, runs=30)
+    assert times["heavy"]["threads"] == 1 and times["heavy"]["runs"] == 30
+    assert times["heavy"]["min_ms"] > 3 * times["light"]["min_ms"]

@@ -78,7 +78,7 @@ def test_round_and_fit_to_budget():
     assert all(int(m.sum()) % 8 == 0 for m in rounded)
     for target_fraction in (0.3, 0.5, 0.75):
         target = target_fraction * spec_cost(spec)
-        fitted = fit_masks_to_budget(spec, masks, scores, target, "macs", step=1, tolerance=0.03)
+        fitted = fit_masks_to_budget(spec, masks, scores, target, metric="macs", step=1, tolerance=0.03)
         cost = spec_cost(extract_subnet(model, fitted).spec)
         assert target * 0.97 <= cost <= target
         # the channels kept are the highest-scored ones in every layer
@@ -99,7 +99,7 @@ def test_fit_with_coarse_steps_reaches_the_band():
         dense = spec_cost(spec, metric)
         for k in ks:
             target = (0.15 + 0.0125 * k) * dense
-            fitted = fit_masks_to_budget(spec, masks, scores, target, metric, step=4, tolerance=0.01)
+            fitted = fit_masks_to_budget(spec, masks, scores, target, metric=metric, step=4, tolerance=0.01)
             assert all(int(m.sum()) % 4 == 0 for m in fitted)
             cost = spec_cost(extract_subnet(model, fitted).spec, metric)
             assert target * 0.99 <= cost <= target, (metric, k, cost / target)

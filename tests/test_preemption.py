@@ -96,7 +96,7 @@ def test_a_checkpoint_save_interrupted_midway_leaves_the_previous_one(tmp_path, 
 
     from repas import atomic
     from repas.config import TrainConfig
-    from repas.search.trainer import CHECKPOINT
+    from repas.train import CHECKPOINT
 
     cfg = TrainConfig(epochs=2, lr=0.05, checkpoint_every=1)
     full = make_trainer(tmp_path / "full", cfg)

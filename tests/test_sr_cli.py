@@ -75,3 +75,32 @@ def test_predict_on_the_sr_bundle_matches_upscale(sr_run, capsys):
     assert np.abs(outs["int8"] - ref).mean() < 3
     assert main(["predict", str(bundle), str(src)]) == 2
     assert "give -o OUTPUT.png" in capsys.readouterr().err
+
+
+def test_a_copied_stage_directory_exports_with_its_own_recorded_config(sr_run, tmp_path, capsys):
+    """No --config: `repas export DIR/fuse` reads the SR config the fuse stage recorded, so the
+    SR net is scored as SR (not on Fashion-MNIST, the default config's data), and the
+    bundle lands whole in DIR/export."""
+    import shutil
+
+    shutil.copytree(sr_run / "run" / "fuse", tmp_path / "fuse")
+    assert (tmp_path / "fuse" / "config.json").exists()
+    code = main(["export", str(tmp_path / "fuse"), "--format", "onnx", "--no-int8"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert manifest["task"] == "super-resolution" and set(manifest["metrics"]["onnx float"]) == {"psnr", "ssim"}
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.json", "model.onnx",
+                                                                      "report.json", "spec.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "fuse"]  # nothing else left behind
+
+
+@pytest.mark.parametrize("stage", ["finetune", "export"])
+def test_an_sr_model_in_a_classification_stage_is_one_clear_line(sr_run, fake_fashion, tmp_path, stage, capsys):
+    source = sr_run / "run" / ("extract" if stage == "finetune" else "fuse")
+    config = tmp_path / "fmnist.yaml"
+    config.write_text(f"data:\n  name: fashion-mnist\n  root: {fake_fashion}\n")
+    code = main([stage, "--config", str(config), "--from", str(source), "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "super-resolution model" in err and "classification" in err
+    assert not (tmp_path / "r").exists()  # no tb/, no half-written bundle

@@ -26,16 +26,15 @@ def test_controller_returns_the_last_round_within_the_drop():
 
     targets = shrinking_targets(125.0, 0.8, 0.3)
     assert [round(t, 2) for t in targets] == [100, 80, 64, 51.2, 40.96]
-    state, best, rounds = tolerance_search(90.0, targets, run_round, max_drop=1.5, log=lambda _: None)
+    state, best, rounds = tolerance_search(90.0, targets, run_round, max_drop=1.5)
     assert seen == [100, 80, 64, 51.2]  # stops at the first round that broke it, 40.96 never runs
     assert state == "net@64" and best.target == 64 and best.drop == pytest.approx(1.2)
     assert rounds[-1].target < best.target and rounds[-1].drop > 1.5 and not rounds[-1].within
     # even the first round broke it: nothing is returned, the caller keeps the dense net
-    state, best, rounds = tolerance_search(90.0, targets, run_round, max_drop=-1.0, log=lambda _: None)
+    state, best, rounds = tolerance_search(90.0, targets, run_round, max_drop=-1.0)
     assert state is None and best is None and len(rounds) == 1
     # a target that cannot be met ends the rounds; the last within is kept
-    state, best, _ = tolerance_search(90.0, targets, lambda t: None if t < 70 else run_round(t), 5.0,
-                                      log=lambda _: None)
+    state, best, _ = tolerance_search(90.0, targets, lambda t: None if t < 70 else run_round(t), 5.0)
     assert state == "net@80"
 
 

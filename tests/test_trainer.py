@@ -7,10 +7,10 @@ from conftest import tiny_spec
 from repas.config import SearchConfig, TrainConfig
 from repas.data import TensorImages, TensorLoader
 from repas.errors import RepasError
-from repas.search import Budget, Trainer, spec_cost
-from repas.search.trainer import CHECKPOINT
+from repas.search import Budget, create_method, spec_cost
 from repas.supernet import build
 from repas.tasks import ClassificationTask
+from repas.train import CHECKPOINT, Trainer
 
 
 def toy_data(n=96, seed=0):
@@ -25,10 +25,10 @@ def toy_data(n=96, seed=0):
 def make_trainer(run_dir, cfg, budget=False, seed=0):
     torch.manual_seed(seed)
     model = build(tiny_spec())
-    b = Budget(model.spec, 0.5 * spec_cost(model.spec), alpha=5.0) if budget else None
+    terms = [create_method("pas", model, Budget(model.spec, 0.5 * spec_cost(model.spec), alpha=5.0))] if budget else []
     if not budget:
         model.freeze_gates()
-    return Trainer(model, ClassificationTask(0.1), cfg, run_dir, budget=b, gate_lr=0.05, log=lambda s: None,
+    return Trainer(model, ClassificationTask(0.1), cfg, run_dir, terms=terms, gate_lr=0.05,
                    progress=False)
 
 
@@ -147,3 +147,30 @@ def test_gpu_speed_options_train_the_same_model(tmp_path, monkeypatch):
     assert compiled == [comp.model] and comp.forward is not comp.model
     for a, b in zip(plain.history, comp.history):
         assert abs(a["loss"] - b["loss"]) < 1e-5
+
+
+class Foreign:
+    """A class no repas checkpoint holds: weights_only refuses to unpickle it."""
+
+
+def test_a_checkpoint_with_foreign_pickled_objects_is_refused_not_called_corrupt(tmp_path):
+    t = make_trainer(tmp_path, TrainConfig(epochs=1))
+    torch.save({"model": {}, "payload": Foreign()}, tmp_path / CHECKPOINT)
+    with pytest.raises(RepasError, match="was refused: it holds pickled Python objects") as info:
+        t.fit(loader(), resume=True)
+    assert "corrupt" not in str(info.value) and "delete it" not in str(info.value)
+
+
+def test_any_sized_iterable_of_batches_trains(tmp_path):
+    """A plain DataLoader (no set_epoch, no shard) and a list both work; no len() is a clear error."""
+    data = toy_data()
+    plain = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.normalize(data.images), data.labels),
+                                        batch_size=16, shuffle=True)
+    t = make_trainer(tmp_path / "dl", TrainConfig(epochs=2, lr=0.05))
+    t.fit(plain)
+    assert len(t.history) == 2 and t.num_updates == 2 * len(plain)
+    t = make_trainer(tmp_path / "list", TrainConfig(epochs=1, lr=0.05))
+    t.fit(list(plain))
+    assert t.num_updates == len(plain)
+    with pytest.raises(RepasError, match="have no len"):
+        make_trainer(tmp_path / "gen", TrainConfig(epochs=1)).fit(iter(list(plain)))

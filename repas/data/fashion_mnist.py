@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from repas.errors import RepasError
+
+log = logging.getLogger(__name__)
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -49,7 +52,7 @@ def locate_fashion_mnist(root: str | Path | None = None, install: bool = False) 
     if found and has_idx_files(found):
         return found
     if install and shutil.which("apt-get") and os.geteuid() == 0:
-        print(f"installing Debian package {DEBIAN_PACKAGE} ...", flush=True)
+        log.info(f"installing Debian package {DEBIAN_PACKAGE} ...")
         cmd = ["apt-get", "install", "-y", "-q", DEBIAN_PACKAGE]
         if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
             subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)

@@ -9,6 +9,7 @@ antialiasing, cropped to a multiple of the scale; LR is the bicubic downscale of
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import subprocess
 import warnings
@@ -23,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from repas.colour import rgb_to_y, to_rgb_u8
 from repas.errors import RepasError
 from repas.spec import SR_SCALES
+
+log = logging.getLogger(__name__)
 
 SR_PACKAGES = ("lomiri-wallpapers-16.04", "mate-backgrounds", "plasma-workspace-wallpapers",
                "lomiri-wallpapers-20.04")
@@ -67,7 +70,7 @@ def packaged_photos(install: bool = False) -> list[Path]:
     """The 38 photographs in the wallpaper packages (installing them first if asked and possible)."""
     photos = [p for pkg in SR_PACKAGES for p in _package_files(pkg) if _is_photo(pkg, p) and p.exists()]
     if not photos and install and shutil.which("apt-get"):
-        print(f"installing Debian packages {' '.join(SR_PACKAGES)} ...", flush=True)
+        log.info(f"installing Debian packages {' '.join(SR_PACKAGES)} ...")
         cmd = ["apt-get", "install", "-y", "-q", *SR_PACKAGES]
         if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
             subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)

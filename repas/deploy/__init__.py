@@ -12,7 +12,7 @@ _EXPORTS = {
     "onnx_latency_each": "repas.deploy.latency", "onnx_latency_interleaved": "repas.deploy.latency",
     "time_calls": "repas.deploy.latency",
     "export_onnx": "repas.deploy.onnx_export", "onnx_session": "repas.deploy.onnx_export",
-    "run_onnx": "repas.deploy.onnx_export", "verify_onnx": "repas.deploy.onnx_export",
+    "run_onnx": "repas.deploy.onnx_export",
     "export_models": "repas.deploy.bundle", "write_manifest": "repas.deploy.bundle",
     "predict": "repas.deploy.runner", "load_runner": "repas.deploy.runner", "read_manifest": "repas.deploy.runner",
 }

@@ -6,15 +6,23 @@ Layout of a bundle directory::
     model.onnx  model-int8.onnx     onnxruntime, static input shape
     model.pte   model-int8.pte      ExecuTorch, every op delegated to XNNPACK
     model.json                      task, input (shape, colour, normalization), labels / scale,
-                                    widths, MACs, params, files, checks, metrics, latency per runtime
+                                    widths, MACs, params, files, checks, metrics, latency per runtime,
+                                    sha256 (of each model file)
 
-``repas.deploy.runner`` (``repas predict``) reads it without PyTorch.
+``model.json`` records the SHA-256 of every model file, which ``repas.deploy.runner``
+(``repas predict``, without PyTorch) checks before running one. ``bundle_directory`` lets a
+bundle be written whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Callable, Sequence
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +32,13 @@ from torch import nn
 
 from repas.atomic import atomic_write_bytes, atomic_write_json
 from repas.deploy.onnx_export import export_onnx
-from repas.deploy.runner import BUNDLE_FORMAT, MANIFEST, RUNTIMES, Run, onnx_runner, pte_runner
+from repas.deploy.runner import BUNDLE_FORMAT, MANIFEST, RUNTIMES, Run, file_sha256, onnx_runner, pte_runner
 from repas.errors import RepasError
 
 FORMATS = tuple(RUNTIMES)  # onnx, pte
 FILES = {("onnx", "float"): "model.onnx", ("onnx", "int8"): "model-int8.onnx",
          ("pte", "float"): "model.pte", ("pte", "int8"): "model-int8.pte"}
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 def non_delegated_ops(edge: Any) -> list[str]:  # noqa: ANN401 (executorch EdgeProgramManager)
@@ -40,7 +48,7 @@ def non_delegated_ops(edge: Any) -> list[str]:  # noqa: ANN401 (executorch EdgeP
                    and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)})
 
 
-def max_abs_diff(run: Run, model: nn.Module, shape: tuple[int, ...], trials: int = 3, seed: int = 0) -> float:
+def max_abs_diff(run: Run, model: nn.Module, shape: tuple[int, ...], *, trials: int = 3, seed: int = 0) -> float:
     """Largest |run(x) - model(x)| over random inputs of ``shape`` (inputs in [-1, 2] cover
     normalized images and [0, 1] pixels alike)."""
     gen = torch.Generator().manual_seed(seed)
@@ -52,9 +60,8 @@ def max_abs_diff(run: Run, model: nn.Module, shape: tuple[int, ...], trials: int
     return worst
 
 
-def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], formats: Sequence[str],
-                  calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4,
-                  log: Log = print) -> dict[str, Any]:
+def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], formats: Sequence[str], *,
+                  calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4) -> dict[str, Any]:
     """Write ``model`` (fused, eval) at static input ``shape`` in each format, float and (with
     ``calibration`` inputs) int8. Every float file must equal PyTorch within ``tolerance``
     (max abs difference), and every .pte must run wholly on XNNPACK; either failure is a
@@ -84,10 +91,11 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
         checks["onnx_float_max_abs_diff"] = diff
         if diff > tolerance:
             raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> {tolerance:g}): please report")
-        log(f"export: {path}, |onnxruntime - torch| = {diff:.1e}")
+        log.info(f"export: {path}, |onnxruntime - torch| = {diff:.1e}")
         if calibration:
             quantize_onnx(path, add("onnx", "int8"), calibration)
-            log(f"export: {out / FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} calibration inputs)")
+            log.info(f"export: {out / FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} "
+                     "calibration inputs)")
     if "pte" in formats:
         checks["executorch"] = executorch_version()
         variants = [("float", model)]
@@ -108,18 +116,62 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
                 if diff > tolerance:
                     raise RepasError(f"ExecuTorch output differs from PyTorch by {diff:.2e} (> {tolerance:g}): "
                                      "please report")
-                log(f"export: {path}, fully delegated to XNNPACK, |executorch - torch| = {diff:.1e}")
+                log.info(f"export: {path}, fully delegated to XNNPACK, |executorch - torch| = {diff:.1e}")
             else:
-                log(f"export: {path} (int8 PT2E), fully delegated to XNNPACK")
+                log.info(f"export: {path} (int8 PT2E), fully delegated to XNNPACK")
     return {"files": files, "checks": checks}
 
 
 def write_manifest(out: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write ``model.json`` (adds the bundle format, repas version and date)."""
+    """Write ``model.json``: ``manifest`` plus the bundle format, repas version and date, and
+    under ``sha256`` the hash of each model file that ``manifest["files"]`` lists and ``out``
+    holds now (``repas predict`` refuses a file that no longer matches its hash)."""
     from repas import __version__
 
+    out = Path(out)
+    names = sorted({name for per_format in manifest.get("files", {}).values() for name in per_format.values()})
+    hashes = {name: file_sha256(out / name) for name in names if (out / name).is_file()}
     head = {"bundle_format": BUNDLE_FORMAT, "repas_version": __version__,
             "created": datetime.datetime.now().isoformat(timespec="seconds")}
-    path = Path(out) / MANIFEST
-    atomic_write_json(path, {**head, **manifest})
+    path = out / MANIFEST
+    atomic_write_json(path, {**head, **manifest, "sha256": hashes})
     return path
+
+
+@contextlib.contextmanager
+def bundle_directory(out: str | Path) -> Iterator[Path]:
+    """A fresh, empty directory to write a bundle in, which replaces ``out`` when the block
+    ends without an error: a bundle is then whole or absent, never half old and half new.
+
+    The directory is made beside ``out`` (the same parent, so that renaming it is atomic).
+    When the block succeeds, an existing ``out`` is renamed aside, the new directory renamed
+    to ``out``, and the old one deleted, with everything in it. When the block raises (Ctrl-C
+    included), the new directory is deleted and ``out`` is left as it was. (Only a crash
+    between the two renames leaves no ``out``: the old bundle is then ``.NAME.*.old`` beside it.)::
+
+        with bundle_directory(run / "export") as staging:
+            export_models(model, staging, shape, ["onnx"])
+            write_manifest(staging, manifest)
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    staging, old = (out.with_name(f".{out.name}.{token}.{kind}") for kind in ("new", "old"))
+    staging.mkdir()  # (not mkdtemp: its mode 0700 would stay with the bundle)
+    moved_aside = False
+    try:
+        yield staging
+        if os.path.lexists(out):
+            os.replace(out, old)
+            moved_aside = True
+        os.replace(staging, out)
+    except BaseException:
+        if moved_aside and not os.path.lexists(out):
+            os.replace(old, out)  # the new bundle could not take its place: the old one goes back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if moved_aside:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()

@@ -41,7 +41,7 @@ def time_calls(fn, warmup: int, runs: int) -> dict[str, float]:  # noqa: ANN001
             "min_ms": times[0], "runs": runs}
 
 
-def onnx_latency(path: str | Path, input_shape: tuple[int, ...], threads: int = 1, warmup: int = 50,
+def onnx_latency(path: str | Path, input_shape: tuple[int, ...], *, threads: int = 1, warmup: int = 50,
                  runs: int = 500) -> dict[str, float]:
     """onnxruntime CPU latency of the model at ``path`` with ``threads`` intra-op threads."""
     session = onnx_session(path, threads)
@@ -52,7 +52,7 @@ def onnx_latency(path: str | Path, input_shape: tuple[int, ...], threads: int = 
     return result
 
 
-def onnx_latency_interleaved(paths: dict[str, str | Path], input_shape: tuple[int, ...], threads: int = 1,
+def onnx_latency_interleaved(paths: dict[str, str | Path], input_shape: tuple[int, ...], *, threads: int = 1,
                              warmup: int = 50, runs: int = 500) -> dict[str, dict[str, float]]:
     """Latency of several models measured in turn, one call each per round, so that noise
     from the machine falls on all of them alike; comparable as ratios."""
@@ -73,7 +73,7 @@ def onnx_latency_interleaved(paths: dict[str, str | Path], input_shape: tuple[in
 
 
 def latency_each(factories: dict[str, Callable[[], Callable[[np.ndarray], object]]], input_shape: tuple[int, ...],
-                 warmup: int = 10, runs: int = 100, passes: int = 5) -> dict[str, float]:
+                 *, warmup: int = 10, runs: int = 100, passes: int = 5) -> dict[str, float]:
     """Latency (ms) of several models, each timed alone (warm caches, as it runs when
     deployed): in each of ``passes`` rounds a fresh instance from ``factories[name]()`` (a
     new session, a reloaded program) times ``runs / passes`` calls, and a model's latency is
@@ -92,10 +92,10 @@ def latency_each(factories: dict[str, Callable[[], Callable[[np.ndarray], object
     return {k: min(v) for k, v in rounds.items()}
 
 
-def onnx_latency_each(paths: dict[str, str | Path], input_shape: tuple[int, ...], threads: int = 1,
+def onnx_latency_each(paths: dict[str, str | Path], input_shape: tuple[int, ...], *, threads: int = 1,
                       warmup: int = 10, runs: int = 100, passes: int = 5) -> dict[str, float]:
     """``latency_each`` of ONNX files in onnxruntime at ``threads`` intra-op threads."""
     from repas.deploy.runner import onnx_runner
 
     return latency_each({k: (lambda p=p: onnx_runner(p, threads)) for k, p in paths.items()}, input_shape,
-                        warmup, runs, passes)
+                        warmup=warmup, runs=runs, passes=passes)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repas.latency_table import Key
+from repas.sr_geometry import residual_weight
 
 Part = tuple[Key, int, int]  # (table key, c_in, c_out)
 OPSET = 18
@@ -38,6 +39,11 @@ def random_inputs(parts: list[Part], seed: int = 0) -> list[np.ndarray]:
     return [rng.standard_normal(s).astype(np.float32) for s in input_shapes(parts)]
 
 
+def _tail_scale(c_in: int, c_out: int) -> int:
+    """The upscaling factor of an SR tail: it maps c_in * scale^2 channels to c_in."""
+    return round((c_out // c_in) ** 0.5)
+
+
 def _weights(parts: list[Part], seed: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     out = []
@@ -53,11 +59,7 @@ def _weights(parts: list[Part], seed: int) -> list[dict[str, np.ndarray]]:
             out.append({"weight": (rng.standard_normal((c_out, c_in)) / np.sqrt(c_in)).astype(np.float32),
                         "bias": np.zeros(c_out, np.float32)})
         elif op == "sr_tail":
-            r = c_out // c_in
-            res = np.zeros((c_out, c_in, 1, 1), np.float32)
-            for c in range(c_in):
-                res[c * r:(c + 1) * r, c] = 1.0
-            out.append({"residual": res})
+            out.append({"residual": residual_weight(c_in, _tail_scale(c_in, c_out))})
         else:
             out.append({})
     return out
@@ -97,7 +99,7 @@ def onnx_model(parts: list[Part], seed: int = 0):  # noqa: ANN201 (onnx.ModelPro
                       helper.make_node("Reshape", [p + "mean", p + "shape"], [p + "flat"]),
                       helper.make_node("Gemm", [p + "flat", p + "weight", p + "bias"], [p + "out"], transB=1)]
         else:  # sr_tail
-            scale = int(round((c_out // part[1]) ** 0.5))
+            scale = _tail_scale(part[1], c_out)
             nodes += [helper.make_node("Conv", [lr, p + "residual"], [p + "res"], kernel_shape=[1, 1]),
                       helper.make_node("Add", [x, p + "res"], [p + "sum"]),
                       helper.make_node("DepthToSpace", [p + "sum"], [p + "out"], blocksize=scale, mode="CRD")]
@@ -142,6 +144,6 @@ class MicroModule(nn.Module):
             elif op == "head":
                 x = F.linear(torch.flatten(x.mean((2, 3), keepdim=True), 1), w["weight"], w["bias"])
             elif op == "sr_tail":
-                scale = int(round((c_out // lr.shape[1]) ** 0.5))
+                scale = _tail_scale(lr.shape[1], c_out)
                 x = F.pixel_shuffle(x + F.conv2d(lr, w["residual"]), scale)
         return x

@@ -61,7 +61,8 @@ def torch_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
 
 
 def executorch_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
-    from repas.deploy.executorch_export import executorch_version, load_pte, lower_to_pte, set_executorch_threads
+    from repas.deploy.executorch_export import executorch_version, lower_to_pte, set_executorch_threads
+    from repas.deploy.runner import load_pte
 
     version = executorch_version()
     set_executorch_threads(threads)
@@ -118,7 +119,7 @@ def plan_profile(spec: ArchSpec, divisor: int = 4) -> ProfilePlan:
     return ProfilePlan(spec, divisor, rows, calibration)
 
 
-def time_models(models: dict[str, list[Part]], timer: Timer, passes: int = 5, progress: bool = True,
+def time_models(models: dict[str, list[Part]], timer: Timer, *, passes: int = 5, progress: bool = True,
                 extra: dict[str, Callable[[], float]] | None = None) -> dict[str, float]:
     """Each model's time: the lowest over ``passes`` rounds (a new session each) of the
     median of its calls, the same statistic as ``onnx_latency_each`` (which says why).
@@ -164,14 +165,14 @@ def assemble_table(plan: ProfilePlan, times: dict[str, float], meta: dict[str, s
     return table
 
 
-def profile(spec: ArchSpec, backend: str = "onnxruntime", divisor: int = 4, threads: int = 1, warmup: int = 20,
+def profile(spec: ArchSpec, backend: str = "onnxruntime", *, divisor: int = 4, threads: int = 1, warmup: int = 20,
             runs: int = 200, passes: int = 5, progress: bool = True) -> LatencyTable:
     """Time every layer shape of ``spec`` over a grid of channel counts (multiples of
     ``divisor``) on ``backend``, one micro-model at a time; ``runs`` timed calls per pass."""
     timer, description = make_timer(backend, threads, warmup, max(1, runs // passes))
     plan = plan_profile(spec, divisor)
     started = time.perf_counter()
-    times = time_models(plan.models(), timer, passes, progress)
+    times = time_models(plan.models(), timer, passes=passes, progress=progress)
     return assemble_table(plan, times, {
         "backend": description, "device": cpu_name(), "machine": platform.machine(), "threads": str(threads),
         "warmup": str(warmup), "runs": str(runs), "passes": str(passes), "date": time.strftime("%Y-%m-%d %H:%M:%S"),

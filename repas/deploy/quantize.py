@@ -10,7 +10,6 @@ so a quantized model is a drop-in replacement for the float one.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from repas.atomic import atomic_write_bytes
 from repas.deploy.executorch_export import executorch_version
+from repas.deploy.quiet import quiet_executorch, quiet_onnx_quantizer
 from repas.errors import RepasError
 
 
@@ -31,21 +31,19 @@ def _calibration_list(batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def quantize_pt2e(model: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor],
-                  is_qat: bool = False) -> nn.Module:
+def quantize_pt2e(model: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor]) -> nn.Module:
     """``model`` with int8 weights and activations (PT2E, XNNPACK quantizer), calibrated by
     running ``batches`` (tensors of the example's shape) through it. The result runs in
     PyTorch (reference int8 arithmetic) and lowers to a .pte with ``lower_to_pte``."""
     executorch_version()
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    with quiet_executorch():
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         graph = torch.export.export(model.eval(), (example,)).module()
         prepared = prepare_pt2e(graph, quantizer)
         for x in _calibration_list(batches):
@@ -68,10 +66,9 @@ class _Reader:
         raise RepasError("calibration data cannot be rewound")
 
 
-def quantize_onnx(float_path: str | Path, out_path: str | Path, batches: Iterable[torch.Tensor],
-                  exclude: Sequence[str] = ()) -> Path:
+def quantize_onnx(float_path: str | Path, out_path: str | Path, batches: Iterable[torch.Tensor]) -> Path:
     """Write the int8 (QDQ) version of the ONNX model at ``float_path`` to ``out_path``,
-    atomically, calibrated (min-max) on ``batches``; ``exclude`` names nodes kept in float."""
+    atomically, calibrated (min-max) on ``batches``."""
     try:
         import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -81,11 +78,10 @@ def quantize_onnx(float_path: str | Path, out_path: str | Path, batches: Iterabl
     name = onnx.load(str(float_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / "int8.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_onnx_quantizer():
             quantize_static(str(float_path), str(tmp_out), _Reader(name, arrays), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude),
+                            calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         atomic_write_bytes(out_path, tmp_out.read_bytes())
     return Path(out_path)

@@ -3,12 +3,18 @@
 A bundle is a directory with the model files and ``model.json`` (see ``repas.deploy.bundle``).
 This module needs only numpy, pillow and onnxruntime (or ExecuTorch's runtime for a .pte),
 so it runs in a bare environment (``pip install --no-deps repas onnxruntime numpy pillow``);
-nothing here may import torch, yaml or the rest of repas beyond ``atomic``, ``colour`` and ``errors``.
+nothing here may import torch, yaml or the rest of repas beyond ``atomic``, ``colour``,
+``errors``, ``sr_geometry`` and ``deploy.quiet``.
+
+Every model file is checked against the SHA-256 that ``model.json`` records for it before it
+runs, and a file a runtime cannot load is one clear error, not the runtime's traceback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from repas.atomic import atomic_write_bytes
-from repas.colour import rgb_to_cbcr, rgb_to_y, to_rgb_u8, ycbcr_to_rgb
+from repas.colour import to_rgb_u8, upscale_rgb
+from repas.deploy.quiet import native_reason, native_stderr, quiet_executorch
 from repas.errors import RepasError
+from repas.sr_geometry import upscale_tiled
 
 MANIFEST = "model.json"
 BUNDLE_FORMAT = 1
@@ -56,50 +64,127 @@ def model_file(bundle: str | Path, manifest: dict[str, Any], fmt: str, precision
     return path
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex (as ``sha256sum`` prints it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, manifest: dict[str, Any]) -> None:
+    """Raise a RepasError unless ``path`` has the SHA-256 that ``model.json`` records for it.
+    A bundle written before hashes were recorded has none to compare: it is not checked."""
+    recorded = manifest.get("sha256") or {}
+    if not isinstance(recorded, dict):
+        raise RepasError(f"{MANIFEST} of {path.parent}: 'sha256' should map file names to hashes; "
+                         "re-export the bundle")
+    if path.name in recorded and file_sha256(path) != recorded[path.name]:
+        raise RepasError(f"{path} does not match the SHA-256 recorded in {MANIFEST}: the file was damaged or "
+                         "replaced; re-export the bundle ('repas export RUN_DIR')")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _ort_errors() -> tuple[type[Exception], ...]:
+    """The exceptions onnxruntime raises on a model it cannot load or run (its own types,
+    all subclasses of Exception only)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile",
+             "NotImplemented", "RuntimeException")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+
 def onnx_session(model: str | Path | bytes, threads: int = 1):  # noqa: ANN201 (onnxruntime.InferenceSession)
-    """An onnxruntime CPU session for a model file (or its bytes) at ``threads`` intra-op threads."""
+    """An onnxruntime CPU session for a model file (or its bytes) at ``threads`` intra-op
+    threads; a file onnxruntime cannot load is a RepasError."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise RepasError("running a .onnx model needs onnxruntime: pip install onnxruntime") from None
     opts = ort.SessionOptions()
+    # severity 3, errors only: onnxruntime writes its warnings (e.g. on unused initializers)
+    # straight to stderr, past Python's warnings and logging
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
-                                providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                    providers=["CPUExecutionProvider"])
+    except _ort_errors() as e:
+        what = "the ONNX model" if isinstance(model, bytes) else str(model)
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:Protobuf parsing failed."
+        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : |Load model from .* failed:", "", _one_line(e))
+        raise RepasError(f"onnxruntime cannot load {what} ({reason}); re-export it") from None
 
 
 def onnx_runner(path: str | Path, threads: int = 1) -> Run:
+    """The ONNX model at ``path`` on onnxruntime's CPU provider; a call it cannot run (an
+    input of another shape) is a RepasError."""
     session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+    errors = _ort_errors()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        try:
+            return session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+        except errors as e:
+            raise RepasError(f"onnxruntime cannot run {path} on an input of shape {tuple(x.shape)} "
+                             f"({_one_line(e)})") from None
+
+    return run
+
+
+def load_pte(program: bytes, what: str = "the .pte program") -> Any:  # noqa: ANN401 (executorch.runtime.Method)
+    """The forward method of a .pte program on ExecuTorch's runtime, ready for
+    ``method.execute([inputs])``; a program the runtime cannot load is a RepasError.
+
+    The runtime reads ``program`` in place: keep the bytes alive as long as the method."""
+    try:
+        with quiet_executorch():
+            from executorch.runtime import Runtime
+    except ImportError:
+        raise RepasError("running a .pte model needs ExecuTorch: pip install executorch (or use --format onnx)"
+                         ) from None
+    lines: list[str] = []
+    try:
+        with native_stderr() as lines:  # the runtime's C++ log: noise, or why a program fails to load
+            return Runtime.get().load_program(program).load_method("forward")
+    except RuntimeError as e:
+        raise RepasError(f"ExecuTorch cannot load {what} ({native_reason(lines) or _one_line(e)}); "
+                         "re-export it") from None
 
 
 def pte_runner(path: str | Path) -> Run:
     """A .pte program on ExecuTorch's runtime (its Python binding exchanges torch tensors)."""
     try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torch
-            from executorch.runtime import Runtime
+        import torch
     except ImportError:
         raise RepasError("running a .pte model needs ExecuTorch: pip install executorch (or use --format onnx)"
                          ) from None
     program_bytes = Path(path).read_bytes()
-    method = Runtime.get().load_program(program_bytes).load_method("forward")
+    method = load_pte(program_bytes, str(path))
 
     def run(x: np.ndarray, _keep: bytes = program_bytes) -> np.ndarray:  # the runtime reads the bytes in place
-        return method.execute([torch.from_numpy(np.ascontiguousarray(x, np.float32))])[0].numpy()
+        try:
+            return method.execute([torch.from_numpy(np.ascontiguousarray(x, np.float32))])[0].numpy()
+        except RuntimeError as e:
+            raise RepasError(f"ExecuTorch cannot run {path} on an input of shape {tuple(x.shape)} "
+                             f"({_one_line(e)})") from None
 
     return run
 
 
 def load_runner(bundle: str | Path, fmt: str = "onnx", precision: str = "float", threads: int = 1) -> Run:
-    """The bundle's model as a function on (1, C, H, W) float32 arrays of its input shape."""
+    """The bundle's model as a function on (1, C, H, W) float32 arrays of its input shape,
+    once its file is checked against the SHA-256 in ``model.json``."""
     if fmt not in RUNTIMES:
         raise RepasError(f"unknown model format {fmt!r}; expected one of {', '.join(RUNTIMES)}")
-    path = model_file(bundle, read_manifest(bundle), fmt, precision)
+    manifest = read_manifest(bundle)
+    path = model_file(bundle, manifest, fmt, precision)
+    check_sha256(path, manifest)
     return onnx_runner(path, threads) if fmt == "onnx" else pte_runner(path)
 
 
@@ -126,62 +211,19 @@ def top_k(logits: np.ndarray, labels: list[str], k: int = 5) -> list[tuple[str, 
 
 # ---- super-resolution -----------------------------------------------------------------------
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
-    """(window start, first kept, last kept + 1) along one axis, for windows of exactly
-    ``tile`` pixels placed inside an image of ``size >= tile`` pixels. A kept pixel lies at
-    least ``overlap`` pixels from its window's edges unless that edge is the image's, so with
-    an overlap of at least the receptive radius the result equals one whole-image call."""
-    step = tile - 2 * overlap
-    if step < 1:
-        raise RepasError(f"tile {tile} is too small for an overlap of {overlap} pixels: export with a larger tile")
-    out, start, kept = [], 0, 0
-    while True:
-        start = min(start, size - tile)  # the last window is moved back inside the image
-        end = start + tile
-        keep_from = max(kept, start + overlap) if start else 0  # each pixel kept once
-        keep_to = size if end >= size else end - overlap
-        out.append((start, keep_from, keep_to))
-        kept = keep_to
-        if end >= size:
-            return out
-        start += step
-
-
-def upscale_array(run: Run, lr: np.ndarray, scale: int, tile: tuple[int, int], overlap: int) -> np.ndarray:
-    """Super-resolve a (C, H, W) float32 LR array with a model of static input ``tile`` (h, w).
+def upscale_array(run: Run, lr: np.ndarray, scale: int, *, tile: tuple[int, int], overlap: int) -> np.ndarray:
+    """Super-resolve a (C, H, W) float32 LR array with a model of static input ``tile`` (h, w),
+    window by window (``repas.sr_geometry.tile_windows``).
 
     An image smaller than the tile is edge-padded to it (its outermost ``overlap`` pixels
     then differ slightly from a whole-image call); otherwise the result equals one."""
-    c, h, w = lr.shape
-    th, tw = tile
-    ph, pw = max(th - h, 0), max(tw - w, 0)
+    _, h, w = lr.shape
+    ph, pw = max(tile[0] - h, 0), max(tile[1] - w, 0)
     if ph or pw:
         lr = np.pad(lr, ((0, 0), (0, ph), (0, pw)), mode="edge")
-    hh, ww = lr.shape[1:]
-    out = np.zeros((c, hh * scale, ww * scale), np.float32)
-    for ys, y0, y1 in tile_starts(hh, th, overlap):
-        for xs, x0, x1 in tile_starts(ww, tw, overlap):
-            sr = run(lr[None, :, ys:ys + th, xs:xs + tw])[0]
-            out[:, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-                sr[:, (y0 - ys) * scale:(y1 - ys) * scale, (x0 - xs) * scale:(x1 - xs) * scale]
-    return out[:, :h * scale, :w * scale]
-
-
-def upscale_rgb(run: Run, rgb: np.ndarray, spec: dict[str, Any], scale: int) -> np.ndarray:
-    """An (H, W, 3) uint8 image super-resolved: a Y model upscales BT.601 luma (chroma bicubic)."""
-    from PIL import Image
-
-    tile, overlap = tuple(spec["shape"][2:]), int(spec["overlap"])
-    if spec["colour"] == "rgb":
-        sr = upscale_array(run, rgb.transpose(2, 0, 1).astype(np.float32) / 255.0, scale, tile, overlap)
-        return (np.clip(sr, 0, 1) * 255.0).round().astype(np.uint8).transpose(1, 2, 0)
-    y = (rgb_to_y(rgb) / 255.0).astype(np.float32)[None]
-    y_up = np.clip(upscale_array(run, y, scale, tile, overlap)[0], 0, 1) * 255.0
-    h, w = rgb.shape[:2]
-    cb, cr = (np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((w * scale, h * scale),
-                                                                                 Image.BICUBIC))
-              for c in rgb_to_cbcr(rgb))
-    return np.clip(ycbcr_to_rgb(y_up, cb, cr) + 0.5, 0, 255).astype(np.uint8)
+    out = upscale_tiled(run, lr[None], scale, window=tile, overlap=overlap,
+                        zeros=lambda shape: np.zeros(shape, np.float32))
+    return out[0, :, :h * scale, :w * scale]
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -199,7 +241,7 @@ def open_image(path: str | Path) -> Any:  # noqa: ANN401 (PIL.Image)
         raise RepasError(f"cannot read {path} as an image ({e})") from None
 
 
-def predict(bundle: str | Path, image: str | Path, output: str | Path | None = None, fmt: str = "onnx",
+def predict(bundle: str | Path, image: str | Path, *, output: str | Path | None = None, fmt: str = "onnx",
             precision: str = "float", k: int = 5, threads: int = 1) -> str:
     """Run the bundle on an image: the top-k labels of a classifier, or (SR) the upscaled
     image written to ``output``. Returns the lines to print."""
@@ -213,7 +255,9 @@ def predict(bundle: str | Path, image: str | Path, output: str | Path | None = N
         ranked = top_k(run(classifier_input(img, spec)), manifest.get("labels", []), k)
         return "\n".join(f"{p:7.2%}  {label}" for label, p in ranked)
     rgb, _ = to_rgb_u8(img)
-    out = upscale_rgb(run, rgb, spec, int(manifest["scale"]))
+    scale, tile, overlap = int(manifest["scale"]), tuple(spec["shape"][2:]), int(spec["overlap"])
+    out = upscale_rgb(lambda planes: upscale_array(run, planes, scale, tile=tile, overlap=overlap), rgb, scale,
+                      colour=spec["colour"])
     save_image(out, output)
     return f"wrote {output}: {rgb.shape[1]}x{rgb.shape[0]} -> {out.shape[1]}x{out.shape[0]} ({fmt} {precision})"
 

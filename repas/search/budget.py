@@ -40,7 +40,7 @@ class Budget:
         return self.alpha * (current_cost / self.target - 1.0) ** 2
 
 
-def resolve_target(spec: ArchSpec, metric: str = "macs", fraction: float | None = None,
+def resolve_target(spec: ArchSpec, metric: str = "macs", *, fraction: float | None = None,
                    absolute: str | float | None = None, model: CostFn | None = None) -> float:
     """The absolute target from a fraction of dense or an absolute number ('2.5M', '1.5ms').
 

@@ -21,30 +21,33 @@ Width = torch.Tensor | int | float
 CostFn = Callable[[Sequence[Width]], torch.Tensor | float]
 
 
-def cost(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> torch.Tensor | float:
-    """The cost of ``spec`` with layer l at ``widths[l]`` output channels."""
+def layer_costs(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> list[torch.Tensor | float]:
+    """The cost of every layer of ``spec`` with layer l at ``widths[l]`` output channels,
+    then of the head (classifier, or SR's fixed residual conv): one entry more than layers."""
     if metric not in METRICS:
         raise RepasError(f"unknown cost metric {metric!r}; expected one of {METRICS}")
     if len(widths) != len(spec.layers):
         raise ValueError(f"{len(widths)} widths for {len(spec.layers)} layers")
-    total: torch.Tensor | float = 0.0
+    out: list[torch.Tensor | float] = []
     c_in: Width = spec.in_channels
     for lay, (h, w), c_out in zip(spec.layers, spec.feature_sizes(), widths):
         k2 = lay.kernel * lay.kernel / lay.groups
-        if metric == "macs":
-            total = total + k2 * h * w * c_in * c_out
-        else:
-            total = total + k2 * c_in * c_out + c_out
+        out.append(k2 * h * w * c_in * c_out if metric == "macs" else k2 * c_in * c_out + c_out)
         c_in = c_out
     if spec.task == "super-resolution":
         # the global residual: a fixed 1x1 conv repeating the input (no parameters)
-        if metric == "macs":
-            h, w = spec.input_size
-            total = total + h * w * spec.in_channels * spec.in_channels * spec.scale ** 2
-    elif metric == "macs":
-        total = total + c_in * spec.num_classes
+        h, w = spec.input_size
+        out.append(h * w * spec.in_channels * spec.in_channels * spec.scale ** 2 if metric == "macs" else 0.0)
     else:
-        total = total + c_in * spec.num_classes + spec.num_classes
+        out.append(c_in * spec.num_classes + (0 if metric == "macs" else spec.num_classes))
+    return out
+
+
+def cost(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> torch.Tensor | float:
+    """The cost of ``spec`` with layer l at ``widths[l]`` output channels."""
+    total: torch.Tensor | float = 0.0
+    for part in layer_costs(spec, widths, metric):
+        total = total + part
     return total
 
 

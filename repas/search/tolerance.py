@@ -10,9 +10,12 @@ each target, from the trained net).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,8 +43,8 @@ def shrinking_targets(dense: float, shrink: float, floor: float) -> list[float]:
     return targets
 
 
-def tolerance_search(reference: float, targets: list[float], run_round: RoundFn, max_drop: float,
-                     log: Callable[[str], None] = print) -> tuple[Any, ToleranceRound | None, list[ToleranceRound]]:
+def tolerance_search(reference: float, targets: list[float], run_round: RoundFn, max_drop: float
+                     ) -> tuple[Any, ToleranceRound | None, list[ToleranceRound]]:
     """Rounds at ``targets`` (decreasing) until one's metric drops more than ``max_drop``
     below ``reference``, the schedule ends, or a round cannot prune further.
 
@@ -54,18 +57,18 @@ def tolerance_search(reference: float, targets: list[float], run_round: RoundFn,
     for k, target in enumerate(targets):
         out = run_round(target)
         if out is None:
-            log(f"tolerance round {k + 1}: target {target:.6g} cannot be met; stopping")
+            log.info(f"tolerance round {k + 1}: target {target:.6g} cannot be met; stopping")
             break
         widths, cost, value, state = out
         drop = reference - value
         r = ToleranceRound(target, cost, widths, value, drop, drop <= max_drop)
         rounds.append(r)
-        log(f"tolerance round {k + 1}: target {target:.6g}, widths {widths}, validation {value:.4g} "
+        log.info(f"tolerance round {k + 1}: target {target:.6g}, widths {widths}, validation {value:.4g} "
             f"(drop {drop:+.3g}, allowed {max_drop:g}) -> {'within' if r.within else 'broke it'}")
         if not r.within:
             break
         if best is not None and widths == best.widths:
-            log("tolerance: the widths no longer shrink; stopping")
+            log.info("tolerance: the widths no longer shrink; stopping")
             break
         best_state, best = state, r
     return best_state, best, rounds

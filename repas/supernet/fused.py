@@ -1,11 +1,11 @@
-"""Fusing a whole RepNet: every block becomes one conv, and the spec says so."""
+"""Fusing a whole network: every block becomes one conv, and a RepNet's spec says so."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from repas.reparam import fuse
+from repas.reparam import fuse as fuse_blocks
 from repas.spec import ArchSpec
 from repas.supernet.net import RepNet
 
@@ -31,7 +31,7 @@ def fuse_net(model: RepNet, inplace: bool = False) -> RepNet:
     identity), ``act(conv(x)) * b == act((b * W) x + b * bias)``; a switched-off channel
     becomes an all-zero row, which extraction then removes.
     """
-    out = fuse(model, inplace=inplace)
+    out = fuse_blocks(model, inplace=inplace)
     for i, gate in enumerate(out.gate_modules()):
         if gate is not None:
             b = gate.mask().to(gate.weight.dtype)
@@ -41,3 +41,12 @@ def fuse_net(model: RepNet, inplace: bool = False) -> RepNet:
             out.gates[i] = nn.Identity()
     out.spec = fused_spec(model.spec)
     return out
+
+
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The deploy form of ``model`` in eval mode: a RepNet becomes its plain conv/act net
+    with gates folded in and a spec that says so (``save_model`` then ``load_model``
+    round-trips it); any other module has every block with ``reparameterize()`` fused."""
+    if isinstance(model, RepNet):
+        return fuse_net(model, inplace=inplace)
+    return fuse_blocks(model, inplace=inplace)

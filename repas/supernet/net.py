@@ -9,18 +9,8 @@ from torch import nn
 from repas.errors import RepasError
 from repas.reparam import RepBlock
 from repas.spec import ArchSpec
+from repas.sr_geometry import residual_weight
 from repas.supernet.gate import BinaryGate
-
-
-def sr_residual_weight(channels: int, scale: int) -> torch.Tensor:
-    """A fixed 1x1 conv that repeats each input channel scale^2 times: before PixelShuffle it
-    is nearest-neighbour upsampling, written as a conv because XNNPACK delegates convs but
-    not ``Tensor.repeat``."""
-    r = scale * scale
-    weight = torch.zeros(channels * r, channels, 1, 1)
-    for c in range(channels):
-        weight[c * r:(c + 1) * r, c] = 1.0
-    return weight
 
 
 class RepNet(nn.Module):
@@ -42,7 +32,9 @@ class RepNet(nn.Module):
             self.gates.append(BinaryGate(lay.out_channels) if lay.gated else nn.Identity())
         self.super_resolution = spec.task == "super-resolution"
         if self.super_resolution:
-            self.register_buffer("residual", sr_residual_weight(spec.in_channels, spec.scale), persistent=False)
+            # nearest-neighbour upsampling of the input as a fixed 1x1 conv (XNNPACK takes it whole)
+            residual = torch.from_numpy(residual_weight(spec.in_channels, spec.scale))
+            self.register_buffer("residual", residual, persistent=False)
             self.shuffle = nn.PixelShuffle(spec.scale)
         else:
             self.pool = nn.AdaptiveAvgPool2d(1)
@@ -75,6 +67,11 @@ class RepNet(nn.Module):
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [g.weight for g in self.gate_modules() if g is not None]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter but the gates' (which learn by SGD of their own, without decay)."""
+        gates = {id(p) for p in self.gate_parameters()}
+        return [p for p in self.parameters() if id(p) not in gates]
 
     def channel_counts(self) -> list[torch.Tensor | int]:
         """Output channels of every layer: the gate's differentiable count, or the fixed width."""

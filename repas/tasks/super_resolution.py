@@ -1,4 +1,5 @@
-"""Super-resolution: L1 loss; PSNR / SSIM by the standard protocol; tiled full-image inference.
+"""Super-resolution: L1 loss; PSNR / SSIM by the standard protocol; tiled full-image inference
+(``repas.sr_geometry`` places the tiles, as it does for the deployed runner).
 
 The protocol: outputs are clamped and quantized to uint8, converted to the Y channel of
 BT.601 YCbCr (as MATLAB's rgb2ycbcr, Y in [16, 235]), ``scale`` border pixels are cropped,
@@ -14,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from repas.colour import rgb_to_cbcr, rgb_to_y, ycbcr_to_rgb
+from repas.colour import rgb_to_y, upscale_rgb
+from repas.sr_geometry import receptive_radius
+from repas.sr_geometry import upscale_tiled as upscale_windows
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,34 +67,14 @@ def sr_scores(output: torch.Tensor, target_u8: np.ndarray, scale: int) -> dict[s
     return {"psnr": psnr(out_y, hr_y), "ssim": ssim(out_y, hr_y)}
 
 
-def receptive_radius(model: torch.nn.Module) -> int:
-    """How many LR pixels away an output pixel can see: the sum of every conv's half-extent."""
-    radius = 0
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            radius += max(m.dilation[0] * (m.kernel_size[0] // 2), m.dilation[1] * (m.kernel_size[1] // 2))
-    return radius
-
-
 @torch.no_grad()
-def upscale_tiled(predict: Predict, lr: torch.Tensor, scale: int, tile: int = 128, overlap: int = 16) -> torch.Tensor:
-    """Super-resolve a (1, C, H, W) LR image tile by tile: each tile is read with ``overlap``
-    extra LR pixels on every side and only its centre is kept, so with an overlap of at
-    least the receptive radius the result equals untiled inference."""
-    _, c, h, w = lr.shape
-    if h <= tile and w <= tile:
-        return predict(lr)
-    out = lr.new_zeros(1, c, h * scale, w * scale)
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            ya, xa = max(y0 - overlap, 0), max(x0 - overlap, 0)
-            yb, xb = min(y1 + overlap, h), min(x1 + overlap, w)
-            sr = predict(lr[:, :, ya:yb, xa:xb])
-            oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
-            out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-                sr[:, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
-    return out
+def upscale_tiled(predict: Predict, lr: torch.Tensor, scale: int, *, tile: int = 128,
+                  overlap: int = 16) -> torch.Tensor:
+    """Super-resolve a (1, C, H, W) LR image tile by tile: each ``tile`` x ``tile`` block is
+    read with ``overlap`` extra LR pixels on every side and only the block is kept, so with
+    an overlap of at least the receptive radius the result equals untiled inference."""
+    window = tile + 2 * overlap
+    return upscale_windows(predict, lr, scale, window=(window, window), overlap=overlap, zeros=lr.new_zeros)
 
 
 class SuperResolutionTask:
@@ -109,9 +92,10 @@ class SuperResolutionTask:
     def evaluate(self, predict: Predict, images: Iterable[tuple[torch.Tensor, np.ndarray]]) -> dict[str, float]:
         """Mean PSNR / SSIM over (LR tensor (1, C, h, w) in [0, 1], HR uint8 (H, W, C)) pairs."""
         overlap = self.overlap
-        if overlap is None:
-            overlap = receptive_radius(predict) if isinstance(predict, torch.nn.Module) else 32
-        scores = [sr_scores(upscale_tiled(predict, lr, self.scale, self.tile, overlap)[0], hr, self.scale)
+        if overlap is None:  # a RepNet knows its radius; any other callable gets a generous default
+            net = getattr(predict, "module", predict)  # (DistributedDataParallel wraps the net)
+            overlap = receptive_radius(net) if hasattr(net, "spec") else 32
+        scores = [sr_scores(upscale_tiled(predict, lr, self.scale, tile=self.tile, overlap=overlap)[0], hr, self.scale)
                   for lr, hr in images]
         if not scores:
             return {"psnr": float("nan"), "ssim": float("nan")}
@@ -119,20 +103,13 @@ class SuperResolutionTask:
 
 
 @torch.no_grad()
-def upscale_image(predict: Predict, rgb: np.ndarray, scale: int, in_channels: int, tile: int = 256,
+def upscale_image(predict: Predict, rgb: np.ndarray, scale: int, in_channels: int, *, tile: int = 256,
                   overlap: int = 32) -> np.ndarray:
     """Super-resolve an (H, W, 3) uint8 RGB image. A one-channel (Y) model upscales the
     luma; the chroma is upscaled bicubically, as the standard Y protocol assumes."""
-    from PIL import Image
 
-    h, w = rgb.shape[:2]
-    if in_channels == 3:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()[None] / 255.0
-        return quantize(upscale_tiled(predict, x, scale, tile, overlap)[0])
-    y = torch.from_numpy(rgb_to_y(rgb) / 255.0).float()[None, None]
-    y_up = upscale_tiled(predict, y, scale, tile, overlap)[0, 0].clamp(0, 1).numpy() * 255.0
-    cb, cr = rgb_to_cbcr(rgb)
-    size = (w * scale, h * scale)
-    cb_up, cr_up = (np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize(size, Image.BICUBIC))
-                    for c in (cb, cr))
-    return np.clip(ycbcr_to_rgb(y_up, cb_up, cr_up) + 0.5, 0, 255).astype(np.uint8)
+    def upscale(planes: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(planes)[None]
+        return upscale_tiled(predict, x, scale, tile=tile, overlap=overlap)[0].cpu().numpy()
+
+    return upscale_rgb(upscale, rgb, scale, colour="rgb" if in_channels == 3 else "y")

@@ -1,4 +1,8 @@
-"""One trainer for dense training, search (gates + budget) and fine-tuning.
+"""One trainer for dense training, search and fine-tuning: one consumer of the library API.
+
+A search is training with extra loss terms: a pruning method's ``penalty()`` (PaS's budget
+loss, a baseline's regulariser) is added to the task loss and its ``after_step()`` runs
+after every update; gates that require grad learn by SGD of their own.
 
 Optimizers and schedulers come from timm, EMA is timm's ModelEmaV3, scalars go to
 tensorboard, progress to tqdm. After every epoch the full training state is written
@@ -17,11 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,26 +39,30 @@ from repas import distributed
 from repas.atomic import atomic_torch_save
 from repas.config import TrainConfig
 from repas.errors import Interrupted, RepasError
-from repas.search.budget import Budget
-from repas.search.extract import gate_masks
-from repas.search.regularizers import Regularizer
 from repas.supernet.fused import fuse_net
+from repas.supernet.gating import gate_widths
 from repas.supernet.net import RepNet
+from repas.train.checkpoint import read_checkpoint
+from repas.train.signals import StopSignals
 
 CHECKPOINT = "checkpoint.pt"
 
 
-class EpochLoader(Protocol):
-    """What the trainer iterates: batches of (input, target), reshuffled by ``set_epoch``
-    (TensorLoader for images with labels, PatchLoader for SR patches)."""
+class LossTerm(Protocol):
+    """What a search adds to training: a ``PruningMethod`` is one."""
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def penalty(self) -> torch.Tensor: ...
 
-    def __len__(self) -> int: ...
+    def after_step(self, update: int) -> None: ...
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def metrics(self) -> dict[str, float]: ...
 
-    def shard(self, rank: int, world: int) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+log = logging.getLogger(__name__)
 
 
 class _NoWriter:
@@ -68,9 +75,13 @@ class _NoWriter:
         pass
 
 
-def param_groups(model: RepNet, weight_decay: float) -> list[dict[str, Any]]:
+def _gate_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return model.gate_parameters() if hasattr(model, "gate_parameters") else []
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Conv/linear weights decay; biases and BN do not. Gates are not included."""
-    gate_ids = {id(p) for p in model.gate_parameters()}
+    gate_ids = {id(p) for p in _gate_parameters(model)}
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad or id(p) in gate_ids:
@@ -80,26 +91,25 @@ def param_groups(model: RepNet, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def gate_optimizer(model: RepNet, gate_lr: float) -> torch.optim.Optimizer | None:
+def gate_optimizer(model: torch.nn.Module, gate_lr: float) -> torch.optim.Optimizer | None:
     """Gates always learn by SGD with momentum, whatever optimizer the weights use: an
     adaptive optimizer (Adam) would move every gate of a layer by the same step under the
     budget's identical per-channel gradient and switch a whole layer off at once."""
-    gates = [p for p in model.gate_parameters() if p.requires_grad]
+    gates = [p for p in _gate_parameters(model) if p.requires_grad]
     return create_optimizer_v2(gates, opt="sgd", lr=gate_lr, weight_decay=0.0, momentum=0.9) if gates else None
 
 
 class Trainer:
-    """Trains ``model`` on ``task``; with a ``budget`` the gates are searched too."""
+    """Trains ``model`` on ``task`` (``loss(out, target)``, ``evaluate(model, batches)``)
+    with ``cfg``'s recipe; ``terms`` (pruning methods) add their penalty to the loss and
+    run their hook after every update. Checkpoints, tensorboard logs go to ``run_dir``."""
 
-    def __init__(self, model: RepNet, task: Any, cfg: TrainConfig, run_dir: str | Path,
-                 budget: Budget | None = None, gate_lr: float | None = None,
-                 log: Callable[[str], None] = print, progress: bool | None = None,
-                 regularizer: Regularizer | None = None, device: torch.device | None = None) -> None:
-        self.model, self.task, self.cfg, self.budget = model, task, cfg, budget
-        self.regularizer = regularizer  # a baseline method's penalty and per-update hook
+    def __init__(self, model: torch.nn.Module, task: Any, cfg: TrainConfig, run_dir: str | Path, *,
+                 terms: Sequence[LossTerm] = (), gate_lr: float | None = None, progress: bool | None = None,
+                 device: torch.device | None = None) -> None:
+        self.model, self.task, self.cfg, self.terms = model, task, cfg, list(terms)
         self.run_dir = Path(run_dir)
         self.main = distributed.is_main()
-        self.log = log if self.main else (lambda _: None)
         self.progress = progress if self.main else False
         self.device = device or distributed.device()
         model.to(self.device)
@@ -125,31 +135,8 @@ class Trainer:
         self.partial: dict[str, float] | None = None  # that epoch's loss sums so far
         # Called after every optimizer step with (epoch, step); tests use it to interrupt.
         self.step_hook: Callable[[int, int], None] | None = None
-        self.stop_signal: int | None = None  # a signal this process received
+        self.signals = StopSignals()  # SIGINT / SIGTERM: stop between two steps
         self.agreed_stop: int | None = None  # under DDP: a signal any process received
-
-    # ---- Ctrl-C and SIGTERM: stop between steps, never inside a write -------------------
-    def _catch_stop_signals(self) -> dict[int, Any]:
-        """SIGINT / SIGTERM set a flag that the loop honours after the current step; a second
-        signal stops at once. Only the main thread can own signal handlers."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum: int, frame: Any) -> None:
-            # a second Ctrl-C stops at once; repeated SIGTERMs (a launcher forwarding the
-            # scheduler's notice, then its own) must not abort the checkpoint being saved
-            if self.stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_signal = self.stop_signal or signum
-
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-        return previous
-
-    def _restore_signals(self, previous: dict[int, Any]) -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -166,13 +153,13 @@ class Trainer:
         mid-epoch checkpoint, None one written at the end of ``epoch``."""
         return {
             "epoch": epoch, "step": step, "partial": partial, "num_updates": self.num_updates,
-            "spec": self.model.spec.to_json(),
+            "spec": _spec_json(self.model),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "rng": torch.get_rng_state(), "history": self.history,
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "regularizer": self.regularizer.state_dict() if self.regularizer is not None else None,
+            "terms": [t.state_dict() for t in self.terms],
             "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
         }
 
@@ -182,15 +169,8 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise RepasError(f"--resume: no checkpoint at {path}; run without --resume to start") from None
-        except Exception as e:  # torch raises several types for a damaged zip
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise RepasError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {reason}); "
-                             "delete it to start over") from e
-        if state.get("spec") != self.model.spec.to_json():
+        state = read_checkpoint(path)
+        if state.get("spec") != _spec_json(self.model):
             raise RepasError(f"checkpoint {path} was written for another network spec; "
                              "use a fresh run directory or the matching config")
         saved = json.loads(state.get("config", "{}"))
@@ -202,7 +182,7 @@ class Trainer:
                              f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in changed)}); a resumed run "
                              "must use the same recipe (only epochs may change). Use a fresh run directory.")
         if saved.get("epochs", now["epochs"]) != now["epochs"]:
-            self.log(f"resuming with epochs {saved['epochs']} -> {now['epochs']}: the lr schedule changes, so the "
+            log.warning(f"resuming with epochs {saved['epochs']} -> {now['epochs']}: the lr schedule changes, so the "
                      "result will differ from an uninterrupted run of either length")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -213,8 +193,8 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        if self.regularizer is not None and state.get("regularizer") is not None:
-            self.regularizer.load_state_dict(_to_device(state["regularizer"], self.device))
+        for term, saved_term in zip(self.terms, state.get("terms") or []):
+            term.load_state_dict(_to_device(saved_term, self.device))
         self.history = list(state["history"])
         self.num_updates = int(state["num_updates"])
         step = state.get("step")
@@ -225,12 +205,18 @@ class Trainer:
 
     # ---- training ------------------------------------------------------------------
     def widths(self) -> list[int]:
-        return [int(m.sum()) for m in gate_masks(self.model)]
+        return gate_widths(self.model) if isinstance(self.model, RepNet) else []
 
-    def fit(self, train: EpochLoader, val: Iterable | None = None, resume: bool = False) -> dict[str, Any]:
-        """Train for ``cfg.epochs``; returns the last epoch's record (metrics, cost, widths)."""
+    def fit(self, train: Iterable, val: Iterable | None = None, resume: bool = False) -> dict[str, Any]:
+        """Train for ``cfg.epochs`` over ``train``, any iterable of (input, target) batches
+        with a length (a ``torch.utils.data.DataLoader``, or repas's loaders, reshuffled by
+        their ``set_epoch``); returns the last epoch's record (metrics, cost, widths)."""
         cfg = self.cfg
-        steps = len(train)
+        try:
+            steps = len(train)
+        except TypeError:
+            raise RepasError(f"the training batches ({type(train).__name__}) have no len(): the lr schedule needs "
+                             "the number of batches an epoch; pass a DataLoader or a list") from None
         if steps == 0:
             raise RepasError(f"batch size {cfg.batch_size} leaves no full training batch")
         schedulers = [create_scheduler_v2(opt, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
@@ -238,7 +224,7 @@ class Trainer:
                       for opt in (self.optimizer, self.gate_optimizer) if opt is not None]
         if resume:
             self.load_checkpoint()
-            self.log(f"resumed from {self.checkpoint_path} at epoch {self.start_epoch + 1}"
+            log.info(f"resumed from {self.checkpoint_path} at epoch {self.start_epoch + 1}"
                      + (f", step {self.start_step + 1}" if self.start_step else ""))
         if self.device.type != "cpu" and hasattr(train, "to_device"):
             train.to_device(self.device)  # augment on the GPU: the CPU alone cannot feed it
@@ -247,13 +233,17 @@ class Trainer:
             if cfg.batch_size % world:
                 raise RepasError(f"batch size {cfg.batch_size} (the global batch) does not split over {world} "
                                  f"processes: use a multiple of {world}")
-            train.shard(distributed.rank(), world)
+            if hasattr(train, "shard"):
+                train.shard(distributed.rank(), world)
+            elif not isinstance(getattr(train, "sampler", None), torch.utils.data.DistributedSampler):
+                raise RepasError("under torchrun each process needs its own slice of the data: give the DataLoader a "
+                                 "torch.utils.data.DistributedSampler")
         for scheduler in schedulers:
             scheduler.step_update(self.num_updates)  # the lr is a function of the update count
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.num_updates or None) if self.main \
             else _NoWriter()
-        previous = self._catch_stop_signals()
+        self.signals.catch()
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 skip, self.start_step = self.start_step, 0
@@ -267,29 +257,31 @@ class Trainer:
                     writer.add_scalar(f"width/layer{i:02d}", w, epoch)
                 self.history.append(record)
                 self.save_checkpoint(epoch)
-                self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in record.items()))
                 if self.stopping() and epoch + 1 < cfg.epochs:
                     raise Interrupted(self.stopping(), f"after epoch {epoch + 1}; checkpoint saved")
             if distributed.is_distributed():  # a signal in the last step: every process knows
-                self.agreed_stop = int(distributed.all_reduce_max([float(self.stop_signal or 0)])[0]) or None
+                self.agreed_stop = int(distributed.all_reduce_max([float(self.signals.received or 0)])[0]) or None
         finally:
-            self._restore_signals(previous)
+            self.signals.restore()
             writer.close()
         return self.history[-1] if self.history else {}
 
-    def _epoch(self, epoch: int, train: EpochLoader, schedulers: list[Any], writer: Any, skip: int = 0
+    def _epoch(self, epoch: int, train: Iterable, schedulers: list[Any], writer: Any, skip: int = 0
                ) -> dict[str, Any]:
         """One epoch, from batch ``skip`` on (the batches before it are drawn and dropped, so
         the data and augmentation stay those of an uninterrupted run)."""
         self.model.train()
-        train.set_epoch(epoch)
+        for reshuffled in (train, getattr(train, "sampler", None)):  # ours, or a DistributedSampler
+            if hasattr(reshuffled, "set_epoch"):
+                reshuffled.set_epoch(epoch)
+                break
         sums = dict(self.partial) if skip and self.partial else {"loss": 0.0, "task_loss": 0.0, "n": 0.0,
                                                                  "images": 0.0}
         self.partial = None
         started = time.perf_counter()
         images_now = 0
-        cost_value = None
         disable = None if self.progress is None else not self.progress  # None: only on a terminal
         bar = tqdm(train, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, disable=disable)
         dev, cfg = self.device, self.cfg
@@ -303,12 +295,8 @@ class Trainer:
                 out = self.forward(images)
             task_loss = self.task.loss(out.float(), labels)
             loss = task_loss
-            if self.budget is not None:
-                cost = self.budget.cost(self.model.channel_counts())
-                loss = loss + self.budget.loss(cost)
-                cost_value = cost.item()
-            if self.regularizer is not None:
-                loss = loss + self.regularizer.penalty(self.model)
+            for term in self.terms:
+                loss = loss + term.penalty()
             loss_value = loss.item()
             if self._agree(not math.isfinite(loss_value)):
                 last = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
@@ -323,8 +311,8 @@ class Trainer:
             for opt in optimizers:
                 opt.step()
             self.num_updates += 1
-            if self.regularizer is not None:
-                self.regularizer.after_step(self.model, self.num_updates)
+            for term in self.terms:
+                term.after_step(self.num_updates)
             for scheduler in schedulers:
                 scheduler.step_update(self.num_updates)
             if self.ema is not None:
@@ -337,8 +325,9 @@ class Trainer:
             if self.num_updates % 20 == 0:
                 writer.add_scalar("train/loss", loss_value, self.num_updates)
                 writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.num_updates)
-                if cost_value is not None:
-                    writer.add_scalar(f"train/{self.budget.metric}", cost_value, self.num_updates)
+                for term in self.terms:
+                    for key, value in term.metrics().items():
+                        writer.add_scalar(f"train/{key}", value, self.num_updates)
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
@@ -355,13 +344,13 @@ class Trainer:
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss / max(n, 1), "task_loss": task_loss / max(n, 1),
                                   "seconds": seconds,
                                   "images_per_s": images_now * distributed.world_size() / max(seconds, 1e-9)}
-        if self.budget is not None:
-            record[self.budget.metric] = float(self.budget.cost(self.widths()))
+        for term in self.terms:
+            record.update(term.metrics())
         return record
 
     def stopping(self) -> int | None:
         """The signal to stop for: this process's, or under DDP the one all processes agreed on."""
-        return self.agreed_stop if distributed.is_distributed() else self.stop_signal
+        return self.agreed_stop if distributed.is_distributed() else self.signals.received
 
     def _agree(self, bad_loss: bool) -> bool:
         """Under DDP, one collective a step makes every process see a bad loss or a stop
@@ -369,7 +358,7 @@ class Trainer:
         leave the others waiting in the next all-reduce). Returns: is the loss bad anywhere."""
         if not distributed.is_distributed():
             return bad_loss
-        bad, stop = distributed.all_reduce_max([float(bad_loss), float(self.stop_signal or 0)])
+        bad, stop = distributed.all_reduce_max([float(bad_loss), float(self.signals.received or 0)])
         self.agreed_stop = int(stop) or None
         return bad > 0
 
@@ -380,13 +369,20 @@ class Trainer:
         distributed.barrier()
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable, model: RepNet | None = None) -> dict[str, float]:
+    def evaluate(self, loader: Iterable, model: torch.nn.Module | None = None) -> dict[str, float]:
         """The task's metrics of ``model`` (default: the eval model), computed on its fused
-        copy (equal in eval mode, and several times faster for multi-branch nets)."""
-        model = fuse_net(model if model is not None else self.eval_model).eval()
+        copy where it is a RepNet (equal in eval mode, and several times faster)."""
+        model = model if model is not None else self.eval_model
+        model = (fuse_net(model) if isinstance(model, RepNet) else model).eval()
         if self.device.type == "cpu":
             return self.task.evaluate(model, loader)
         return self.task.evaluate(lambda x: model(x.to(self.device)).float().cpu(), loader)
+
+
+def _spec_json(model: torch.nn.Module) -> str | None:
+    """The network a checkpoint belongs to (a RepNet's spec; None for other modules)."""
+    spec = getattr(model, "spec", None)
+    return spec.to_json() if spec is not None else None
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

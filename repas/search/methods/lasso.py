@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from repas.errors import RepasError
 from repas.reparam import RepBlock
 from repas.reparam.branches import ConvBN
-from repas.search.baselines import global_masks
+from repas.search.allocation import global_masks
 from repas.search.budget import Budget
 from repas.search.importance import gated_layers
+from repas.search.methods.registry import PruningMethod, register_method
 from repas.supernet.net import RepNet
 
 Masks = list[torch.Tensor]
@@ -175,6 +176,17 @@ def lasso_masks(model: RepNet, x: torch.Tensor, budget: Budget, step: int = 1,
     reconstruct the dense outputs (its gates are left at the masks)."""
     model.eval()
     scores = lasso_scores(model, x)
-    masks = global_masks(model.spec, scores, budget, step, tolerance)
+    masks = global_masks(model.spec, scores, budget, step=step, tolerance=tolerance)
     reconstruct(model, masks, x)
     return masks, scores
+
+
+@register_method("lasso")
+class Lasso(PruningMethod):
+    summary = "LASSO channel selection with least-squares reconstruction (He et al.); needs sample inputs"
+    needs_inputs = True
+
+    def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
+        if inputs is None:
+            raise RepasError("method lasso samples feature maps: pass inputs (a batch of training images)")
+        return lasso_masks(self.model, inputs, self.budget, self.step, self.tolerance)

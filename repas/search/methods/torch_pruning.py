@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from repas.errors import RepasError
-from repas.search.baselines import fit_to_budget, full_scores
+from repas.search.allocation import fit_to_budget, full_scores
 from repas.search.budget import Budget
 from repas.search.importance import group_norms
+from repas.search.methods.registry import PruningMethod, register_method
 from repas.supernet.fused import fuse_net
 from repas.supernet.net import RepNet
 
@@ -85,4 +86,12 @@ def torch_pruning_masks(model: RepNet, budget: Budget, step: int = 1,
     with torch.no_grad():
         scores = full_scores(model.spec, group_norms(model))
     scores = [torch.where(m, s + s.max() + 1, s) for m, s in zip(best, scores)]  # TP's choice ranks first
-    return fit_to_budget(model.spec, best, scores, budget, step, tolerance), scores
+    return fit_to_budget(model.spec, best, scores, budget, step=step, tolerance=tolerance), scores
+
+
+@register_method("torch-pruning")
+class TorchPruning(PruningMethod):
+    summary = "the external peer: Torch-Pruning's global group-magnitude pruner on the fused net"
+
+    def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
+        return torch_pruning_masks(self.model, self.budget, self.step, self.tolerance)

@@ -1,0 +1,138 @@
+"""The pruning-method interface and the registry every method is found in.
+
+A method is one small class: built on a gated supernet and a budget, it offers the hooks
+a training loop calls (``penalty()`` added to the loss, ``after_step()`` after each
+optimizer step) and the decision at the end (``select()``: one mask per layer meeting the
+budget). ``prune()`` writes that decision into the gates; ``extract()`` then cuts the
+physically smaller net. Register a new one with ``@register_method("name")``: the CLI's
+``--method``, the config and ``create_method`` find it by that name, with no other edit.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from repas.errors import RepasError
+from repas.search.budget import Budget, resolve_target
+from repas.search.extract import extract_subnet
+from repas.supernet.gating import apply_masks
+from repas.supernet.net import RepNet
+
+Masks = list[torch.Tensor]
+M = TypeVar("M", bound="type[PruningMethod]")
+_METHODS: dict[str, type[PruningMethod]] = {}
+
+
+class PruningMethod:
+    """Decides which channels of ``model`` stay for ``budget``.
+
+    Class attributes say how a method is run: ``trains`` (it needs training epochs with its
+    hooks before it decides; otherwise it prunes the trained net in one shot),
+    ``learns_gates`` (its gates are trained by the loss, as in PaS; otherwise they stay
+    frozen until ``prune()`` writes the masks), ``needs_inputs`` (``select`` samples
+    feature maps from a batch of training inputs). ``step`` rounds widths to a multiple,
+    ``tolerance`` is the band under the target the cost must land in."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    trains: ClassVar[bool] = False
+    learns_gates: ClassVar[bool] = False
+    needs_inputs: ClassVar[bool] = False
+
+    def __init__(self, model: RepNet, budget: Budget, *, step: int = 1, tolerance: float = 0.03,
+                 strength: float | None = None, updates_per_epoch: int = 1, epochs: int = 1) -> None:
+        _require_gates(model, self.name)
+        self.model, self.budget = model, budget
+        self.step, self.tolerance, self.strength = step, tolerance, strength
+        self.updates_per_epoch, self.epochs = max(1, updates_per_epoch), max(1, epochs)
+        model.freeze_gates(not self.learns_gates)
+
+    # ---- hooks for the training loop -------------------------------------------------
+    def penalty(self) -> torch.Tensor:
+        """A term to add to the task loss (zero for methods that only prune)."""
+        return torch.zeros(())
+
+    def after_step(self, update: int) -> None:
+        """Called after optimizer step number ``update`` (counted from 1)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers worth logging once an epoch."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the model's and optimizers' state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- the decision ----------------------------------------------------------------
+    def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
+        """One mask per layer meeting the budget, and the scores that rank each layer's
+        channels (a later re-fit keeps that ranking)."""
+        raise NotImplementedError
+
+    def prune(self, inputs: torch.Tensor | None = None) -> list[int]:
+        """Write the selected masks into the gates (frozen); returns the widths."""
+        if self.needs_inputs and inputs is None:
+            raise RepasError(f"method {self.name} samples feature maps: pass inputs (a batch of training images)")
+        self.model.eval()
+        masks, scores = self.select(inputs)
+        apply_masks(self.model, masks, scores)
+        return [int(m.sum()) for m in masks]
+
+    def extract(self, inputs: torch.Tensor | None = None) -> RepNet:
+        """Prune, then cut the physically smaller net (no gates), equal to the gated one."""
+        self.prune(inputs)
+        return extract_subnet(self.model)
+
+
+def _require_gates(model: RepNet, method: str) -> None:
+    if not any(g is not None for g in model.gate_modules()):
+        raise RepasError(f"{model.spec.name} has no gated layer: method {method} needs a supernet "
+                         "(repas.create_model(name, gated=True))")
+
+
+def register_method(name: str) -> Callable[[M], M]:
+    """Class decorator: make a PruningMethod subclass available under ``name``."""
+    def wrap(cls: M) -> M:
+        if not (isinstance(cls, type) and issubclass(cls, PruningMethod)):
+            raise TypeError(f"@register_method({name!r}) decorates a PruningMethod subclass, not {cls!r}")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+    return wrap
+
+
+def list_methods() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[PruningMethod]:
+    """The class registered as ``name``; a clear error (with the nearest name) otherwise."""
+    if name not in _METHODS:
+        near = difflib.get_close_matches(str(name), list(_METHODS), n=1)
+        raise RepasError(f"pruning method {name!r} is unknown" + (f" (did you mean {near[0]!r}?)" if near else "")
+                         + f"; registered: {', '.join(list_methods())}")
+    return _METHODS[name]
+
+
+def create_method(name: str, model: RepNet, budget: Budget | None = None, *, target: float | str = 0.5,
+                  metric: str = "macs", alpha: float = 5.0, **options: Any) -> PruningMethod:
+    """Attach method ``name`` to a gated ``model``. The budget is ``budget``, or ``target``
+    (a fraction of the dense cost such as 0.5, or an absolute '2.5M') in ``metric``
+    (macs or params; latency needs a Budget with a LatencyModel). ``options``: step,
+    tolerance, strength, updates_per_epoch, epochs."""
+    cls = method_class(name)
+    _require_gates(model, name)
+    if budget is None:
+        fraction = target if isinstance(target, float | int) and 0 < float(target) <= 1 else None
+        absolute = None if fraction is not None else target
+        target_value = resolve_target(model.spec, metric, fraction=fraction, absolute=absolute)
+        budget = Budget(model.spec, target_value, metric, alpha)
+    return cls(model, budget, **options)

@@ -1,0 +1,111 @@
+"""The export stage: the deployment bundle of a fused net, written whole or not at all."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from repas.atomic import atomic_write_json, atomic_write_text
+from repas.config import PipelineConfig
+from repas.deploy import cpu_name, export_models, latency_each, write_manifest
+from repas.deploy.bundle import bundle_directory
+from repas.deploy.runner import onnx_runner, pte_runner
+from repas.spec import ArchSpec
+from repas.stages.common import (
+    check_task,
+    environment,
+    get_data,
+    model_facts,
+    record_config,
+    setup,
+    source_dir,
+    stage_dir,
+)
+from repas.supernet import load_model
+from repas.task_data import TaskData
+
+log = logging.getLogger("repas.stages")
+RUNTIMES = {"onnx": "onnxruntime", "pte": "executorch"}
+
+
+def export_formats(cfg: PipelineConfig) -> list[str]:
+    """The configured formats; by default onnx, plus pte where ExecuTorch is installed."""
+    if cfg.export.formats:
+        return list(cfg.export.formats)
+    from repas.deploy.executorch_export import executorch_available
+
+    return ["onnx", "pte"] if executorch_available() else ["onnx"]
+
+
+def export_shape(cfg: PipelineConfig, spec: ArchSpec) -> tuple[int, ...]:
+    """The static input shape of the exported files: batch 1 at the spec's input size, or
+    for SR the configured LR tile."""
+    tile = cfg.export.tile if spec.task == "super-resolution" and cfg.export.tile else spec.input_size
+    return (1, spec.in_channels, *tile)
+
+
+def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None, *,
+                 data: TaskData | None = None, formats: list[str] | None = None, int8: bool | None = None) -> Path:
+    """The deployment bundle: the fused net as .onnx / .pte files (float, and int8
+    calibrated on training inputs) at a static batch-1 shape, each float file checked
+    against PyTorch, every file scored on the test split through the runner ``repas
+    predict`` uses and timed on its runtime; ``model.json`` says how to use them. The
+    bundle is built in a fresh directory that replaces ``out`` only when all of it is done."""
+    setup(cfg)
+    src = source_dir(cfg, "export", source)
+    model = load_model(src).eval()
+    spec, e = model.spec, cfg.export
+    data = data or get_data(cfg)
+    check_task(spec, data, cfg, src)
+    shape = export_shape(cfg, spec)
+    formats = formats or export_formats(cfg)
+    int8 = e.int8 if int8 is None else int8
+    calibration = None
+    if int8:
+        calibration = data.calibration_inputs(shape, e.calibration or (16 if spec.task == "super-resolution" else 256))
+    if "pte" in formats:  # XNNPACK's threadpool is sized before the first program runs
+        from repas.deploy.executorch_export import set_executorch_threads
+
+        set_executorch_threads(e.threads)
+    out = Path(out or stage_dir(cfg, "export"))
+    with bundle_directory(out) as staging:
+        made = export_models(model, staging, shape, formats, calibration=calibration)
+        runners = {}
+        for fmt, files in made["files"].items():
+            for precision, name in files.items():
+                runners[f"{fmt} {precision}"] = ((lambda p=staging / name: onnx_runner(p, e.threads)) if fmt == "onnx"
+                                                  else (lambda p=staging / name: pte_runner(p)))
+        metrics = {k: data.score(make(), spec, shape) for k, make in runners.items()}
+        times = latency_each(runners, shape, warmup=e.warmup, runs=e.runs)
+        for k in runners:
+            shown = ", ".join(f"{m} {v:.4g}" for m, v in metrics[k].items())
+            log.info(f"export: {k}: {shown}, latency {times[k]:.3f} ms at {'x'.join(map(str, shape[2:]))} "
+                     f"({e.threads} thread)")
+        facts = model_facts(model)
+        latency_ms: dict[str, dict[str, float]] = {}
+        for k, v in times.items():
+            fmt, precision = k.split()
+            latency_ms.setdefault(RUNTIMES[fmt], {})[precision] = v
+        manifest = {"task": spec.task, "name": spec.name, "input": data.bundle_input(spec, shape),
+                    **({"scale": spec.scale, "output": "image in [0, 1], scale x the input's height and width"}
+                       if spec.task == "super-resolution" else
+                       {"labels": data.labels(), "output": "logits, one per label (softmax for probabilities)"}),
+                    "widths": facts["widths"], "macs": facts["macs"], "params": facts["params"],
+                    "files": made["files"], "checks": made["checks"], "metrics": metrics, "latency_ms": latency_ms,
+                    "latency_protocol": {"batch": 1, "input": list(shape), "threads": e.threads, "runs": e.runs,
+                                         "warmup": e.warmup, "statistic": "lowest of 5 sessions' medians",
+                                         "device": cpu_name()}}
+        write_manifest(staging, manifest)
+        primary = "onnx float" if "onnx float" in metrics else next(iter(metrics))
+        latency = {"median_ms": times[primary], "statistic": "lowest of 5 sessions' medians", "runs": e.runs,
+                   "threads": e.threads}
+        onnx_file = made["files"].get("onnx", {}).get("float")
+        report = {"stage": "export", "source": str(src), **facts, "formats": formats,
+                  "onnx": str(out / onnx_file) if onnx_file else None,
+                  "max_abs_diff_onnx_vs_torch": made["checks"].get("onnx_float_max_abs_diff"),
+                  "onnx_metrics": metrics[primary], "metrics": metrics, "latency": latency, "latency_ms": latency_ms,
+                  "checks": made["checks"], "latency_input": list(shape), "environment": environment()}
+        atomic_write_json(staging / "report.json", report)
+        atomic_write_text(staging / "spec.json", spec.to_json() + "\n")
+        record_config(staging, cfg)
+    return out

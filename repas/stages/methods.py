@@ -1,0 +1,54 @@
+"""Running a registered pruning method in the search stage. PaS learns its gates in
+training epochs; a method that trains (slimming, ADMM ...) trains with its regulariser and
+then writes its masks into the gates; a one-shot method (uniform, L1 ...) writes its masks
+at once. The extract stage reads the gates either way."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from repas.config import PipelineConfig
+from repas.search import Budget, PruningMethod, method_class
+from repas.stages.common import Resume, environment, model_facts, width_step
+from repas.stages.training import run_training
+from repas.supernet import RepNet
+from repas.task_data import TaskData
+
+log = logging.getLogger("repas.stages")
+
+
+def make_method(cfg: PipelineConfig, model: RepNet, budget: Budget, data: TaskData) -> PruningMethod:
+    """The configured method attached to ``model`` (its gates frozen unless it learns them)."""
+    s = cfg.search
+    return method_class(s.method)(model, budget, step=width_step(cfg, budget.model), tolerance=cfg.extract.tolerance,
+                                  strength=s.strength, updates_per_epoch=len(data.train_loader(s)), epochs=s.epochs)
+
+
+def sample_inputs(model: RepNet, data: TaskData) -> torch.Tensor:
+    """Training inputs for a method that samples feature maps (LASSO)."""
+    size = model.spec.input_size if model.spec.task != "super-resolution" else (48, 48)
+    n = 256 if model.spec.task != "super-resolution" else 16
+    return torch.cat(data.calibration_inputs((1, model.spec.in_channels, *size), n))
+
+
+def method_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Resume, data: TaskData
+                  ) -> tuple[RepNet, dict[str, Any]]:
+    """Run the configured method on ``model``: train with its hooks if it trains, then
+    (unless it learns its gates, as PaS does) write its masks into the gates."""
+    s = cfg.search
+    method = make_method(cfg, model, budget, data)
+    started = time.perf_counter()
+    report: dict[str, Any] = {"stage": "search"}
+    if method.trains:
+        model, report = run_training(cfg, "search", model, s, resume, data=data, terms=[method],
+                                     gate_lr=s.gate_lr if method.learns_gates else None)
+    if not method.learns_gates:
+        widths = method.prune(sample_inputs(model, data) if method.needs_inputs else None)
+        log.info(f"search ({s.method}): widths {widths}")
+    if not method.trains:
+        report.update({**model_facts(model), "seconds": time.perf_counter() - started, "environment": environment()})
+    return model, report

@@ -1,0 +1,93 @@
+"""``run_pipeline``: every stage in order, plus the dense net fused and exported for the
+comparison, and the summary (report.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from repas import distributed
+from repas.atomic import atomic_write_json, atomic_write_text
+from repas.config import PipelineConfig
+from repas.deploy import onnx_latency_each
+from repas.stages.common import CONFIG_FILE, STAGES, Resume, get_data, latency_table_path, read_report, stage_dir
+from repas.stages.export import export_stage
+from repas.stages.extract import extract_stage
+from repas.stages.fuse import fuse_stage
+from repas.stages.profile import profile_stage
+from repas.stages.report import summarize, summary_markdown
+from repas.stages.resume import newer
+from repas.stages.search import search_stage
+from repas.stages.training import finetune_stage, train_stage
+
+log = logging.getLogger("repas.stages")
+SUMMARY = "summary.json"
+
+
+def pipeline_complete(cfg: PipelineConfig) -> bool:
+    """The run directory holds a summary newer than every stage's output, made with this
+    config: ``--resume auto`` has nothing to do."""
+    run = Path(cfg.run_dir)
+    summary, saved = run / SUMMARY, run / CONFIG_FILE
+    if not (summary.exists() and saved.exists()):
+        return False
+    if json.loads(saved.read_text()) != json.loads(json.dumps(dataclasses.asdict(cfg))):
+        return False
+    outputs = [run / s / "report.json" for s in (*STAGES, "dense-fuse", "dense-export")]
+    return all(p.exists() and p.stat().st_mtime_ns <= summary.stat().st_mtime_ns for p in outputs)
+
+
+def _unless_done(resume: Resume, out: Path, source: Path) -> bool:
+    """A one-shot stage reruns, except under ``--resume auto`` when its output is newer
+    than its source's."""
+    return not (resume == "auto" and newer(out, source))
+
+
+def run_pipeline(cfg: PipelineConfig, *, resume: Resume = False) -> dict[str, Any] | None:
+    """All stages, plus the dense net fused and exported for comparison; writes report.md.
+    Under torchrun every process trains, searches and fine-tunes; rank 0 alone extracts,
+    fuses, exports and reports (the others return None)."""
+    run = Path(cfg.run_dir)
+    if resume == "auto" and pipeline_complete(cfg):
+        log.info(f"pipeline: complete in {run}, nothing to do (--resume auto); the report is {run / 'report.md'}")
+        return json.loads((run / SUMMARY).read_text())
+    started = time.perf_counter()
+    data = get_data(cfg)
+    if cfg.search.metric == "latency" and not latency_table_path(cfg).exists() and distributed.is_main():
+        log.info(f"no latency table at {latency_table_path(cfg)}: measuring one on this machine")
+        profile_stage(cfg, data=data)
+    distributed.barrier()
+    train_stage(cfg, resume=resume, data=data)
+    search_stage(cfg, resume=resume, data=data)
+    if distributed.is_main() and _unless_done(resume, stage_dir(cfg, "extract"), stage_dir(cfg, "search")):
+        extract_stage(cfg)
+    distributed.barrier()
+    finetune_stage(cfg, resume=resume, data=data)
+    if not distributed.is_main():
+        return None
+    if _unless_done(resume, stage_dir(cfg, "fuse"), stage_dir(cfg, "finetune")):
+        fuse_stage(cfg)
+    if _unless_done(resume, stage_dir(cfg, "export"), stage_dir(cfg, "fuse")):
+        export_stage(cfg, data=data)
+    if _unless_done(resume, run / "dense-fuse", stage_dir(cfg, "train")):
+        fuse_stage(cfg, source=run / "train", out=run / "dense-fuse")
+    if _unless_done(resume, run / "dense-export", run / "dense-fuse"):
+        # the dense net, for the comparison only: float ONNX
+        export_stage(cfg, source=run / "dense-fuse", out=run / "dense-export", data=data, formats=["onnx"],
+                     int8=False)
+    e = cfg.export
+    shape = tuple(read_report(run / "export")["latency_input"])
+    latency = onnx_latency_each({"dense": run / "dense-export" / "model.onnx",
+                                 "searched": run / "export" / "model.onnx"}, shape, threads=e.threads,
+                                warmup=e.warmup, runs=e.runs)
+    latency = {k: {"median_ms": v} for k, v in latency.items()}
+    summary = summarize(cfg, latency, time.perf_counter() - started, data.primary, data.baseline())
+    atomic_write_json(run / CONFIG_FILE, dataclasses.asdict(cfg))
+    atomic_write_json(run / SUMMARY, summary)
+    atomic_write_text(run / "report.md", summary_markdown(summary))
+    log.info("\n" + summary_markdown(summary))
+    return summary

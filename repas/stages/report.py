@@ -1,0 +1,102 @@
+"""The pipeline's summary: dense against searched net, as JSON and as report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from repas.config import PipelineConfig
+from repas.search import LatencyModel
+from repas.search.cost import format_cost
+from repas.spec import ArchSpec
+from repas.stages.common import environment, latency_table_path, read_report
+
+
+def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds: float, primary: str,
+              baseline: dict[str, float] | None = None) -> dict[str, Any]:
+    run = Path(cfg.run_dir)
+    train, search, extract = read_report(run / "train"), read_report(run / "search"), read_report(run / "extract")
+    finetune = read_report(run / "finetune")
+
+    table = latency_table_path(cfg)
+
+    def row(export: dict[str, Any], trained: dict[str, Any], which: str) -> dict[str, Any]:
+        predicted = None
+        if table.exists():
+            spec = ArchSpec.load(run / ("dense-export" if which == "dense" else "export"))
+            predicted = float(LatencyModel.load(table, spec)(spec.widths))
+        return {"widths": export["widths"], "macs": export["macs"], "params": export["params"],
+                "torch": trained["test"][primary], "onnx": export["onnx_metrics"][primary],
+                "onnx_ms": latency[which]["median_ms"], "predicted_ms": predicted,
+                "metrics": export.get("metrics", {}), "latency_ms": export.get("latency_ms", {})}
+
+    return {
+        "run_dir": str(run), "seconds": seconds, "environment": environment(), "metric": primary,
+        "target": extract["target"], "cost_metric": extract["metric"], "cost_vs_target": extract["cost_vs_target"],
+        "method": search.get("method", cfg.search.method), "search_end_widths": search["widths"],
+        "threshold_widths": extract["threshold_widths"],
+        "warnings": list(dict.fromkeys(search.get("warnings", []) + extract.get("warnings", []))),
+        "dense": row(read_report(run / "dense-export"), train, "dense"),
+        "searched": row(read_report(run / "export"), finetune, "searched"),
+        "baseline": baseline, "threads": cfg.export.threads,
+        "latency_input": read_report(run / "export")["latency_input"],
+        "tolerance": search.get("tolerance"),
+    }
+
+
+def _bundle_cell(row: dict[str, Any], fmt: str, runtime: str, precision: str, metric: str) -> str:
+    """A bundle file's test metric and latency in the report ("-" where it was not made)."""
+    key = f"{fmt} {precision}"
+    if key not in row.get("metrics", {}):
+        return "-"
+    return f"{row['metrics'][key][metric]:.2f}, {row['latency_ms'][runtime][precision]:.3f} ms"
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    d, p = s["dense"], s["searched"]
+    metric = {"top1": "top-1 (%)", "psnr": "PSNR (dB, Y)"}.get(s["metric"], s["metric"])
+    size = "x".join(map(str, s["latency_input"][2:]))
+    rows = [
+        ("widths", " / ".join(map(str, d["widths"])), " / ".join(map(str, p["widths"]))),
+        ("MACs", f"{d['macs'] / 1e6:.3f} M", f"{p['macs'] / 1e6:.3f} M ({p['macs'] / d['macs']:.1%} of dense)"),
+        ("params", f"{d['params'] / 1e3:.1f} K", f"{p['params'] / 1e3:.1f} K"),
+        (f"{metric}, PyTorch", f"{d['torch']:.2f}", f"{p['torch']:.2f}"),
+        (f"{metric}, fused ONNX", f"{d['onnx']:.2f}", f"{p['onnx']:.2f}"),
+        (f"ONNX latency, batch 1 at {size}, {s['threads']} thread", f"{d['onnx_ms']:.3f} ms",
+         f"{p['onnx_ms']:.3f} ms"),
+    ]
+    for fmt, runtime, name in (("onnx", "onnxruntime", "ONNX"), ("pte", "executorch", "ExecuTorch")):
+        for precision in ("float", "int8"):
+            if (fmt, precision) != ("onnx", "float") and f"{fmt} {precision}" in p.get("metrics", {}):
+                rows.append((f"{metric} and latency, {name} {precision}",
+                             *(_bundle_cell(r, fmt, runtime, precision, s["metric"]) for r in (d, p))))
+    if d.get("predicted_ms") is not None:
+        rows.append(("latency predicted by the table", f"{d['predicted_ms']:.3f} ms", f"{p['predicted_ms']:.3f} ms"))
+    env = s["environment"]
+    lines = [f"# repas run {s['run_dir']}", "",
+             f"{env['date']}, {env['processor']}, torch {env['torch']}, {s['seconds'] / 60:.1f} min in all. "
+             f"Widths chosen by method {s.get('method', 'pas')}. Target {s['cost_metric']} "
+             f"{format_cost(s['target'], s['cost_metric'])}; the searched net is at "
+             f"{s['cost_vs_target']:.3f} x target.",
+             "",
+             "| | dense | searched |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    t = s.get("tolerance")
+    if t:
+        got, broke = t["accepted"], t["broke"]
+        text = (f"Error-tolerance search: the smallest net whose validation {t['metric']} (after each round's recovery "
+                f"epochs, before fine-tuning) "
+                f"stays within {t['max_drop']:g} of the dense net's {t['reference']:.2f}, in "
+                f"{len(t['rounds'])} rounds: ")
+        text += (f"{got['value']:.2f} (drop {got['drop']:.2f}) at {format_cost(got['cost'], s['cost_metric'])}"
+                 if got else "no round stayed within it, so the net is the dense one")
+        if broke:
+            text += (f"; the next round, at {format_cost(broke['cost'], s['cost_metric'])}, dropped "
+                     f"{broke['drop']:.2f}")
+        lines += ["", text + "."]
+    if s.get("warnings"):
+        lines += ["", "**Warnings:**", ""] + [f"- {w}" for w in s["warnings"]]
+    if s.get("baseline"):
+        lines += ["", "Bicubic upscaling on the same images: " +
+                  ", ".join(f"{k} {v:.4f}" for k, v in s["baseline"].items()) + "."]
+    return "\n".join(lines) + "\n"

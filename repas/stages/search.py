@@ -1,0 +1,95 @@
+"""The search stage: a pruning method chooses the widths of the trained supernet under the
+budget (``repas.stages.methods``), or, in error-tolerance mode, under a largest allowed
+drop of the validation metric (``repas.stages.tolerance``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from repas import distributed
+from repas.config import PipelineConfig
+from repas.errors import RepasError
+from repas.search import Budget, gate_widths, resolve_target
+from repas.search.cost import format_cost
+from repas.stages.common import (
+    Resume,
+    cost_model,
+    model_facts,
+    save_stage,
+    stage_dir,
+    warn,
+)
+from repas.stages.methods import method_search
+from repas.stages.tolerance import tolerance_search_stage
+from repas.stages.training import open_stage
+from repas.supernet import RepNet
+from repas.task_data import TaskData
+
+log = logging.getLogger("repas.stages")
+# a search whose gates end this far from the target did not decide the widths
+FAR_ABOVE, FAR_BELOW = 1.3, 0.5
+
+
+def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
+    s = cfg.search
+    fraction = None if s.target_abs is not None else s.target
+    fn = cost_model(cfg, model.spec, s.metric)
+    target = resolve_target(model.spec, s.metric, fraction=fraction, absolute=s.target_abs, model=fn)
+    return Budget(model.spec, target, s.metric, s.alpha, fn)
+
+
+def search_stage(cfg: PipelineConfig, source: str | Path | None = None, *, resume: Resume = False,
+                 data: TaskData | None = None) -> Path:
+    """Choose the widths of a (trained) supernet under the budget with ``search.method``."""
+    opened = open_stage(cfg, "search", source, cfg.search, resume, data)
+    if opened is None:
+        return stage_dir(cfg, "search")
+    _, resume, model, data = opened
+    if not any(g is not None for g in model.gate_modules()):
+        raise RepasError(f"{model.spec.name} has no gated layer: search needs a supernet spec")
+    if cfg.search.max_drop is not None:
+        if distributed.is_distributed():
+            raise RepasError("the error-tolerance search (search.max_drop) runs in one process: launch it without "
+                             "torchrun")
+        model, report, budget = tolerance_search_stage(cfg, model, data)
+        return save_search(cfg, model, report, budget)
+    budget = search_budget(cfg, model)
+    log.info(f"search ({cfg.search.method}): target {budget.metric} {format_cost(budget.target, budget.metric)} "
+             f"(dense {format_cost(float(budget.cost(model.spec.widths)), budget.metric)})")
+    dense = model_facts(model)
+    model, report = method_search(cfg, model, budget, resume, data)
+    report["supernet"] = dense
+    return save_search(cfg, model, report, budget)
+
+
+def save_search(cfg: PipelineConfig, model: RepNet, report: dict[str, Any], budget: Budget) -> Path:
+    """The report leads with the result: the searched widths and their cost (the supernet's
+    own under ``supernet``), and warns where the search did not decide the widths."""
+    widths = gate_widths(model)
+    cost = float(budget.cost(widths))
+    report.setdefault("supernet", model_facts(model))
+    report.update({"widths": widths, "method": cfg.search.method, "target": budget.target, "metric": budget.metric,
+                   f"searched_{budget.metric}": cost, "cost_vs_target": cost / budget.target})
+    if cfg.search.max_drop is None:
+        check_search(report, widths, cost, budget)
+    return save_stage(model, stage_dir(cfg, "search"), report, cfg)
+
+
+def check_search(report: dict[str, Any], widths: list[int], cost: float, budget: Budget) -> None:
+    """Say so where the gates ended far from the target: the extract stage's fit then
+    decides the widths by ranking, not the search."""
+    ratio = cost / budget.target
+    if ratio > FAR_ABOVE:
+        warn(report, f"the search ended at {ratio:.2f} x its target ({format_cost(cost, budget.metric)} "
+                     f"{budget.metric}): its gates did not reach the budget, so the widths will come from the "
+                     "extract stage's fit by gate ranking; raise search.alpha, search.gate_lr or search.epochs")
+    elif ratio < FAR_BELOW:
+        warn(report, f"the search collapsed to {ratio:.2f} x its target ({format_cost(cost, budget.metric)} "
+                     f"{budget.metric}): lower search.alpha or search.gate_lr")
+    thin = [i for i, (w, full) in enumerate(zip(widths, report["supernet"]["widths"])) if full > 1 and w <= 1]
+    if thin:
+        warn(report, f"layers {thin} were searched down to one channel: the net is nearly cut in two there; "
+                     "lower search.alpha or raise the target")
+

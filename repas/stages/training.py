@@ -1,0 +1,87 @@
+"""The stages that train a net at fixed widths: the dense supernet (``train``) and the
+extracted subnet (``finetune``), and the runner the search stage shares with them."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from repas.config import PipelineConfig, TrainConfig
+from repas.stages.common import (
+    Resume,
+    check_task,
+    environment,
+    get_data,
+    model_facts,
+    save_stage,
+    setup,
+    source_dir,
+    stage_dir,
+)
+from repas.stages.resume import resolve_resume
+from repas.supernet import RepNet, build, load_model
+from repas.task_data import TaskData, shaped_spec
+from repas.train import LossTerm, Trainer
+
+
+def run_training(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, resume: Resume, *,
+                 data: TaskData, terms: Sequence[LossTerm] = (), gate_lr: float | None = None
+                 ) -> tuple[RepNet, dict[str, Any]]:
+    """Train ``model`` for ``tcfg.epochs`` in ``<run_dir>/<stage>``; returns the net to keep
+    (the EMA net of a plain training run; a search keeps its own gates) and its report."""
+    train, test = data.train_loader(tcfg), data.eval_batches(tcfg)
+    task = data.task(tcfg, model.spec)
+    trainer = Trainer(model, task, tcfg, stage_dir(cfg, stage), terms=terms, gate_lr=gate_lr)
+    started = time.perf_counter()
+    trainer.fit(train, test, resume=bool(resume))
+    final = trainer.eval_model if not terms else model
+    metrics = trainer.evaluate(test, final)
+    final.cpu()
+    report = {"stage": stage, **model_facts(final), "test": metrics, "seconds": time.perf_counter() - started,
+              "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": environment()}
+    if trainer.stopping():  # the signal came in the last epoch: the stage is saved, then the run stops
+        report["stopped_by_signal"] = trainer.stopping()
+    return final, report
+
+
+def train_stage(cfg: PipelineConfig, *, resume: Resume = False, data: TaskData | None = None) -> Path:
+    """Train the dense supernet (gates frozen at all-on)."""
+    setup(cfg)
+    resume = resolve_resume(resume, cfg, "train", cfg.train, None)
+    if resume is None:
+        return stage_dir(cfg, "train")
+    data = data or get_data(cfg)
+    model = build(shaped_spec(cfg, data))
+    model.freeze_gates()
+    model, report = run_training(cfg, "train", model, cfg.train, resume, data=data)
+    return save_stage(model, stage_dir(cfg, "train"), report, cfg)
+
+
+def open_stage(cfg: PipelineConfig, stage: str, source: str | Path | None, tcfg: TrainConfig, resume: Resume,
+               data: TaskData | None) -> tuple[Path, bool, RepNet, TaskData] | None:
+    """What a training stage on a model directory starts from: the source directory, whether
+    to resume, the model and the data (checked to be of the model's task); None when
+    ``--resume auto`` finds the stage complete."""
+    setup(cfg)
+    src = source_dir(cfg, stage, source)
+    resumed = resolve_resume(resume, cfg, stage, tcfg, src)
+    if resumed is None:
+        return None
+    model = load_model(src)
+    data = data or get_data(cfg)
+    check_task(model.spec, data, cfg, src)
+    return src, resumed, model, data
+
+
+def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, *, resume: Resume = False,
+                   data: TaskData | None = None) -> Path:
+    """Train the extracted (physically smaller) multi-branch net."""
+    opened = open_stage(cfg, "finetune", source, cfg.finetune, resume, data)
+    if opened is None:
+        return stage_dir(cfg, "finetune")
+    _, resumed, model, data = opened
+    model, report = run_training(cfg, "finetune", model, cfg.finetune, resumed, data=data)
+    return save_stage(model, stage_dir(cfg, "finetune"), report, cfg)
