@@ -91,10 +91,10 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
         checks["onnx_float_max_abs_diff"] = diff
         if diff > tolerance:
             raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> {tolerance:g}): please report")
-        log.info(f"export: {path}, |onnxruntime - torch| = {diff:.1e}")
+        log.info(f"export: {path.name}, |onnxruntime - torch| = {diff:.1e}")
         if calibration:
             quantize_onnx(path, add("onnx", "int8"), calibration)
-            log.info(f"export: {out / FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} "
+            log.info(f"export: {FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} "
                      "calibration inputs)")
     if "pte" in formats:
         checks["executorch"] = executorch_version()
@@ -116,9 +116,9 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
                 if diff > tolerance:
                     raise RepasError(f"ExecuTorch output differs from PyTorch by {diff:.2e} (> {tolerance:g}): "
                                      "please report")
-                log.info(f"export: {path}, fully delegated to XNNPACK, |executorch - torch| = {diff:.1e}")
+                log.info(f"export: {path.name}, fully delegated to XNNPACK, |executorch - torch| = {diff:.1e}")
             else:
-                log.info(f"export: {path} (int8 PT2E), fully delegated to XNNPACK")
+                log.info(f"export: {path.name} (int8 PT2E), fully delegated to XNNPACK")
     return {"files": files, "checks": checks}
 
 

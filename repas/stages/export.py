@@ -108,4 +108,6 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
         atomic_write_json(staging / "report.json", report)
         atomic_write_text(staging / "spec.json", spec.to_json() + "\n")
         record_config(staging, cfg)
+    log.info(f"export: the bundle is {out} ({', '.join(sorted(n for f in made['files'].values() for n in f.values()))}"
+             ", model.json)")
     return out
