@@ -163,13 +163,30 @@ class IdentityBN(nn.Module):
         gather = [j if j >= 0 else self.in_channels for j in index_map]
         self.register_buffer("gather", torch.tensor(gather, dtype=torch.long), persistent=False)
 
+    def _gathered(self, x: torch.Tensor) -> torch.Tensor:
+        """Output channel j's input: channel ``index_map[j]`` of ``x``, or zeros."""
+        if self.plain:
+            return x
+        n, _, h, w = x.shape
+        return torch.cat([x, x.new_zeros(n, 1, h, w)], dim=1).index_select(1, self.gather)
+
     def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None) -> torch.Tensor:
-        if in_scale is not None:
-            x = x * in_scale.view(1, -1, 1, 1)
-        if not self.plain:
-            n, _, h, w = x.shape
-            x = torch.cat([x, x.new_zeros(n, 1, h, w)], dim=1).index_select(1, self.gather)
-        return self.bn(x) if self.bn is not None else x
+        if in_scale is None:
+            return self.bn(self._gathered(x)) if self.bn is not None else self._gathered(x)
+        if self.bn is None or not self.bn.training or not in_scale.requires_grad:  # (BN frozen: no issue)
+            y = self._gathered(x * in_scale.view(1, -1, 1, 1))
+            return self.bn(y) if self.bn is not None else y
+        # Training a gate: BN(x * s) is computed with s detached (the same values and running
+        # statistics), and the gate's gradient comes from (s - s.detach()) * (BN(x) - beta),
+        # zero in value. Without this, an off gate (s = 0) feeds BN a zero-variance channel,
+        # whose backward multiplies the gate's gradient by gamma / sqrt(eps) (about 300x).
+        # With it, the gate hears what the channel's identity path adds when on: gamma * x_hat.
+        hard = in_scale.detach()
+        y = self.bn(self._gathered(x * hard.view(1, -1, 1, 1)))
+        on_output = F.batch_norm(self._gathered(x), None, None, self.bn.weight, None, training=True,
+                                 eps=self.bn.eps)
+        change = self._gathered((in_scale - hard).view(1, -1, 1, 1))
+        return y + change * on_output
 
     def equivalent_kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         per_group = self.in_channels // self.groups
