@@ -84,11 +84,19 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast for the forward pass (CUDA; also runs on CPU)
     channels_last: bool = False  # NHWC memory format: faster convs on tensor-core GPUs
     compile: bool = False  # torch.compile the training forward
+    # Distillation from the dense net (the train stage's output) in the search and fine-tune
+    # stages: loss = (1 - distill) * task + distill * teacher term (KL at distill_temperature
+    # for classification, L1 to the teacher's image for SR). 0: off.
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1, checkpoint_every=0)
         if self.lr <= 0:
             raise RepasError(f"training lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.distill <= 1.0 or self.distill_temperature <= 0:
+            raise RepasError(f"training distill must lie in [0, 1] and distill_temperature be > 0, got "
+                             f"{self.distill} and {self.distill_temperature}")
 
 
 @dataclass

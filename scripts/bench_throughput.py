@@ -53,6 +53,7 @@ def search_rate(args: argparse.Namespace, images: TensorImages, **options: bool)
     cfg = SearchConfig(epochs=2, batch_size=args.batch, **options)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, ClassificationTask(0.1), cfg, tmp, terms=[create_method("pas", model, budget)],
+                          gate_lr=cfg.gate_lr,
                           progress=False, device=torch.device(args.device))
         trainer.fit(TensorLoader(images, args.batch, shuffle=True, augment=True, drop_last=True))
     return trainer.history[-1]["images_per_s"]

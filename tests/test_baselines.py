@@ -52,7 +52,7 @@ def inputs(n: int = 32) -> torch.Tensor:
 def train_with(model, method, steps: int = 8, lr: float = 0.01, task: bool = True):
     """A plain loop with the method's hooks (a PruningMethod, or None)."""
     x = inputs()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    opt = torch.optim.SGD([p for p in model.weight_parameters() if p.requires_grad], lr=lr)
     model.train(task)  # without the task loss, BN statistics stay as they are
     for update in range(1, steps + 1):
         loss = (model(x).square().mean() if task else 0) + (method.penalty() if method is not None else 0)
@@ -210,3 +210,29 @@ def test_unknown_methods_missing_inputs_and_ungated_models_are_clear_errors():
 
     with pytest.raises(RepasError, match="has no gated layer"):
         create_method("l1", create_model("repvgg-fmnist", gated=False), target=0.5)
+
+
+def test_taylor_prunes_in_rounds_toward_the_target_and_never_brings_a_channel_back():
+    model = supernet()
+    budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
+    method = attach("taylor", model, budget)  # 8 updates: a round after each of the first 4
+    dense = spec_cost(model.spec)
+    x = inputs()
+    opt = torch.optim.SGD([p for p in model.weight_parameters() if p.requires_grad], lr=0.01)
+    costs, previous = [], [torch.ones(w, dtype=torch.bool) for w in model.spec.widths]
+    for update in range(1, 5):
+        loss = model.train()(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        assert all(g.weight.grad is not None for g in model.gate_modules() if g is not None)  # it hears the loss
+        opt.step()
+        method.after_step(update)
+        masks = gate_masks(model)
+        assert all(bool((m <= p).all()) for m, p in zip(masks, previous))  # pruned channels stay pruned
+        previous = masks
+        costs.append(float(budget.model([int(m.sum()) for m in masks])))
+        goal = dense - (dense - budget.target) * update / 4
+        assert costs[-1] <= goal
+    assert costs == sorted(costs, reverse=True) and costs[0] < dense and costs[-1] <= budget.target
+    widths = method.prune()
+    assert 0.97 * budget.target <= float(budget.model(widths)) <= budget.target

@@ -305,3 +305,19 @@ def test_info_on_a_searched_supernet_shows_the_widths_its_gates_keep(tmp_path, c
     code, out, _ = run(capsys, "info", tmp_path)
     assert code == 0 and "widths are those its gates keep" in out
     assert "7/12" in out.splitlines()[3]
+
+
+def test_finetune_distills_from_the_runs_dense_net(pipeline_run, tmp_path, capsys):
+    import shutil
+
+    run_dir, data = pipeline_run
+    shutil.copytree(run_dir / "extract", tmp_path / "extract")
+    code, _, err = run(capsys, "finetune", "--run-dir", tmp_path, "--data", data, "--epochs", "1", *QUICK,
+                       "--set", "finetune.distill=0.5")
+    assert code == 2 and "needs the dense net as its teacher" in err  # no RUN_DIR/train here
+    shutil.copytree(run_dir / "train", tmp_path / "train")
+    code, _, err = run(capsys, "finetune", "--run-dir", tmp_path, "--data", data, "--epochs", "1", *QUICK,
+                       "--set", "finetune.distill=0.5")
+    assert code == 0, err
+    report = json.loads((tmp_path / "finetune" / "report.json").read_text())
+    assert report["config"]["distill"] == 0.5 and report["test"]["top1"] > 0

@@ -174,3 +174,30 @@ def test_any_sized_iterable_of_batches_trains(tmp_path):
     assert t.num_updates == len(plain)
     with pytest.raises(RepasError, match="have no len"):
         make_trainer(tmp_path / "gen", TrainConfig(epochs=1)).fit(iter(list(plain)))
+
+
+def test_distillation_pulls_the_student_to_its_teacher(tmp_path):
+    """distill=1: the loss is the teacher term alone, and training brings the student's
+    predictions to the teacher's (which ignores the labels: it would not happen by the task)."""
+    task = ClassificationTask(0.0)
+    logits = torch.randn(8, 5)
+    assert float(task.distill_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(task.distill_loss(logits, -logits, 4.0)) > 0.1
+    torch.manual_seed(3)
+    teacher = build(tiny_spec()).eval()
+    data = toy_data()
+    x = data.normalize(data.images[:64])
+
+    def gap(model):
+        with torch.no_grad():
+            return float(task.distill_loss(model.eval()(x), teacher(x), 1.0))
+
+    cfg = TrainConfig(epochs=3, lr=0.05, distill=1.0, distill_temperature=1.0)
+    with pytest.raises(RepasError, match="needs a teacher"):
+        make_trainer(tmp_path / "none", cfg)
+    t = make_trainer(tmp_path / "kd", TrainConfig(epochs=1, lr=0.05))
+    model = t.model
+    before = gap(model)
+    t = Trainer(model, task, cfg, tmp_path / "kd2", teacher=teacher, progress=False)
+    t.fit(loader())
+    assert gap(t.model) < 0.5 * before

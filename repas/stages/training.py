@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from repas.config import PipelineConfig, TrainConfig
+from repas.errors import RepasError
 from repas.stages.common import (
     Resume,
     check_task,
@@ -22,7 +23,7 @@ from repas.stages.common import (
     stage_dir,
 )
 from repas.stages.resume import resolve_resume
-from repas.supernet import RepNet, build, load_model
+from repas.supernet import RepNet, build, fuse, load_model
 from repas.task_data import TaskData, shaped_spec
 from repas.train import LossTerm, Trainer
 
@@ -34,7 +35,8 @@ def run_training(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConf
     (the EMA net of a plain training run; a search keeps its own gates) and its report."""
     train, test = data.train_loader(tcfg), data.eval_batches(tcfg)
     task = data.task(tcfg, model.spec)
-    trainer = Trainer(model, task, tcfg, stage_dir(cfg, stage), terms=terms, gate_lr=gate_lr)
+    teacher = dense_teacher(cfg, stage) if tcfg.distill > 0 else None
+    trainer = Trainer(model, task, tcfg, stage_dir(cfg, stage), terms=terms, gate_lr=gate_lr, teacher=teacher)
     started = time.perf_counter()
     trainer.fit(train, test, resume=bool(resume))
     final = trainer.eval_model if not terms else model
@@ -45,6 +47,17 @@ def run_training(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConf
     if trainer.stopping():  # the signal came in the last epoch: the stage is saved, then the run stops
         report["stopped_by_signal"] = trainer.stopping()
     return final, report
+
+
+def dense_teacher(cfg: PipelineConfig, stage: str) -> RepNet:
+    """The teacher of distillation: the run's dense net (the train stage's output), fused."""
+    path = stage_dir(cfg, "train")
+    if stage == "train":
+        raise RepasError("train.distill: the dense net is the teacher; distillation is for the search and finetune "
+                         "stages (search.distill, finetune.distill)")
+    if not (path / "weights.safetensors").exists():
+        raise RepasError(f"{stage}.distill needs the dense net as its teacher at {path}: run 'repas train' first")
+    return fuse(load_model(path)).eval()
 
 
 def train_stage(cfg: PipelineConfig, *, resume: Resume = False, data: TaskData | None = None) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -24,6 +25,13 @@ class ClassificationTask:
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.criterion(output, target)
+
+    def distill_loss(self, output: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Hinton's distillation: KL from the teacher's softened distribution, times T^2 so
+        that its gradients keep their scale as T changes."""
+        t = temperature
+        return F.kl_div(F.log_softmax(output / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean",
+                        log_target=True) * t * t
 
     @torch.no_grad()
     def evaluate(self, predict: Callable[[torch.Tensor], torch.Tensor],

@@ -88,6 +88,10 @@ class SuperResolutionTask:
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(output, target)
 
+    def distill_loss(self, output: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """L1 to the teacher's image (``temperature`` has no meaning for a regression)."""
+        return F.l1_loss(output, teacher)
+
     @torch.no_grad()
     def evaluate(self, predict: Predict, images: Iterable[tuple[torch.Tensor, np.ndarray]]) -> dict[str, float]:
         """Mean PSNR / SSIM over (LR tensor (1, C, h, w) in [0, 1], HR uint8 (H, W, C)) pairs."""

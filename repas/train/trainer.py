@@ -43,6 +43,7 @@ from repas.supernet.fused import fuse_net
 from repas.supernet.gating import gate_widths
 from repas.supernet.net import RepNet
 from repas.train.checkpoint import read_checkpoint
+from repas.train.optim import gate_optimizer, param_groups
 from repas.train.signals import StopSignals
 
 CHECKPOINT = "checkpoint.pt"
@@ -75,30 +76,6 @@ class _NoWriter:
         pass
 
 
-def _gate_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return model.gate_parameters() if hasattr(model, "gate_parameters") else []
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Conv/linear weights decay; biases and BN do not. Gates are not included."""
-    gate_ids = {id(p) for p in _gate_parameters(model)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in gate_ids:
-            continue
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def gate_optimizer(model: torch.nn.Module, gate_lr: float) -> torch.optim.Optimizer | None:
-    """Gates always learn by SGD with momentum, whatever optimizer the weights use: an
-    adaptive optimizer (Adam) would move every gate of a layer by the same step under the
-    budget's identical per-channel gradient and switch a whole layer off at once."""
-    gates = [p for p in _gate_parameters(model) if p.requires_grad]
-    return create_optimizer_v2(gates, opt="sgd", lr=gate_lr, weight_decay=0.0, momentum=0.9) if gates else None
-
-
 class Trainer:
     """Trains ``model`` on ``task`` (``loss(out, target)``, ``evaluate(model, batches)``)
     with ``cfg``'s recipe; ``terms`` (pruning methods) add their penalty to the loss and
@@ -106,13 +83,19 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, task: Any, cfg: TrainConfig, run_dir: str | Path, *,
                  terms: Sequence[LossTerm] = (), gate_lr: float | None = None, progress: bool | None = None,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, teacher: torch.nn.Module | None = None) -> None:
         self.model, self.task, self.cfg, self.terms = model, task, cfg, list(terms)
+        if cfg.distill > 0 and teacher is None:
+            raise RepasError(f"distill {cfg.distill} needs a teacher: Trainer(..., teacher=the dense net)")
+        # the teacher only predicts: eval mode, no gradients, on the training device
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None and cfg.distill > 0 else None
         self.run_dir = Path(run_dir)
         self.main = distributed.is_main()
         self.progress = progress if self.main else False
         self.device = device or distributed.device()
         model.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         # what the training steps call: the model, in DDP under torchrun, compiled on request
@@ -126,7 +109,8 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.optimizer = create_optimizer_v2(param_groups(model, cfg.weight_decay), opt=cfg.opt,
                                              lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        self.gate_optimizer = gate_optimizer(model, gate_lr or cfg.lr)
+        # gates learn only when given a learning rate (PaS); a method may want their gradients alone
+        self.gate_optimizer = gate_optimizer(model, gate_lr) if gate_lr is not None else None
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         self.history: list[dict[str, float]] = []
         self.num_updates = 0
@@ -295,6 +279,12 @@ class Trainer:
                 out = self.forward(images)
             task_loss = self.task.loss(out.float(), labels)
             loss = task_loss
+            if self.teacher is not None:
+                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    taught = self.teacher(images)
+                w = cfg.distill
+                loss = (1 - w) * task_loss + w * self.task.distill_loss(out.float(), taught.float(),
+                                                                         cfg.distill_temperature)
             for term in self.terms:
                 loss = loss + term.penalty()
             loss_value = loss.item()
