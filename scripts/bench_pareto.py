@@ -1,15 +1,18 @@
-"""Pruning methods x budgets on one trained supernet: a table and Pareto plots.
+"""Pruning methods x budgets x seeds on trained supernets: tables (mean and spread) and plots.
 
-Trains the dense supernet once (or reuses RUN_DIR/train), then for every method and
-budget runs search (the method) -> extract -> finetune -> fuse -> export (float ONNX),
-with the same epochs for every method: methods that prune in one shot (uniform, l1,
-l1-layer, lasso, torch-pruning) fine-tune for search.epochs + finetune.epochs, so every
-subnet has the same number of training epochs after the dense net. All fused nets are
-then timed in one process (onnxruntime, alternating rounds). Writes RUN_DIR/pareto.json,
-docs/pareto_<name>.md and docs/pareto_<name>_{macs,latency,widths}.png.
+For every seed, trains the dense supernet once (or reuses RUN_DIR/seed-S/train), then for
+every method and budget runs search (the method) -> extract -> finetune -> fuse -> export
+(float ONNX), with the same total epochs for every method: methods that prune in one shot
+(uniform, l1, l1-layer, lasso, torch-pruning) fine-tune for search.epochs + finetune.epochs.
+Budgets are fractions of the dense MACs (``--budgets``) and of the dense net's latency as
+the latency table predicts it (``--latency-budgets``; search.metric=latency for every
+method, so uniform and L1 meet a latency budget too). All fused nets are then timed in one
+process (onnxruntime, alternating rounds). Every finished row is saved at once to
+RUN_DIR/pareto.json, so a stopped run resumes where it was. Writes docs/pareto_<name>.md,
+docs/pareto_<name>.json (one row per method, budget and seed) and the plots.
 
     python scripts/bench_pareto.py --config configs/fmnist.yaml --name fmnist \\
-        --budgets 0.75,0.5,0.25 --set data.train_subset=10000 --set train.epochs=3 ...
+        --methods taylor,pas,uniform,l1 --budgets 0.5,0.25 --latency-budgets 0.5,0.25 --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -17,19 +20,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import time
 from pathlib import Path
 
 from repas import stages
 from repas.atomic import atomic_write_json, atomic_write_text
-from repas.config import load_config
+from repas.config import PipelineConfig, load_config
 from repas.deploy import cpu_name, onnx_latency_each
-from repas.search import list_methods, method_class
+from repas.search import LatencyModel, list_methods, method_class, spec_cost
+from repas.spec import ArchSpec
 
 
-def run_one(cfg, run: Path, method: str, budget: float, data) -> dict:
-    out = run / f"{method}-{budget:g}"
-    search = dataclasses.replace(cfg.search, method=method, target=budget, target_abs=None)
+def final_width_epochs(cfg: PipelineConfig, method: str) -> float:
+    """Epochs the final net trained at its own widths: the fine-tune, plus the part of the
+    search it spent at its final widths (a one-shot method: all of it, as fine-tuning)."""
+    cls = method_class(method)
+    if not cls.trains:
+        return cfg.search.epochs + cfg.finetune.epochs
+    return cfg.finetune.epochs + cfg.search.epochs * (1 - getattr(cls, "prune_fraction", 1.0))
+
+
+def run_one(cfg: PipelineConfig, run: Path, method: str, metric: str, budget: float, seed: int, data) -> dict:
+    out = run / f"{method}-{metric}-{budget:g}"
+    search = dataclasses.replace(cfg.search, method=method, target=budget, target_abs=None, metric=metric)
     # a method that does not train gets the search epochs as extra fine-tuning: equal total epochs
     epochs = cfg.finetune.epochs + (0 if method_class(method).trains else cfg.search.epochs)
     sub = dataclasses.replace(cfg, run_dir=str(out), search=search,
@@ -41,12 +55,18 @@ def run_one(cfg, run: Path, method: str, budget: float, data) -> dict:
     stages.fuse_stage(sub)
     stages.export_stage(sub, data=data, formats=["onnx"], int8=False)
     export = json.loads((out / "export" / "report.json").read_text())
-    return {"method": method, "budget": budget, "dir": str(out), "widths": export["widths"],
-            "macs": export["macs"], "params": export["params"], "metric": export["onnx_metrics"],
-            "seconds": time.perf_counter() - started}
+    extract = json.loads((out / "extract" / "report.json").read_text())
+    return {"method": method, "budget_metric": metric, "budget": budget, "seed": seed, "dir": str(out),
+            "widths": export["widths"], "macs": export["macs"], "params": export["params"],
+            "target": extract["target"], "cost": extract[f"predicted_{metric}"],
+            "cost_vs_target": extract["cost_vs_target"], "metric": export["onnx_metrics"],
+            "epochs_total": cfg.train.epochs + cfg.search.epochs + cfg.finetune.epochs,
+            "epochs_at_own_widths": final_width_epochs(cfg, method), "seconds": time.perf_counter() - started}
 
 
 def plot(rows: list[dict], primary: str, name: str, docs: Path) -> list[Path]:
+    """Metric against MACs and against measured latency (means over the seeds, one line per
+    method and kind of budget), and the widths each method found at the middle MACs budget."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,22 +74,32 @@ def plot(rows: list[dict], primary: str, name: str, docs: Path) -> list[Path]:
 
     paths = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    kinds = list(dict.fromkeys(r["budget_metric"] for r in rows))
     for x_key, label in (("macs", "MACs (M)"), ("latency_ms", "latency (ms, onnxruntime, 1 thread)")):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for m in methods:
-            pts = sorted((r[x_key] / (1e6 if x_key == "macs" else 1), r["metric"][primary]) for r in rows
-                         if r["method"] == m)
-            ax.plot(*zip(*pts), marker="o" if m == "pas" else ".", lw=2.2 if m == "pas" else 1, label=m)
+            for kind in kinds:
+                groups: dict[float, list[dict]] = {}
+                for r in rows:
+                    if r["method"] == m and r["budget_metric"] == kind:
+                        groups.setdefault(r["budget"], []).append(r)
+                if not groups:
+                    continue
+                pts = sorted((statistics.fmean(r[x_key] for r in g) / (1e6 if x_key == "macs" else 1),
+                              statistics.fmean(r["metric"][primary] for r in g)) for g in groups.values())
+                ax.plot(*zip(*pts), marker="o" if kind == "macs" else "s", ls="-" if kind == "macs" else "--",
+                        label=f"{m} ({kind} budget)")
         paths.append(_finish(plt, fig, ax, label, primary, f"{name}: {primary} against {x_key.split('_')[0]}",
                              docs / f"pareto_{name}_{x_key.split('_')[0]}.png"))
-    budgets = sorted({r["budget"] for r in rows}, reverse=True)
-    mid = budgets[len(budgets) // 2]
+    macs_rows = [r for r in rows if r["budget_metric"] == kinds[0]]
+    budgets = sorted({r["budget"] for r in macs_rows}, reverse=True)
+    mid, seed = budgets[len(budgets) // 2], min(r["seed"] for r in rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r in rows:
-        if r["budget"] == mid:
+    for r in macs_rows:
+        if r["budget"] == mid and r["seed"] == seed:
             ax.plot(range(len(r["widths"])), r["widths"], marker=".", label=r["method"])
-    paths.append(_finish(plt, fig, ax, "layer", "width", f"{name}: widths found at {mid:g} x dense",
-                         docs / f"pareto_{name}_widths.png"))
+    paths.append(_finish(plt, fig, ax, "layer", "width", f"{name}: widths found at {mid:g} x dense {kinds[0]} "
+                         f"(seed {seed})", docs / f"pareto_{name}_widths.png"))
     return paths
 
 
@@ -85,23 +115,46 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> P
     return path
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def table(rows: list[dict], primary: str) -> str:
-    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    """One row per method, one column per budget: mean +- std over the seeds of the metric,
+    then the mean cost as its budget counts it (x target) and the measured latency."""
+    budgets = sorted({(r["budget_metric"], r["budget"]) for r in rows}, key=lambda b: (b[0], -b[1]))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    cell = {(r["method"], r["budget"]): r for r in rows}
-    head = "| method | " + " | ".join(f"{b:g} x dense MACs: {primary} / MACs / ms" for b in budgets) + " |"
+    cells = {}
+    for m in methods:
+        for b in budgets:
+            got = [r for r in rows if r["method"] == m and (r["budget_metric"], r["budget"]) == b]
+            if got:
+                cells[m, b] = (mean_std([r["metric"][primary] for r in got]), len(got),
+                               statistics.fmean(r["cost_vs_target"] for r in got),
+                               statistics.fmean(r["latency_ms"] for r in got))
+    head = "| method | " + " | ".join(f"{v:g} x dense {k}: {primary} (mean ± std, n) / cost x target / ms"
+                                      for k, v in budgets) + " |"
     lines = [head, "|---" * (len(budgets) + 1) + "|"]
     for m in methods:
-        cells = []
+        row = []
         for b in budgets:
-            r = cell.get((m, b))
-            best = max(x["metric"][primary] for x in rows if x["budget"] == b)
-            value = f"{r['metric'][primary]:.2f}" if r else "-"
-            if r and r["metric"][primary] == best:
-                value = f"**{value}**"
-            cells.append(f"{value} / {r['macs'] / 1e6:.2f}M / {r['latency_ms']:.3f}" if r else "-")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            if (m, b) not in cells:
+                row.append("-")
+                continue
+            (mean, std), n, ratio, ms = cells[m, b]
+            best = max(c[0][0] for (mm, bb), c in cells.items() if bb == b)
+            value = f"{mean:.2f} ± {std:.2f} ({n})"
+            row.append(f"{'**' + value + '**' if mean == best else value} / {ratio:.3f} / {ms:.3f}")
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def dense_latency_target(cfg: PipelineConfig, run: Path, data) -> Path:
+    """The latency table of the space (measured once, shared by every seed)."""
+    path = run / "latency.csv"
+    if not path.exists():
+        stages.profile_stage(dataclasses.replace(cfg, run_dir=str(run)), path, data=data)
+    return path
 
 
 def main() -> None:
@@ -109,44 +162,68 @@ def main() -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True, help="names the docs files: docs/pareto_<name>*")
     p.add_argument("--methods", default=",".join(list_methods()))
-    p.add_argument("--budgets", default="0.75,0.5,0.25", help="fractions of the dense MACs")
+    p.add_argument("--budgets", default="0.5,0.25", help="fractions of the dense MACs ('' for none)")
+    p.add_argument("--latency-budgets", default="", help="fractions of the dense net's latency, from the table")
+    p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2: each trains its own dense supernet")
     p.add_argument("--run-dir", help="default: runs/pareto-<name>")
     p.add_argument("--set", action="append", default=[], help="config override, as in repas --set")
     p.add_argument("--docs", default="docs")
     args = p.parse_args()
-    run = Path(args.run_dir or f"runs/pareto-{args.name}")
-    cfg = load_config(args.config, [*args.set, f"run_dir={run}"])
-    data = stages.get_data(cfg)
-    if not (run / "train" / "weights.safetensors").exists():
-        stages.train_stage(cfg, data=data)
-    results_path = run / "pareto.json"
-    done = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
-    rows = list(done)
-    for budget in (float(b) for b in args.budgets.split(",")):
-        for method in args.methods.split(","):
-            if any(r["method"] == method and r["budget"] == budget for r in rows):
-                continue  # rerunning the script resumes where it stopped
-            rows.append(run_one(cfg, run, method, budget, data))
-            atomic_write_json(results_path, {"rows": rows})
+    root = Path(args.run_dir or f"runs/pareto-{args.name}")
+    budgets = [("macs", float(b)) for b in args.budgets.split(",") if b.strip()]
+    budgets += [("latency", float(b)) for b in args.latency_budgets.split(",") if b.strip()]
+    results_path = root / "pareto.json"
+    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
+    table_path = None
+    for seed in (int(s) for s in args.seeds.split(",")):
+        run = root / f"seed-{seed}"
+        cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={seed}"])
+        if table_path is None and any(k == "latency" for k, _ in budgets):
+            table_path = dense_latency_target(cfg, root, stages.get_data(cfg))
+        if table_path is not None:
+            cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, latency_table=str(table_path)))
+        data = None
+        for metric, budget in budgets:
+            for method in args.methods.split(","):
+                if any((r["method"], r["budget_metric"], r["budget"], r["seed"]) == (method, metric, budget, seed)
+                       for r in rows):
+                    continue  # rerunning the script resumes where it stopped
+                data = data or stages.get_data(cfg)
+                if not (run / "train" / "weights.safetensors").exists():
+                    stages.train_stage(cfg, data=data)
+                rows.append(run_one(cfg, run, method, metric, budget, seed, data))
+                atomic_write_json(results_path, {"rows": rows})
     e = cfg.export
     shape = tuple(json.loads((Path(rows[0]["dir"]) / "export" / "report.json").read_text())["latency_input"])
-    default_methods = ",".join(list_methods())
     times = onnx_latency_each({r["dir"]: Path(r["dir"]) / "export" / "model.onnx" for r in rows}, shape,
                               threads=e.threads, warmup=e.warmup, runs=e.runs)
     for r in rows:
         r["latency_ms"] = times[r["dir"]]
+        if table_path is not None:
+            spec = ArchSpec.load(Path(r["dir"]) / "export")
+            r["predicted_latency_ms"] = float(LatencyModel.load(table_path, spec)(spec.widths))
+    dense = ArchSpec.load(root / f"seed-{rows[0]['seed']}" / "train")
     primary = next(iter(rows[0]["metric"]))
+    default_methods = ",".join(list_methods())
     header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, torch threads {cfg.threads}; latency: onnxruntime, "
               f"batch 1 at {'x'.join(map(str, shape[2:]))}, {e.threads} thread, lowest of 5 sessions' medians. "
-              f"Epochs: dense {cfg.train.epochs}, then {cfg.search.epochs} search + {cfg.finetune.epochs} "
-              f"fine-tune for every method (one-shot methods: all {cfg.search.epochs + cfg.finetune.epochs} "
-              f"fine-tune).\n\nCommand: `python scripts/bench_pareto.py --config {args.config} --name {args.name} "
-              f"--budgets {args.budgets} " + (f"--methods {args.methods} " if args.methods != default_methods else "")
+              f"Dense supernet: {spec_cost(dense):,.0f} MACs. Epochs: dense {cfg.train.epochs}, then "
+              f"{cfg.search.epochs} search + {cfg.finetune.epochs} fine-tune for every method (one-shot methods: "
+              f"all {cfg.search.epochs + cfg.finetune.epochs} fine-tune); the epochs each final net trained at its "
+              f"own widths are in the JSON (epochs_at_own_widths). Seeds: {args.seeds}; cells are mean ± sample "
+              f"std over the seeds (n = seeds run).\n\nCommand: `python scripts/bench_pareto.py --config "
+              f"{args.config} --name {args.name} --budgets {args.budgets} --latency-budgets {args.latency_budgets} "
+              f"--seeds {args.seeds} " + (f"--methods {args.methods} " if args.methods != default_methods else "")
               + " ".join(f"--set {s}" for s in args.set) + "`\n")
     docs = Path(args.docs)
     plots = plot(rows, primary, args.name, docs)
     text = header + "\n" + table(rows, primary) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
     atomic_write_json(results_path, {"rows": rows, "header": header})
+    atomic_write_json(docs / f"pareto_{args.name}.json", {"header": header, "rows": [
+        {k: r[k] for k in ("method", "budget_metric", "budget", "seed", "target", "cost", "cost_vs_target", "macs",
+                           "params", "widths", "latency_ms", "metric", "epochs_total", "epochs_at_own_widths")
+         if k in r} | ({"predicted_latency_ms": r["predicted_latency_ms"]} if "predicted_latency_ms" in r else {})
+        for r in rows]})
     atomic_write_text(docs / f"pareto_{args.name}.md", text)
     print(text)
 
