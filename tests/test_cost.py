@@ -64,3 +64,13 @@ def test_target_resolution_and_limits():
     assert parse_quantity("2.5M") == 2.5e6 and parse_quantity("800k") == 8e5
     with pytest.raises(RepasError, match="cannot read"):
         parse_quantity("lots")
+
+
+def test_the_wide_fmnist_space_is_the_default_at_one_and_a_half_times_the_widths():
+    from repas.supernet import create_supernet_spec
+
+    wide, default = create_supernet_spec("repvgg-fmnist-wide"), create_supernet_spec("repvgg-fmnist")
+    assert wide.widths == [w * 3 // 2 for w in default.widths]
+    # MACs grow with c_in * c_out: the default net is 1/1.5^2 of the wide one, but for the stem and head
+    assert 0.44 < spec_cost(default) / spec_cost(wide) < 0.5
+    assert resolve_target(wide, "macs", absolute=spec_cost(default)) == spec_cost(default)  # reachable
