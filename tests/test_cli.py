@@ -179,6 +179,9 @@ def test_a_baseline_method_prunes_the_same_supernet_to_the_same_budget(method, p
     assert searched["method"] == method and searched["searched_macs"] <= searched["target"]
     assert searched["searched_macs"] >= 0.97 * searched["target"]
     assert ("history" in searched) == (method == "slimming")  # only slimming trains first
+    code, out, err = run(capsys, "search", "--from", run_dir / "train", "--run-dir", tmp_path, "--data", data,
+                         "--method", method, "--target", "0.4", "--epochs", "1", *QUICK, "--resume", "auto")
+    assert code == 0 and "search: complete" in out, err  # a finished search is not run again
     code, out, err = run(capsys, "extract", "--run-dir", tmp_path, "--data", data, *QUICK)
     assert code == 0, err
     extracted = json.loads((tmp_path / "extract" / "report.json").read_text())

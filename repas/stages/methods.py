@@ -5,6 +5,7 @@ at once. The extract stage reads the gates either way."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -50,5 +51,7 @@ def method_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Re
         widths = method.prune(sample_inputs(model, data) if method.needs_inputs else None)
         log.info(f"search ({s.method}): widths {widths}")
     if not method.trains:
-        report.update({**model_facts(model), "seconds": time.perf_counter() - started, "environment": environment()})
+        # the recipe, so that --resume auto knows this search is complete (a training one records it too)
+        report.update({**model_facts(model), "seconds": time.perf_counter() - started, "environment": environment(),
+                       "config": dataclasses.asdict(s)})
     return model, report
