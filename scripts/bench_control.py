@@ -44,6 +44,9 @@ def train(model, cfg, tcfg, data, out: Path) -> float:
 
 
 def main() -> None:
+    from repas.cli.main import configure_logging
+
+    configure_logging()  # the stages' progress lines, as the CLI prints them
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pareto-dir", required=True, help="a bench_pareto run directory (pareto.json, seed-S/train)")
     p.add_argument("--config", required=True)

@@ -158,6 +158,9 @@ def dense_latency_target(cfg: PipelineConfig, run: Path, data) -> Path:
 
 
 def main() -> None:
+    from repas.cli.main import configure_logging
+
+    configure_logging()  # the stages' progress lines, as the CLI prints them
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True, help="names the docs files: docs/pareto_<name>*")

@@ -16,7 +16,7 @@ from pathlib import Path
 from repas.config import load_config
 from repas.deploy import cpu_name, export_onnx, onnx_latency_interleaved
 from repas.search import extract_subnet, fit_masks_to_budget, gate_masks, gate_scores, round_masks, spec_cost
-from repas.stages import search_budget
+from repas.stages.search import search_budget
 from repas.supernet import fuse_net, load_model
 
 

@@ -324,3 +324,18 @@ def test_finetune_distills_from_the_runs_dense_net(pipeline_run, tmp_path, capsy
     assert code == 0, err
     report = json.loads((tmp_path / "finetune" / "report.json").read_text())
     assert report["config"]["distill"] == 0.5 and report["test"]["top1"] > 0
+
+
+def test_export_of_another_model_directory_never_replaces_the_runs_bundle(pipeline_run, tmp_path, capsys):
+    import shutil
+
+    source, data = pipeline_run
+    run_dir = tmp_path / "run"
+    for stage in ("dense-fuse", "export"):
+        shutil.copytree(source / stage, run_dir / stage)
+    before = (run_dir / "export" / "model.json").read_bytes()
+    code, _, err = run(capsys, "export", run_dir / "dense-fuse", "--data", data, "--format", "onnx", "--no-int8",
+                       *QUICK)
+    assert code == 0, err
+    assert json.loads((run_dir / "dense-export" / "model.json").read_text())["widths"] == [16, 32, 32, 64, 64, 64]
+    assert (run_dir / "export" / "model.json").read_bytes() == before  # the searched bundle is untouched

@@ -201,3 +201,17 @@ def test_distillation_pulls_the_student_to_its_teacher(tmp_path):
     t = Trainer(model, task, cfg, tmp_path / "kd2", teacher=teacher, progress=False)
     t.fit(loader())
     assert gap(t.model) < 0.5 * before
+
+
+def test_pas_gates_learn_at_the_configs_gate_lr_when_none_is_given(tmp_path):
+    torch.manual_seed(0)
+    model = build(tiny_spec())
+    method = create_method("pas", model, Budget(model.spec, 0.5 * spec_cost(model.spec), alpha=5.0))
+    t = Trainer(model, ClassificationTask(0.1), SearchConfig(epochs=1, lr=0.02, gate_lr=0.3), tmp_path,
+                terms=[method], progress=False)
+    assert t.gate_optimizer is not None and t.gate_optimizer.param_groups[0]["lr"] == 0.3
+    t.fit(loader())
+    assert all(float((g.weight - 1.0).abs().max()) > 0 for g in model.gate_modules())
+    with pytest.raises(RepasError, match="needs their learning rate"):
+        Trainer(build(tiny_spec()), ClassificationTask(0.1), TrainConfig(epochs=1), tmp_path / "x",
+                terms=[create_method("pas", model, method.budget)])

@@ -37,7 +37,13 @@ def resolve_directories(args: argparse.Namespace) -> None:
     if args.run_dir is not None and args.run_dir != run:
         raise RepasError(f"two run directories given: {run} and --run-dir {args.run_dir}")
     if (Path(run) / "spec.json").exists() and getattr(args, "source", None) is None:
-        args.source, args.run = run, str(Path(run).parent)
+        model = Path(run)
+        args.source, args.run = run, str(model.parent)
+        # RUN/fuse -> RUN/export; any other model directory gets a bundle of its own beside it
+        # (RUN/dense-fuse -> RUN/dense-export), never replacing the run's searched bundle
+        name = "export" if model.name == "fuse" else model.name.replace("fuse", "export") \
+            if "fuse" in model.name else f"{model.name}-export"
+        args.out = str(model.parent / name)
 
 
 def recorded_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path] | None:
@@ -49,7 +55,8 @@ def recorded_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path] | N
     if source is not None:
         where = Path(source)
     else:
-        run = Path(getattr(args, "run", None) or args.run_dir or "runs/fmnist")
+        set_run = [s.split("=", 1)[1] for s in args.set if s.strip().startswith("run_dir=")]
+        run = Path(getattr(args, "run", None) or args.run_dir or (set_run[-1] if set_run else "runs/fmnist"))
         where = run / PREVIOUS[args.command]
     path = where / CONFIG_FILE
     if not path.exists():
@@ -68,8 +75,9 @@ def load_args_config(args: argparse.Namespace) -> PipelineConfig:
     sets = list(args.set)
     values: dict[str, Any] = {}  # flag values go in as they are (a path is not YAML)
     recorded = recorded_config(args)
-    if recorded is not None:
-        values["run_dir"] = str(recorded[1])
+    base = None
+    if recorded is not None:  # where the directory lies now; --set and the flags still override it
+        base = {**recorded[0], "run_dir": str(recorded[1])}
     for flag, key in (("run_dir", "run_dir"), ("seed", "seed"), ("threads", "threads"), ("data", "data.root")):
         value = getattr(args, flag, None)
         if value is not None:
@@ -102,4 +110,4 @@ def load_args_config(args: argparse.Namespace) -> PipelineConfig:
         values["export.tile"] = _tile(args.tile)
     if getattr(args, "targets", None) is not None:
         values["extract.targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
-    return load_config(args.config, sets, values, base=recorded[0] if recorded else None)
+    return load_config(args.config, sets, values, base=base)

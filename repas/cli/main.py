@@ -141,7 +141,7 @@ def _export(args: argparse.Namespace) -> Path | None:
     from repas.stages import export_stage
 
     cfg = load_args_config(args)  # (resolves DIR: a run directory or a model directory)
-    return export_stage(cfg, args.source)
+    return export_stage(cfg, args.source, getattr(args, "out", None))
 
 
 def _pipeline(args: argparse.Namespace) -> Path | None:

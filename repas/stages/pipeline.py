@@ -41,10 +41,16 @@ def pipeline_complete(cfg: PipelineConfig) -> bool:
     return all(p.exists() and p.stat().st_mtime_ns <= summary.stat().st_mtime_ns for p in outputs)
 
 
-def _unless_done(resume: Resume, out: Path, source: Path) -> bool:
+def _unless_done(resume: Resume, out: Path, source: Path, cfg: PipelineConfig | None = None) -> bool:
     """A one-shot stage reruns, except under ``--resume auto`` when its output is newer
-    than its source's."""
-    return not (resume == "auto" and newer(out, source))
+    than its source's (and, given ``cfg``, was made with the same export settings)."""
+    if resume != "auto" or not newer(out, source):
+        return True
+    if cfg is None:
+        return False
+    recorded = out / CONFIG_FILE
+    return not recorded.exists() or json.loads(recorded.read_text()).get("export") != \
+        json.loads(json.dumps(dataclasses.asdict(cfg.export)))
 
 
 def run_pipeline(cfg: PipelineConfig, *, resume: Resume = False) -> dict[str, Any] | None:
@@ -71,11 +77,11 @@ def run_pipeline(cfg: PipelineConfig, *, resume: Resume = False) -> dict[str, An
         return None
     if _unless_done(resume, stage_dir(cfg, "fuse"), stage_dir(cfg, "finetune")):
         fuse_stage(cfg)
-    if _unless_done(resume, stage_dir(cfg, "export"), stage_dir(cfg, "fuse")):
+    if _unless_done(resume, stage_dir(cfg, "export"), stage_dir(cfg, "fuse"), cfg):
         export_stage(cfg, data=data)
     if _unless_done(resume, run / "dense-fuse", stage_dir(cfg, "train")):
         fuse_stage(cfg, source=run / "train", out=run / "dense-fuse")
-    if _unless_done(resume, run / "dense-export", run / "dense-fuse"):
+    if _unless_done(resume, run / "dense-export", run / "dense-fuse", cfg):
         # the dense net, for the comparison only: float ONNX
         export_stage(cfg, source=run / "dense-fuse", out=run / "dense-export", data=data, formats=["onnx"],
                      int8=False)

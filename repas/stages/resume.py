@@ -34,7 +34,9 @@ def stage_complete(cfg: PipelineConfig, stage: str, tcfg: TrainConfig, source: P
         return False
     saved = json.loads(report.read_text()).get("config", {})
     now = dataclasses.asdict(tcfg)
-    return all(saved.get(k) == v for k, v in now.items() if k != "checkpoint_every")
+    # a key the report lacks was added since it was written: it ran at that key's default
+    defaults = {f.name: f.default for f in dataclasses.fields(tcfg)}
+    return all(saved.get(k, defaults.get(k)) == v for k, v in now.items() if k != "checkpoint_every")
 
 
 def resolve_resume(resume: Resume, cfg: PipelineConfig, stage: str, tcfg: TrainConfig,

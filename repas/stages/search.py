@@ -12,7 +12,7 @@ from repas import distributed
 from repas.config import PipelineConfig
 from repas.errors import RepasError
 from repas.search import Budget, gate_widths, resolve_target
-from repas.search.cost import format_cost
+from repas.search.cost import cost, format_cost
 from repas.stages.common import (
     Resume,
     cost_model,
@@ -68,12 +68,14 @@ def save_search(cfg: PipelineConfig, model: RepNet, report: dict[str, Any], budg
     """The report leads with the result: the searched widths and their cost (the supernet's
     own under ``supernet``), and warns where the search did not decide the widths."""
     widths = gate_widths(model)
-    cost = float(budget.cost(widths))
+    searched = float(budget.cost(widths))
     report.setdefault("supernet", model_facts(model))
-    report.update({"widths": widths, "method": cfg.search.method, "target": budget.target, "metric": budget.metric,
-                   f"searched_{budget.metric}": cost, "cost_vs_target": cost / budget.target})
+    report.update({"widths": widths, "macs": float(cost(model.spec, widths, "macs")),
+                   "params": float(cost(model.spec, widths, "params")), "method": cfg.search.method,
+                   "target": budget.target, "metric": budget.metric,
+                   f"searched_{budget.metric}": searched, "cost_vs_target": searched / budget.target})
     if cfg.search.max_drop is None:
-        check_search(report, widths, cost, budget)
+        check_search(report, widths, searched, budget)
     return save_stage(model, stage_dir(cfg, "search"), report, cfg)
 
 

@@ -15,6 +15,7 @@ from repas.search.cost import format_cost
 from repas.search.tolerance import shrinking_targets, tolerance_search
 from repas.stages.common import cost_model, environment, model_facts, stage_dir, width_step
 from repas.stages.methods import method_search
+from repas.stages.training import dense_teacher
 from repas.supernet import RepNet, apply_masks, fuse_net
 from repas.task_data import TaskData
 from repas.train import Trainer
@@ -40,6 +41,7 @@ def tolerance_search_stage(cfg: PipelineConfig, model: RepNet, data: TaskData
     trained = copy.deepcopy(model)
     started = time.perf_counter()
     rounds_run: list[float] = []
+    teacher = dense_teacher(cfg, "search") if s.distill > 0 else None
 
     def validate(net: RepNet) -> float:
         return task.evaluate(fuse_net(net.eval()), val)[data.primary]
@@ -50,7 +52,8 @@ def tolerance_search_stage(cfg: PipelineConfig, model: RepNet, data: TaskData
         budget = Budget(model.spec, target, s.metric, s.alpha, fn)
         if s.method == "pas":  # PaS continues: each round tightens the same search
             pas = method_class("pas")(model, budget, step=step, tolerance=cfg.extract.tolerance)
-            Trainer(model, task, round_cfg, out, terms=[pas], gate_lr=s.gate_lr).fit(data.train_loader(s))
+            Trainer(model, task, round_cfg, out, terms=[pas], gate_lr=s.gate_lr, teacher=teacher).fit(
+                data.train_loader(s))
             net = copy.deepcopy(model.cpu())
         else:
             sub_cfg = dataclasses.replace(cfg, run_dir=str(out), search=round_cfg)
@@ -62,7 +65,7 @@ def tolerance_search_stage(cfg: PipelineConfig, model: RepNet, data: TaskData
         net.eval()
         scores = gate_scores(net)
         apply_masks(net, round_masks(gate_masks(net), scores, step), scores)
-        Trainer(net, task, round_cfg, out / "recover").fit(data.train_loader(s))
+        Trainer(net, task, round_cfg, out / "recover", teacher=teacher).fit(data.train_loader(s))
         sub = extract_subnet(net.cpu().eval(), gate_masks(net))
         return sub.spec.widths, float(fn(sub.spec.widths)), validate(sub), net
 

@@ -50,8 +50,12 @@ def run_training(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConf
 
 
 def dense_teacher(cfg: PipelineConfig, stage: str) -> RepNet:
-    """The teacher of distillation: the run's dense net (the train stage's output), fused."""
-    path = stage_dir(cfg, "train")
+    """The teacher of distillation: the run's dense net (the train stage's output), fused. A
+    stage run in a directory below the run (targets/<target>, search/round-<k>) finds it two
+    levels up."""
+    run = Path(cfg.run_dir)
+    path = next((p for p in (run / "train", run.parent.parent / "train") if (p / "weights.safetensors").exists()),
+                run / "train")
     if stage == "train":
         raise RepasError("train.distill: the dense net is the teacher; distillation is for the search and finetune "
                          "stages (search.distill, finetune.distill)")

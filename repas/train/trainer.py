@@ -109,7 +109,12 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.optimizer = create_optimizer_v2(param_groups(model, cfg.weight_decay), opt=cfg.opt,
                                              lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        # gates learn only when given a learning rate (PaS); a method may want their gradients alone
+        # gates learn when a term learns them (PaS: at gate_lr, else the config's search gate_lr);
+        # a method may want their gradients alone (taylor), read in its after_step
+        if gate_lr is None and any(getattr(t, "learns_gates", False) for t in self.terms):
+            gate_lr = getattr(cfg, "gate_lr", None)
+            if gate_lr is None:
+                raise RepasError("a method that learns its gates needs their learning rate: Trainer(..., gate_lr=0.05)")
         self.gate_optimizer = gate_optimizer(model, gate_lr) if gate_lr is not None else None
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         self.history: list[dict[str, float]] = []
@@ -177,7 +182,9 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        for term, saved_term in zip(self.terms, state.get("terms") or []):
+        # (a checkpoint of the previous version kept one baseline's regulariser state under "regularizer")
+        saved_terms = state.get("terms") or ([state["regularizer"]] if state.get("regularizer") else [])
+        for term, saved_term in zip(self.terms, saved_terms):
             term.load_state_dict(_to_device(saved_term, self.device))
         self.history = list(state["history"])
         self.num_updates = int(state["num_updates"])
@@ -295,8 +302,7 @@ class Trainer:
                                  f"process); stopped "
                                  f"({last}). Lower the learning rate (or alpha) and rerun.")
             optimizers = [o for o in (self.optimizer, self.gate_optimizer) if o is not None]
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
+            self.model.zero_grad(set_to_none=True)  # gates no optimizer owns too: only this step's gradient
             loss.backward()
             for opt in optimizers:
                 opt.step()

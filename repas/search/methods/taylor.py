@@ -42,12 +42,15 @@ class Taylor(PruningMethod):
         total = self.updates_per_epoch * self.epochs
         self.interval = max(1, int(total * self.prune_fraction) // self.rounds)
         self.round = 0
+        self.masks: Masks | None = None  # the current decision, written into the gates
 
     def after_step(self, update: int) -> None:
+        masks = gate_masks(self.model) if self.masks is None else self.masks
         for i, g in enumerate(self.gates):
             if g is not None and g.weight.grad is not None:
                 self.importance[i] += g.weight.grad.detach().float().cpu().square()
                 g.weight.grad = None
+        self._write(masks)  # an optimizer the gates were given by mistake cannot move them
         if self.round < self.rounds and update % self.interval == 0:
             self.round += 1
             self._prune_to(self._goal())
@@ -63,11 +66,16 @@ class Taylor(PruningMethod):
 
     @torch.no_grad()
     def _prune_to(self, goal: float) -> None:
-        masks = allocate_masks(self.model.spec, self.scores(), goal, self.budget.model, step=self.step, threshold=0.0)
+        self.masks = allocate_masks(self.model.spec, self.scores(), goal, self.budget.model, step=self.step,
+                                    threshold=0.0)
+        self._write(self.masks)
+        self.importance = [torch.zeros_like(imp) for imp in self.importance]  # each round judges afresh
+
+    @torch.no_grad()
+    def _write(self, masks: Masks) -> None:
         for g, m in zip(self.gates, masks):
             if g is not None:
-                g.weight.copy_(m.to(g.weight.dtype))
-        self.importance = [torch.zeros_like(imp) for imp in self.importance]  # each round judges afresh
+                g.weight.copy_(m.to(g.weight))
 
     def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
         if self.round < self.rounds:  # fewer updates than the schedule: the remaining rounds at once
