@@ -67,7 +67,7 @@ def main() -> None:
         cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={seed}"])
         data = stages.get_data(cfg)
         dense = load_model(run / "train").eval()
-        scores = [s for s in l1_norms(dense)]
+        scores = l1_norms(dense)
         for r in (r for r in rows if r["seed"] == seed):
             key = (r["method"], r["budget_metric"], r["budget"], seed)
             if any((d["method"], d["budget_metric"], d["budget"], d["seed"]) == key for d in done):

@@ -149,7 +149,7 @@ def table(rows: list[dict], primary: str) -> str:
     return "\n".join(lines)
 
 
-def dense_latency_target(cfg: PipelineConfig, run: Path, data) -> Path:
+def shared_latency_table(cfg: PipelineConfig, run: Path, data) -> Path:
     """The latency table of the space (measured once, shared by every seed)."""
     path = run / "latency.csv"
     if not path.exists():
@@ -182,7 +182,7 @@ def main() -> None:
         run = root / f"seed-{seed}"
         cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={seed}"])
         if table_path is None and any(k == "latency" for k, _ in budgets):
-            table_path = dense_latency_target(cfg, root, stages.get_data(cfg))
+            table_path = shared_latency_table(cfg, root, stages.get_data(cfg))
         if table_path is not None:
             cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, latency_table=str(table_path)))
         data = None
