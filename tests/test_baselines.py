@@ -236,3 +236,19 @@ def test_taylor_prunes_in_rounds_toward_the_target_and_never_brings_a_channel_ba
     assert costs == sorted(costs, reverse=True) and costs[0] < dense and costs[-1] <= budget.target
     widths = method.prune()
     assert 0.97 * budget.target <= float(budget.model(widths)) <= budget.target
+
+
+def test_eagleeye_tries_uniform_first_and_keeps_the_candidate_closest_to_the_dense_outputs():
+    model = supernet()
+    budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    method = attach("eagleeye", model, budget)
+    widths = method.prune(inputs(64))
+    # the uniform allocation is always a candidate: one multiplier, fitted by the L1 ranking
+    assert method.tried[0]["widths"] == [int(m.sum()) for m in run_method("l1-layer")[2]]
+    assert len({tuple(t["widths"]) for t in method.tried}) == len(method.tried) > 10  # each judged once
+    best = min(method.tried, key=lambda t: t["divergence"])
+    assert widths == best["widths"]
+    assert all(0.97 * budget.target <= t["cost"] <= budget.target for t in method.tried)
+    # BatchNorm was recalibrated on the candidates' copies, never on the supernet itself
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())

@@ -29,10 +29,11 @@ def make_method(cfg: PipelineConfig, model: RepNet, budget: Budget, data: TaskDa
                                   strength=s.strength, updates_per_epoch=len(data.train_loader(s)), epochs=s.epochs)
 
 
-def sample_inputs(model: RepNet, data: TaskData) -> torch.Tensor:
-    """Training inputs for a method that samples feature maps (LASSO)."""
+def sample_inputs(model: RepNet, data: TaskData, count: int = 256) -> torch.Tensor:
+    """``count`` training inputs for a method that looks at feature maps or outputs (LASSO,
+    EagleEye); for super-resolution, one 48x48 crop per 16 images' worth of pixels."""
     size = model.spec.input_size if model.spec.task != "super-resolution" else (48, 48)
-    n = 256 if model.spec.task != "super-resolution" else 16
+    n = count if model.spec.task != "super-resolution" else max(16, count // 16)
     return torch.cat(data.calibration_inputs((1, model.spec.in_channels, *size), n))
 
 
@@ -48,7 +49,7 @@ def method_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Re
         model, report = run_training(cfg, "search", model, s, resume, data=data, terms=[method],
                                      gate_lr=s.gate_lr if method.learns_gates else None)
     if not method.learns_gates:
-        widths = method.prune(sample_inputs(model, data) if method.needs_inputs else None)
+        widths = method.prune(sample_inputs(model, data, method.input_count) if method.needs_inputs else None)
         log.info(f"search ({s.method}): widths {widths}")
     if not method.trains:
         # the recipe, so that --resume auto knows this search is complete (a training one records it too)

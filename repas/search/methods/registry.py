@@ -42,6 +42,7 @@ class PruningMethod:
     trains: ClassVar[bool] = False
     learns_gates: ClassVar[bool] = False
     needs_inputs: ClassVar[bool] = False
+    input_count: ClassVar[int] = 256  # training images ``select`` is given, when it needs inputs
 
     def __init__(self, model: RepNet, budget: Budget, *, step: int = 1, tolerance: float = 0.03,
                  strength: float | None = None, updates_per_epoch: int = 1, epochs: int = 1) -> None:
