@@ -110,11 +110,15 @@ class SearchConfig(TrainConfig):
     alpha: float = 5.0
     gate_lr: float = 0.05
     latency_table: str | None = None  # None: <run_dir>/latency.csv
-    # how widths are chosen: a registered pruning method (repas methods lists them): pas, or a
-    # baseline (uniform, l1, ...); methods that train run `epochs` with their hooks, the
-    # others prune the trained net in one shot
-    method: str = "pas"
+    # how widths are chosen: a registered pruning method (repas methods lists them). eagleeye
+    # (the default: the best measured, docs/results.md), pas (the published method), taylor,
+    # or a baseline (uniform, l1, ...). Methods that train spend `epochs` with their hooks;
+    # the others prune the trained net in one shot and fine-tune for those epochs instead
+    method: str = "eagleeye"
     strength: float | None = None  # the baseline's regulariser strength (admm: rho); None: its default
+    # methods the pipeline also runs from the same dense net, at the same budget and total
+    # epochs, shown beside the searched net in report.md (e.g. [uniform])
+    compare: list[str] | None = None
     # Error-tolerance mode (Play-and-Prune): instead of a target, the largest acceptable drop
     # of the validation metric (top-1 points, or PSNR dB) from the dense net's. The target
     # starts at the dense cost and shrinks by `shrink` a round (pas: `round_epochs` of search
@@ -137,7 +141,8 @@ class SearchConfig(TrainConfig):
             raise RepasError(f"search strength must be > 0 (or null for the method's default), got {self.strength}")
         from repas.search.methods import method_class  # the registry, with any method a user registered
 
-        method_class(self.method)
+        for method in [self.method, *(self.compare or [])]:
+            method_class(method)
         if self.alpha < 0 or self.gate_lr <= 0:
             raise RepasError(f"search alpha must be >= 0 and gate_lr > 0, got {self.alpha} and {self.gate_lr}")
         if self.metric not in COST_METRICS:

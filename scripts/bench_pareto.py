@@ -43,17 +43,9 @@ def final_width_epochs(cfg: PipelineConfig, method: str) -> float:
 
 def run_one(cfg: PipelineConfig, run: Path, method: str, metric: str, budget: float, seed: int, data) -> dict:
     out = run / f"{method}-{metric}-{budget:g}"
-    search = dataclasses.replace(cfg.search, method=method, target=budget, target_abs=None, metric=metric)
-    # a method that does not train gets the search epochs as extra fine-tuning: equal total epochs
-    epochs = cfg.finetune.epochs + (0 if method_class(method).trains else cfg.search.epochs)
-    sub = dataclasses.replace(cfg, run_dir=str(out), search=search,
-                              finetune=dataclasses.replace(cfg.finetune, epochs=epochs))
+    sub = stages.method_config(cfg, method, out, target=budget, target_abs=None, metric=metric)
     started = time.perf_counter()
-    stages.search_stage(sub, source=run / "train", data=data)
-    stages.extract_stage(sub)
-    stages.finetune_stage(sub, data=data)
-    stages.fuse_stage(sub)
-    stages.export_stage(sub, data=data, formats=["onnx"], int8=False)
+    stages.method_run(sub, run / "train", data=data)  # equal total epochs: stages.finetune_config
     export = json.loads((out / "export" / "report.json").read_text())
     extract = json.loads((out / "extract" / "report.json").read_text())
     return {"method": method, "budget_metric": metric, "budget": budget, "seed": seed, "dir": str(out),

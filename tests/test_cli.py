@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from repas.cli import main
+from repas.search import method_class
 from repas.supernet import load_model
 
 QUICK = ["--threads", "2", "--set", "export.runs=20", "--set", "export.warmup=2", "--set", "train.batch_size=64",
@@ -25,7 +26,8 @@ def pipeline_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("cli")
     data = write_fake_fashion(tmp / "data")
-    code = main(["pipeline", "--data", str(data), "--run-dir", str(tmp / "run"), "--epochs", "1", *QUICK])
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(tmp / "run"), "--epochs", "1", *QUICK,
+                 "--set", "search.compare=[uniform]"])
     assert code == 0
     return tmp / "run", data
 
@@ -42,6 +44,14 @@ def test_pipeline_writes_every_stage_and_a_report(pipeline_run):
     assert "| top-1 (%), fused ONNX |" in report and "| top-1 (%) and latency, ONNX int8 | - |" in report
     if importlib.util.find_spec("executorch"):
         assert "| top-1 (%) and latency, ExecuTorch int8 | - |" in report
+    # uniform scaling ran beside the search, at the same budget and total epochs (one-shot: the
+    # search's epoch goes to fine-tuning), and the report shows it
+    uniform = summary["compared"]["uniform"]
+    assert summary["cost_vs_target"] >= 0.97 and uniform["macs"] <= summary["target"]
+    assert uniform["epochs"] == 2 and summary["searched"]["epochs"] == (1 if method_class(summary["method"]).trains
+                                                                        else 2)
+    assert "| uniform | " + " / ".join(map(str, uniform["widths"])) in report
+    assert (run_dir / "compare-uniform" / "export" / "model.onnx").exists()
     fused = load_model(run_dir / "fuse")
     assert all(b.fused for b in fused.blocks)
     export = json.loads((run_dir / "export" / "report.json").read_text())
@@ -115,11 +125,12 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_failed_stage_leaves_earlier_outputs_intact(pipeline_run, capsys):
     run_dir, data = pipeline_run
-    before = (run_dir / "search" / "weights.safetensors").read_bytes()
+    files = sorted(p for p in (run_dir / "search").rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
     code, _, _ = run(capsys, "search", "--run-dir", run_dir, "--data", data, "--target-macs", "1K")
     assert code == 2
-    assert (run_dir / "search" / "weights.safetensors").read_bytes() == before
-    assert torch.load(run_dir / "search" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    assert sorted(p for p in (run_dir / "search").rglob("*") if p.is_file()) == files
+    assert all(p.read_bytes() == before[p] for p in files)  # nothing written, nothing lost
 
 
 def test_block_is_chosen_by_configuration(tmp_path, fake_fashion, capsys):
@@ -198,7 +209,8 @@ def test_resume_auto_on_a_finished_pipeline_does_nothing(pipeline_run, tmp_path,
     source, data = pipeline_run
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir)  # (other tests rerun stages of the shared run)
-    argv = ["pipeline", "--data", data, "--run-dir", run_dir, "--epochs", "1", *QUICK, "--resume", "auto"]
+    argv = ["pipeline", "--data", data, "--run-dir", run_dir, "--epochs", "1", *QUICK,
+            "--set", "search.compare=[uniform]", "--resume", "auto"]
     code, out, err = run(capsys, *argv)  # brings the copy up to date, rerunning only what is stale
     assert code == 0, err
     assert "train: complete" in out and "search: complete" in out  # nothing trained again
@@ -217,9 +229,9 @@ def test_results_are_easy_to_find(pipeline_run, capsys):
     extract = json.loads((run_dir / "extract" / "report.json").read_text())
     gates = load_model(run_dir / "search").gate_modules()
     assert search["widths"] == [int(g.mask().sum()) for g in gates]  # the result leads: what the gates keep
-    assert search["supernet"]["widths"] == [16, 32, 32, 64, 64, 64] and search["method"] == "pas"
+    assert search["supernet"]["widths"] == [16, 32, 32, 64, 64, 64] and search["method"] == "eagleeye"
     assert search["searched_macs"] == search["macs"] <= search["supernet"]["macs"]
-    assert "Widths chosen by method pas" in (run_dir / "report.md").read_text()
+    assert "Widths chosen by method eagleeye" in (run_dir / "report.md").read_text()
     code, out, _ = run(capsys, "info", run_dir)  # a run directory: its best model, and where the report is
     assert code == 0 and "report.md" in out and "fuse stage" in out
     code, out, _ = run(capsys, "info", run_dir / "extract")
@@ -270,7 +282,8 @@ def test_extract_of_a_net_never_searched_is_an_error(pipeline_run, tmp_path, cap
 def test_a_search_that_never_reaches_its_target_says_so(pipeline_run, tmp_path, capsys):
     run_dir, data = pipeline_run
     code, out, err = run(capsys, "search", "--from", run_dir / "train", "--run-dir", tmp_path, "--data", data,
-                         "--epochs", "1", *QUICK, "--set", "search.alpha=0", "--set", "search.gate_lr=1e-6")
+                         "--epochs", "1", *QUICK, "--method", "pas", "--set", "search.alpha=0",
+                         "--set", "search.gate_lr=1e-6")
     assert code == 0, err
     assert "repas: warning: the search ended at 2.00 x its target" in out
     searched = json.loads((tmp_path / "search" / "report.json").read_text())

@@ -107,8 +107,8 @@ def test_the_cli_runs_unchanged_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "repas"]
     assert main(["train", *common, "--epochs", "1"]) == 0
-    done = subprocess.run(torchrun + ["search", *common, "--epochs", "1"], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(torchrun + ["search", *common, "--method", "pas", "--epochs", "1"], capture_output=True,
+                          text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1 and done.stdout.count("epoch=1 ") == 1  # rank 0 alone logs
     report = json.loads((tmp_path / "run" / "search" / "report.json").read_text())

@@ -1,5 +1,6 @@
 """``run_pipeline``: every stage in order, plus the dense net fused and exported for the
-comparison, and the summary (report.md)."""
+comparison, the methods of ``search.compare`` run beside the search, and the summary
+(report.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig
 from repas.deploy import onnx_latency_each
 from repas.stages.common import CONFIG_FILE, STAGES, Resume, get_data, latency_table_path, read_report, stage_dir
+from repas.stages.compare import compare_runs
 from repas.stages.export import export_stage
 from repas.stages.extract import extract_stage
 from repas.stages.fuse import fuse_stage
@@ -85,13 +87,14 @@ def run_pipeline(cfg: PipelineConfig, *, resume: Resume = False) -> dict[str, An
         # the dense net, for the comparison only: float ONNX
         export_stage(cfg, source=run / "dense-fuse", out=run / "dense-export", data=data, formats=["onnx"],
                      int8=False)
+    compared = compare_runs(cfg, resume=resume, data=data)
     e = cfg.export
     shape = tuple(read_report(run / "export")["latency_input"])
-    latency = onnx_latency_each({"dense": run / "dense-export" / "model.onnx",
-                                 "searched": run / "export" / "model.onnx"}, shape, threads=e.threads,
+    exports = {"dense": run / "dense-export", "searched": run / "export", **compared}
+    latency = onnx_latency_each({k: d / "model.onnx" for k, d in exports.items()}, shape, threads=e.threads,
                                 warmup=e.warmup, runs=e.runs)
     latency = {k: {"median_ms": v} for k, v in latency.items()}
-    summary = summarize(cfg, latency, time.perf_counter() - started, data.primary, data.baseline())
+    summary = summarize(cfg, latency, time.perf_counter() - started, data.primary, data.baseline(), compared)
     atomic_write_json(run / CONFIG_FILE, dataclasses.asdict(cfg))
     atomic_write_json(run / SUMMARY, summary)
     atomic_write_text(run / "report.md", summary_markdown(summary))

@@ -13,21 +13,25 @@ from repas.stages.common import environment, latency_table_path, read_report
 
 
 def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds: float, primary: str,
-              baseline: dict[str, float] | None = None) -> dict[str, Any]:
+              baseline: dict[str, float] | None = None, compared: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The run's numbers: dense and searched net (and each compared method's, from its
+    export directory in ``compared``), ``latency`` measured for each in one process."""
     run = Path(cfg.run_dir)
-    train, search, extract = read_report(run / "train"), read_report(run / "search"), read_report(run / "extract")
-    finetune = read_report(run / "finetune")
+    search, extract = read_report(run / "search"), read_report(run / "extract")
 
     table = latency_table_path(cfg)
 
-    def row(export: dict[str, Any], trained: dict[str, Any], which: str) -> dict[str, Any]:
+    def row(export_dir: Path, which: str) -> dict[str, Any]:
+        export = read_report(export_dir)
+        trained = read_report(export_dir.parent / ("train" if which == "dense" else "finetune"))
         predicted = None
         if table.exists():
-            spec = ArchSpec.load(run / ("dense-export" if which == "dense" else "export"))
+            spec = ArchSpec.load(export_dir)
             predicted = float(LatencyModel.load(table, spec)(spec.widths))
         return {"widths": export["widths"], "macs": export["macs"], "params": export["params"],
                 "torch": trained["test"][primary], "onnx": export["onnx_metrics"][primary],
                 "onnx_ms": latency[which]["median_ms"], "predicted_ms": predicted,
+                "epochs": trained.get("config", {}).get("epochs"),
                 "metrics": export.get("metrics", {}), "latency_ms": export.get("latency_ms", {})}
 
     return {
@@ -36,8 +40,9 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
         "method": search.get("method", cfg.search.method), "search_end_widths": search["widths"],
         "threshold_widths": extract["threshold_widths"],
         "warnings": list(dict.fromkeys(search.get("warnings", []) + extract.get("warnings", []))),
-        "dense": row(read_report(run / "dense-export"), train, "dense"),
-        "searched": row(read_report(run / "export"), finetune, "searched"),
+        "dense": row(run / "dense-export", "dense"),
+        "searched": row(run / "export", "searched"),
+        "compared": {m: row(d, m) for m, d in (compared or {}).items()},
         "baseline": baseline, "threads": cfg.export.threads,
         "latency_input": read_report(run / "export")["latency_input"],
         "tolerance": search.get("tolerance"),
@@ -50,6 +55,18 @@ def _bundle_cell(row: dict[str, Any], fmt: str, runtime: str, precision: str, me
     if key not in row.get("metrics", {}):
         return "-"
     return f"{row['metrics'][key][metric]:.2f}, {row['latency_ms'][runtime][precision]:.3f} ms"
+
+
+def _compared_markdown(s: dict[str, Any], metric: str) -> str:
+    """The searched net beside the methods run at the same budget and total epochs."""
+    nets = {f"{s.get('method', 'pas')} (searched)": s["searched"], **s["compared"]}
+    lines = ["The same budget and total epochs from the same dense net, other methods choosing the widths "
+             "(`search.compare`):", "",
+             f"| method | widths | MACs | {metric}, fused ONNX | ONNX latency | fine-tune epochs |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {' / '.join(map(str, r['widths']))} | {r['macs'] / 1e6:.3f} M | {r['onnx']:.2f} | "
+              f"{r['onnx_ms']:.3f} ms | {r.get('epochs', '-')} |" for name, r in nets.items()]
+    return "\n".join(lines)
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
@@ -81,6 +98,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
              "",
              "| | dense | searched |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if s.get("compared"):
+        lines += ["", _compared_markdown(s, metric)]
     t = s.get("tolerance")
     if t:
         got, broke = t["accepted"], t["broke"]

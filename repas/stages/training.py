@@ -11,6 +11,7 @@ from typing import Any
 
 from repas.config import PipelineConfig, TrainConfig
 from repas.errors import RepasError
+from repas.search import method_class
 from repas.stages.common import (
     Resume,
     check_task,
@@ -93,12 +94,22 @@ def open_stage(cfg: PipelineConfig, stage: str, source: str | Path | None, tcfg:
     return src, resumed, model, data
 
 
+def finetune_config(cfg: PipelineConfig) -> TrainConfig:
+    """The fine-tune's recipe. ``search.epochs`` is what the search may spend; a method that
+    prunes in one shot (eagleeye, uniform, l1 ...) spends none, and its final net fine-tunes
+    for them instead, so every method trains the same total epochs."""
+    if method_class(cfg.search.method).trains:
+        return cfg.finetune
+    return dataclasses.replace(cfg.finetune, epochs=cfg.finetune.epochs + cfg.search.epochs)
+
+
 def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, *, resume: Resume = False,
                    data: TaskData | None = None) -> Path:
-    """Train the extracted (physically smaller) multi-branch net."""
-    opened = open_stage(cfg, "finetune", source, cfg.finetune, resume, data)
+    """Train the extracted (physically smaller) multi-branch net (``finetune_config``)."""
+    tcfg = finetune_config(cfg)
+    opened = open_stage(cfg, "finetune", source, tcfg, resume, data)
     if opened is None:
         return stage_dir(cfg, "finetune")
     _, resumed, model, data = opened
-    model, report = run_training(cfg, "finetune", model, cfg.finetune, resumed, data=data)
+    model, report = run_training(cfg, "finetune", model, tcfg, resumed, data=data)
     return save_stage(model, stage_dir(cfg, "finetune"), report, cfg)

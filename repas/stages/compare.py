@@ -1,0 +1,56 @@
+"""Another pruning method run beside the search, from the same dense net, at the same budget
+and the same total epochs: search -> extract -> fine-tune -> fuse -> float ONNX export. The
+pipeline runs ``search.compare`` this way so that report.md shows the searched net against
+uniform scaling; ``scripts/bench_pareto.py`` runs every row of its tables with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from repas.config import PipelineConfig
+from repas.stages.common import CONFIG_FILE, Resume, stage_dir
+from repas.stages.export import export_stage
+from repas.stages.extract import extract_stage
+from repas.stages.fuse import fuse_stage
+from repas.stages.resume import newer
+from repas.stages.search import search_stage
+from repas.stages.training import finetune_stage
+from repas.task_data import TaskData
+
+log = logging.getLogger("repas.stages")
+
+
+def method_config(cfg: PipelineConfig, method: str, out: str | Path, **search: object) -> PipelineConfig:
+    """``cfg`` with ``method`` choosing the widths (and any other search keys changed), run in ``out``."""
+    return dataclasses.replace(cfg, run_dir=str(out), search=dataclasses.replace(cfg.search, method=method, **search))
+
+
+def method_run(cfg: PipelineConfig, dense: str | Path, *, resume: Resume = False, data: TaskData | None = None) -> Path:
+    """Every stage after dense training for ``cfg`` (its own run directory), from the dense
+    supernet in ``dense``; the fine-tune gets the search's epochs when the method spends
+    none (``finetune_config``), so every method trains the same total epochs. Returns the
+    export directory. Under ``--resume auto``, a finished run newer than ``dense`` is kept."""
+    export = stage_dir(cfg, "export")
+    recorded = export / CONFIG_FILE
+    if resume == "auto" and newer(export, Path(dense)) and recorded.exists() and \
+            json.loads(recorded.read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
+        return export
+    search_stage(cfg, source=dense, data=data)
+    extract_stage(cfg)
+    finetune_stage(cfg, data=data)
+    fuse_stage(cfg)
+    return export_stage(cfg, data=data, formats=["onnx"], int8=False)
+
+
+def compare_runs(cfg: PipelineConfig, *, resume: Resume = False, data: TaskData | None = None) -> dict[str, Path]:
+    """The methods of ``search.compare``, each in RUN_DIR/compare-<method>: their export directories."""
+    run = Path(cfg.run_dir)
+    out = {}
+    for method in cfg.search.compare or []:
+        log.info(f"compare: {method} at the same budget and total epochs, from {run / 'train'}")
+        sub = method_config(cfg, method, run / f"compare-{method}")
+        out[method] = method_run(sub, run / "train", resume=resume, data=data)
+    return out
