@@ -8,7 +8,9 @@ Budgets are fractions of the dense MACs (``--budgets``) and of the dense net's l
 the latency table predicts it (``--latency-budgets``; search.metric=latency for every
 method, so uniform and L1 meet a latency budget too). All fused nets are then timed in one
 process (onnxruntime, alternating rounds). Every finished row is saved at once to
-RUN_DIR/pareto.json, so a stopped run resumes where it was. Writes docs/pareto_<name>.md,
+RUN_DIR/pareto.json, so a stopped run resumes where it was; on a machine without RUN_DIR
+the rows of the committed docs/pareto_<name>.json are kept (with the latency measured
+then) and only the missing ones run. Writes docs/pareto_<name>.md,
 docs/pareto_<name>.json (one row per method, budget and seed) and the plots.
 
     python scripts/bench_pareto.py --config configs/fmnist.yaml --name fmnist \\
@@ -141,6 +143,15 @@ def table(rows: list[dict], primary: str) -> str:
     return "\n".join(lines)
 
 
+def carried_rows(docs: Path, name: str) -> list[dict]:
+    """The rows of an earlier run of this benchmark, from its committed docs JSON: a run
+    resumed on a machine without RUN_DIR keeps them rather than training them again."""
+    path = docs / f"pareto_{name}.json"
+    if not path.exists():
+        return []
+    return [{**r, "carried": True} for r in json.loads(path.read_text())["rows"]]
+
+
 def shared_latency_table(cfg: PipelineConfig, run: Path, data) -> Path:
     """The latency table of the space (measured once, shared by every seed)."""
     path = run / "latency.csv"
@@ -168,7 +179,8 @@ def main() -> None:
     budgets = [("macs", float(b)) for b in args.budgets.split(",") if b.strip()]
     budgets += [("latency", float(b)) for b in args.latency_budgets.split(",") if b.strip()]
     results_path = root / "pareto.json"
-    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
+    docs = Path(args.docs)
+    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else carried_rows(docs, args.name)
     table_path = None
     for seed in (int(s) for s in args.seeds.split(",")):
         run = root / f"seed-{seed}"
@@ -189,15 +201,19 @@ def main() -> None:
                 rows.append(run_one(cfg, run, method, metric, budget, seed, data))
                 atomic_write_json(results_path, {"rows": rows})
     e = cfg.export
-    shape = tuple(json.loads((Path(rows[0]["dir"]) / "export" / "report.json").read_text())["latency_input"])
-    times = onnx_latency_each({r["dir"]: Path(r["dir"]) / "export" / "model.onnx" for r in rows}, shape,
+    here = [r for r in rows if (Path(r.get("dir", "")) / "export" / "model.onnx").exists()]
+    if not here:
+        raise SystemExit(f"no row of {args.name} has its run directory on this machine: nothing to time")
+    shape = tuple(json.loads((Path(here[0]["dir"]) / "export" / "report.json").read_text())["latency_input"])
+    times = onnx_latency_each({r["dir"]: Path(r["dir"]) / "export" / "model.onnx" for r in here}, shape,
                               threads=e.threads, warmup=e.warmup, runs=e.runs)
-    for r in rows:
+    for r in here:
         r["latency_ms"] = times[r["dir"]]
+        r.pop("carried", None)
         if table_path is not None:
             spec = ArchSpec.load(Path(r["dir"]) / "export")
             r["predicted_latency_ms"] = float(LatencyModel.load(table_path, spec)(spec.widths))
-    dense = ArchSpec.load(root / f"seed-{rows[0]['seed']}" / "train")
+    dense = ArchSpec.load(root / f"seed-{here[0]['seed']}" / "train")
     primary = next(iter(rows[0]["metric"]))
     default_methods = ",".join(list_methods())
     header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, torch threads {cfg.threads}; latency: onnxruntime, "
@@ -210,14 +226,17 @@ def main() -> None:
               f"{args.config} --name {args.name} --budgets {args.budgets} --latency-budgets {args.latency_budgets} "
               f"--seeds {args.seeds} " + (f"--methods {args.methods} " if args.methods != default_methods else "")
               + " ".join(f"--set {s}" for s in args.set) + "`\n")
-    docs = Path(args.docs)
+    carried = sum(1 for r in rows if r.get("carried"))
+    if carried:
+        header += (f"\n{carried} rows were carried from an earlier run's docs JSON (their run directory was not "
+                   f"on this machine): their latency is the one measured then, in another process.\n")
     plots = plot(rows, primary, args.name, docs)
     text = header + "\n" + table(rows, primary) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
     atomic_write_json(results_path, {"rows": rows, "header": header})
     atomic_write_json(docs / f"pareto_{args.name}.json", {"header": header, "rows": [
         {k: r[k] for k in ("method", "budget_metric", "budget", "seed", "target", "cost", "cost_vs_target", "macs",
                            "params", "widths", "latency_ms", "metric", "epochs_total", "epochs_at_own_widths")
-         if k in r} | ({"predicted_latency_ms": r["predicted_latency_ms"]} if "predicted_latency_ms" in r else {})
+         if k in r} | {k: r[k] for k in ("predicted_latency_ms", "carried", "dir") if k in r}
         for r in rows]})
     atomic_write_text(docs / f"pareto_{args.name}.md", text)
     print(text)
