@@ -14,11 +14,13 @@ ROOT = Path(__file__).parents[1] / "repas"
 ALLOWED = {
     "reparam": {"spec", "errors"},
     "supernet": {"reparam", "spec", "errors", "atomic", "sr_geometry"},
-    "search": {"supernet", "reparam", "spec", "latency_table", "errors", "atomic"},
+    "search": {"supernet", "graph", "reparam", "spec", "latency_table", "errors", "atomic"},
     "train": {"supernet", "reparam", "spec", "errors", "atomic", "config", "distributed"},
     "deploy": {"reparam", "spec", "latency_table", "errors", "atomic", "colour", "sr_geometry"},
     "data": {"errors", "spec", "colour"},
     "tasks": {"errors", "colour", "sr_geometry"},
+    "graph": {"supernet", "errors"},
+    "models": set(),
 }
 
 

@@ -25,15 +25,14 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
 from repas.search.allocation import fit_to_budget, round_width, top_k_mask
-from repas.search.extract import extract_subnet
 from repas.search.methods.magnitude import l1_scores
 from repas.search.methods.registry import Masks, PruningMethod, register_method
-from repas.supernet.gating import gated_copy
-from repas.supernet.net import RepNet
+from repas.search.prunable import pruned_view
 
 
 @register_method("eagleeye")
 class AdaptiveBN(PruningMethod):
+    any_model = True
     summary = "random width allocations around uniform, BN recalibrated, closest to the dense outputs (EagleEye)"
     needs_inputs = True
     input_count: ClassVar[int] = 2048  # half recalibrate BatchNorm, half judge the outputs
@@ -100,17 +99,17 @@ class AdaptiveBN(PruningMethod):
     def _divergence(self, masks: Masks, calibrate: list[torch.Tensor], probe: list[torch.Tensor],
                     reference: list[torch.Tensor]) -> float:
         """How far the net cut by ``masks`` (BatchNorm recalibrated) is from the dense outputs."""
-        net: RepNet = extract_subnet(gated_copy(self.model, masks))
-        update_bn(calibrate, net)
-        net.eval()
         total = 0.0
-        for x, ref in zip(probe, reference):
-            out = net(x)
-            if self.model.spec.task == "classification":
-                total += float(F.kl_div(out.log_softmax(1), ref.log_softmax(1), log_target=True,
-                                        reduction="batchmean")) * len(x)
-            else:
-                total += float(F.mse_loss(out, ref)) * len(x)
+        with pruned_view(self.model, masks) as net:
+            update_bn(calibrate, net)
+            net.eval()
+            for x, ref in zip(probe, reference):
+                out = net(x)
+                if self.model.spec.task == "classification":
+                    total += float(F.kl_div(out.log_softmax(1), ref.log_softmax(1), log_target=True,
+                                            reduction="batchmean")) * len(x)
+                else:
+                    total += float(F.mse_loss(out, ref)) * len(x)
         return total / sum(len(x) for x in probe)
 
     def metrics(self) -> dict[str, float]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import torch
 
 from repas.search.allocation import full_scores, global_masks, layer_normalized, uniform_masks
-from repas.search.importance import l1_norms
 from repas.search.methods.registry import Masks, PruningMethod, register_method
+from repas.search.prunable import filter_norms
 
 
 @register_method("uniform")
 class Uniform(PruningMethod):
+    any_model = True
     summary = "one width multiplier for every gated layer (the first channels), the largest that fits"
 
     @torch.no_grad()
@@ -24,11 +25,12 @@ class Uniform(PruningMethod):
 
 def l1_scores(method: PruningMethod) -> list[torch.Tensor]:
     """Filter L1 norms of every block's equivalent kernel, over each layer's mean."""
-    return full_scores(method.model.spec, layer_normalized(l1_norms(method.model)))
+    return full_scores(method.model.spec, layer_normalized(filter_norms(method.model)))
 
 
 @register_method("l1")
 class L1(PruningMethod):
+    any_model = True
     summary = "filter L1 norms (equivalent kernels), one global threshold (Li et al.)"
 
     @torch.no_grad()
@@ -39,6 +41,7 @@ class L1(PruningMethod):
 
 @register_method("l1-layer")
 class L1Layer(PruningMethod):
+    any_model = True
     summary = "filter L1 norms, the same width multiplier for every layer"
 
     @torch.no_grad()

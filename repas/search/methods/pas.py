@@ -14,6 +14,7 @@ from repas.supernet.gating import gate_scores, gate_widths
 
 @register_method("pas")
 class PaS(PruningMethod):
+    any_model = True
     summary = "Pruning-as-Search: binary gates learn widths under a budget loss (trains)"
     trains = True
     learns_gates = True

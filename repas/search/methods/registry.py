@@ -17,8 +17,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from repas.errors import RepasError
+from repas.graph import GatedModel
 from repas.search.budget import Budget, resolve_target
-from repas.search.extract import extract_subnet
+from repas.search.prunable import cost_function, extract_model
 from repas.supernet.gating import apply_masks
 from repas.supernet.net import RepNet
 
@@ -42,11 +43,16 @@ class PruningMethod:
     trains: ClassVar[bool] = False
     learns_gates: ClassVar[bool] = False
     needs_inputs: ClassVar[bool] = False
+    any_model: ClassVar[bool] = False  # it also prunes a user's CNN (a repas.graph.GatedModel)
     input_count: ClassVar[int] = 256  # training images ``select`` is given, when it needs inputs
 
-    def __init__(self, model: RepNet, budget: Budget, *, step: int = 1, tolerance: float = 0.03,
+    def __init__(self, model: RepNet | GatedModel, budget: Budget, *, step: int = 1, tolerance: float = 0.03,
                  strength: float | None = None, updates_per_epoch: int = 1, epochs: int = 1) -> None:
         _require_gates(model, self.name)
+        if isinstance(model, GatedModel) and not self.any_model:
+            able = ", ".join(n for n in list_methods() if _METHODS[n].any_model)
+            raise RepasError(f"method {self.name} reads the blocks of a repas supernet and cannot prune "
+                             f"{model.spec.name} yet; methods for any CNN: {able}")
         self.model, self.budget = model, budget
         self.step, self.tolerance, self.strength = step, tolerance, strength
         self.updates_per_epoch, self.epochs = max(1, updates_per_epoch), max(1, epochs)
@@ -86,13 +92,14 @@ class PruningMethod:
         apply_masks(self.model, masks, scores)
         return [int(m.sum()) for m in masks]
 
-    def extract(self, inputs: torch.Tensor | None = None) -> RepNet:
-        """Prune, then cut the physically smaller net (no gates), equal to the gated one."""
+    def extract(self, inputs: torch.Tensor | None = None) -> torch.nn.Module:
+        """Prune, then cut the physically smaller net (no gates), equal to the gated one: a
+        RepNet, or for a ``GatedModel`` the user's own model class, smaller."""
         self.prune(inputs)
-        return extract_subnet(self.model)
+        return extract_model(self.model)
 
 
-def _require_gates(model: RepNet, method: str) -> None:
+def _require_gates(model: RepNet | GatedModel, method: str) -> None:
     if not any(g is not None for g in model.gate_modules()):
         raise RepasError(f"{model.spec.name} has no gated layer: method {method} needs a supernet "
                          "(repas.create_model(name, gated=True))")
@@ -123,9 +130,10 @@ def method_class(name: str) -> type[PruningMethod]:
     return _METHODS[name]
 
 
-def create_method(name: str, model: RepNet, budget: Budget | None = None, *, target: float | str = 0.5,
+def create_method(name: str, model: RepNet | GatedModel, budget: Budget | None = None, *, target: float | str = 0.5,
                   metric: str = "macs", alpha: float = 5.0, **options: Any) -> PruningMethod:
-    """Attach method ``name`` to a gated ``model``. The budget is ``budget``, or ``target``
+    """Attach method ``name`` to a gated ``model`` (a supernet, or any CNN wrapped in a
+    ``repas.graph.GatedModel``). The budget is ``budget``, or ``target``
     (a fraction of the dense cost such as 0.5, or an absolute '2.5M') in ``metric``
     (macs or params; latency needs a Budget with a LatencyModel). ``options``: step,
     tolerance, strength, updates_per_epoch, epochs."""
@@ -134,6 +142,7 @@ def create_method(name: str, model: RepNet, budget: Budget | None = None, *, tar
     if budget is None:
         fraction = target if isinstance(target, float | int) and 0 < float(target) <= 1 else None
         absolute = None if fraction is not None else target
-        target_value = resolve_target(model.spec, metric, fraction=fraction, absolute=absolute)
-        budget = Budget(model.spec, target_value, metric, alpha)
+        fn = None if metric == "latency" else cost_function(model, metric)
+        target_value = resolve_target(model.spec, metric, fraction=fraction, absolute=absolute, model=fn)
+        budget = Budget(model.spec, target_value, metric, alpha, fn)
     return cls(model, budget, **options)

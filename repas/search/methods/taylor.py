@@ -27,6 +27,7 @@ PRUNED = -1e30  # the score of a channel already pruned: removed first, never ad
 
 @register_method("taylor")
 class Taylor(PruningMethod):
+    any_model = True
     summary = "Taylor importance (gate gradients), pruned in rounds by importance per unit of cost while training"
     trains = True
     rounds: ClassVar[int] = 4

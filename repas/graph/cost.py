@@ -1,0 +1,150 @@
+"""MACs and parameters of a gated user model as a function of its groups' widths.
+
+Each conv or linear layer costs ``k * spatial * c_in * c_out / groups`` MACs; each of its
+channel counts is fixed or follows the groups that cut it (a concatenation's consumer
+takes input channels from several groups, a depthwise conv's input and output follow one).
+Given the groups' gate counts (differentiable) the total is differentiable too; given
+integer widths it equals ``torch.utils.flop_counter`` (FLOPs / 2) on the extracted model.
+BatchNorm counts 2 parameters a channel; PReLU one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from repas.errors import RepasError
+from repas.graph.groups import ChannelGroup
+
+
+@dataclass
+class Channels:
+    """A channel count: ``fixed`` plus, for each (group, n, size), the kept share of the
+    ``n`` of the group's ``size`` channels this layer carries (all of them, n = size, but
+    where a split hands a layer part of a group: then the share is proportional)."""
+
+    fixed: int = 0
+    parts: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def count(self, widths: list):
+        total = self.fixed
+        for g, n, size in self.parts:
+            total = total + (widths[g] if n == size else widths[g] * (n / size))
+        return total
+
+
+@dataclass
+class LayerCost:
+    name: str
+    kind: str            # conv | depthwise | linear | bn | prelu
+    per_channel: float   # MACs per (c_in x c_out) unit (conv, linear), or per channel (depthwise)
+    c_in: Channels
+    c_out: Channels
+    params_per: float    # parameters per (c_in x c_out) unit or per channel
+    bias: bool = False
+
+
+def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[ChannelGroup]) -> list[LayerCost]:
+    """The cost entry of every conv, linear, BatchNorm and PReLU layer of ``model``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [m.register_forward_hook(_record(shapes, n)) for n, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    batch = example_inputs.shape[0]
+    out_of: dict[str, Channels] = {}
+    in_of: dict[str, Channels] = {}
+    for gi, group in enumerate(groups):
+        for m in group.members:
+            target = out_of if m.side == "out" else in_of
+            target.setdefault(m.name, Channels()).parts.append((gi, len(m.group), group.size))
+    entries = []
+    for name, m in model.named_modules():
+        c_out = _channels(out_of.get(name), _width(m, "out"))
+        c_in = _channels(in_of.get(name), _width(m, "in"))
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            if name not in shapes:
+                continue  # not on the traced path: costs nothing
+            k = m.weight.shape[2] * m.weight.shape[3]
+            spatial = _spatial(shapes[name], m) / batch
+            if m.groups == 1:
+                entries.append(LayerCost(name, "conv", k * spatial, c_in, c_out, k, m.bias is not None))
+            elif m.groups == m.in_channels == m.out_channels:
+                entries.append(LayerCost(name, "depthwise", k * spatial, c_out, c_out, k, m.bias is not None))
+            else:
+                if name in out_of or name in in_of:
+                    raise RepasError(f"layer {name} is a grouped conv ({m.groups} groups, neither 1 nor depthwise): "
+                                     "repas cannot size it; add it to ignored_layers")
+                entries.append(LayerCost(name, "conv", k * spatial / m.groups, c_in, c_out, k / m.groups,
+                                         m.bias is not None))
+        elif isinstance(m, nn.Linear):
+            if name not in shapes:
+                continue
+            tokens = torch.Size(shapes[name][:-1]).numel() / batch
+            entries.append(LayerCost(name, "linear", tokens, c_in, c_out, 1.0, m.bias is not None))
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            entries.append(LayerCost(name, "bn", 0.0, c_out, c_out, 2.0))
+        elif isinstance(m, nn.PReLU):
+            entries.append(LayerCost(name, "prelu", 0.0, c_out, c_out, 1.0 if m.num_parameters > 1 else 0.0))
+    return entries
+
+
+def _record(shapes: dict, name: str):
+    def hook(module, inputs, output):
+        shapes[name] = tuple(output.shape)
+    return hook
+
+
+def _spatial(shape: tuple[int, ...], m: nn.Module) -> float:
+    if isinstance(m, nn.ConvTranspose2d):  # MACs follow the input positions: each scatters a kernel
+        raise RepasError("ConvTranspose2d layers are not costed yet: add them to ignored_layers")
+    return float(shape[0] * shape[2] * shape[3])
+
+
+def _width(m: nn.Module, side: str) -> int:
+    if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+        return m.out_channels if side == "out" else m.in_channels
+    if isinstance(m, nn.Linear):
+        return m.out_features if side == "out" else m.in_features
+    if isinstance(m, nn.BatchNorm2d):
+        return m.num_features
+    if isinstance(m, nn.PReLU):
+        return m.num_parameters
+    return 0
+
+
+def _channels(cut: Channels | None, full: int) -> Channels:
+    """The layer's channel count: the groups that cut it, the rest fixed."""
+    if cut is None:
+        return Channels(full)
+    return Channels(full - sum(n for _, n, _ in cut.parts), list(cut.parts))
+
+
+def graph_cost(entries: list[LayerCost], widths: list, metric: str):
+    """Total MACs or params at ``widths`` (ints or differentiable counts, one per group)."""
+    if metric not in ("macs", "params"):
+        raise RepasError(f"a user model is costed in macs or params, not {metric!r} (latency tables: repas profile)")
+    total = torch.zeros((), dtype=torch.float64)  # float32 drops units above 16.7M
+    for e in entries:
+        cin, cout = e.c_in.count(widths), e.c_out.count(widths)
+        if metric == "macs":
+            if e.kind in ("conv", "linear"):
+                total = total + e.per_channel * cin * cout
+            elif e.kind == "depthwise":
+                total = total + e.per_channel * cout
+        else:
+            if e.kind in ("conv", "linear"):
+                total = total + e.params_per * cin * cout + (cout if e.bias else 0)
+            elif e.kind == "depthwise":
+                total = total + e.params_per * cout + (cout if e.bias else 0)
+            else:
+                total = total + e.params_per * cout
+    return total

@@ -1,0 +1,6 @@
+"""Plain PyTorch models of the kind users bring, shipped as worked examples of searching the
+widths of a model repas did not build (``repas.graph``)."""
+
+from repas.models.unet import UNet
+
+__all__ = ["UNet"]
