@@ -10,15 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from repas.errors import RepasError
 from repas.graph import GatedModel
-from repas.models import UNet
-
-
-def resnet18_fmnist() -> nn.Module:
-    """ResNet-18 for 1x28x28 inputs, as CIFAR-style ResNets are adapted: a 3x3 stem, no max-pool."""
-    m = torchvision.models.resnet18(num_classes=10)
-    m.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
-    m.maxpool = nn.Identity()
-    return m
+from repas.models import UNet, resnet18_small
 
 
 def timm_model(name: str):
@@ -27,7 +19,7 @@ def timm_model(name: str):
 
 
 MODELS = {
-    "resnet18": (resnet18_fmnist, (3, 1, 28, 28)),
+    "resnet18": (resnet18_small, (3, 1, 28, 28)),
     "mobilenetv2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (3, 3, 32, 32)),
     "repvgg_a0": (timm_model("repvgg_a0"), (3, 3, 32, 32)),
     "mobileone_s0": (timm_model("mobileone_s0"), (2, 3, 16, 16)),
@@ -162,3 +154,45 @@ def test_a_method_that_reads_supernet_blocks_says_it_cannot_prune_a_user_model()
     with pytest.raises(RepasError, match="slimming reads the blocks of a repas supernet.*methods for any CNN: "
                                          "eagleeye, l1, l1-layer, pas, taylor, uniform"):
         create_method("slimming", g, target=0.5)
+
+
+@pytest.mark.parametrize("name, builder, kwargs", [("resnet18", "repas.models:resnet18_small", {}),
+                                                   ("unet", "repas.models:UNet", {"channels": 1, "width": 16})])
+def test_a_pruned_model_saves_without_pickles_and_loads_through_its_builder(name, builder, kwargs, tmp_path):
+    from repas.graph import load_pruned, save_pruned
+
+    g, x = gated(name)
+    set_gates(g, random_masks(g, 4))
+    sub = g.extract().eval()
+    save_pruned(sub, tmp_path, g, builder=builder, kwargs=kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.json", "weights.safetensors"]
+    loaded = load_pruned(tmp_path)
+    assert type(loaded) is type(sub)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), sub(x))
+    with pytest.raises(RepasError, match="cannot import the builder 'nowhere:model'"):
+        save_pruned(sub, tmp_path / "b", g, builder="nowhere:model")
+        load_pruned(tmp_path / "b")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "unet", "mobileone_s0"])
+def test_the_pruned_model_fuses_and_exports_to_a_verified_onnx(name, tmp_path):
+    from repas.deploy import export_models
+    from repas.graph import fuse_model
+
+    g, x = gated(name)
+    set_gates(g, random_masks(g, 6))
+    sub = g.extract().eval()
+    fused = fuse_model(sub)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())  # every BN folded
+    with torch.no_grad():
+        expected = sub(x)
+        assert torch.allclose(fused(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    if name == "mobileone_s0":  # timm's reparameterisation: one conv per block
+        assert sum(isinstance(m, nn.Conv2d) for m in fused.modules()) < sum(isinstance(m, nn.Conv2d)
+                                                                              for m in sub.modules())
+    pytest.importorskip("onnxruntime")
+    # random BN statistics blow MobileOne's outputs up to ~1e10: the tolerance is relative
+    tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
+    result = export_models(fused, tmp_path, (1, *x.shape[1:]), ["onnx"], tolerance=tolerance)
+    assert result["checks"]["onnx_float_max_abs_diff"] <= tolerance

@@ -19,7 +19,7 @@ ALLOWED = {
     "deploy": {"reparam", "spec", "latency_table", "errors", "atomic", "colour", "sr_geometry"},
     "data": {"errors", "spec", "colour"},
     "tasks": {"errors", "colour", "sr_geometry"},
-    "graph": {"supernet", "errors"},
+    "graph": {"supernet", "errors", "atomic"},
     "models": set(),
 }
 

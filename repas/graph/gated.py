@@ -167,6 +167,7 @@ def prune_copy(model: nn.Module, example_inputs: torch.Tensor, groups: list[Chan
             del m._forward_hooks[key]
     graph = dependency_graph(out, example_inputs)
     modules = dict(out.named_modules())
+    followers = _group_followers(out)
     for group, mask in zip(groups, masks):
         if len(mask) != group.size:
             raise RepasError(f"mask of {len(mask)} channels for group {group.root} of {group.size}")
@@ -178,4 +179,19 @@ def prune_copy(model: nn.Module, example_inputs: torch.Tensor, groups: list[Chan
         root = modules[group.root]
         pruner = graph.get_pruner_of_module(root)
         graph.get_pruning_group(root, pruner.prune_out_channels, idxs=off).prune()
+    for block, conv in followers:  # blocks that record their conv's groups (timm's RepVGG, MobileOne)
+        block.groups = conv.groups
     return out
+
+
+def _group_followers(model: nn.Module) -> list[tuple[nn.Module, nn.Conv2d]]:
+    """Modules that keep a copy of their first conv's ``groups`` (a depthwise block's channel
+    count), which Torch-Pruning updates in the conv only: their reparameterisation reads it."""
+    pairs = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) or not isinstance(getattr(m, "groups", None), int) or m.groups == 1:
+            continue
+        conv = next((c for c in m.modules() if isinstance(c, nn.Conv2d)), None)
+        if conv is not None and conv.groups == m.groups:
+            pairs.append((m, conv))
+    return pairs

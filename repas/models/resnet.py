@@ -1,0 +1,14 @@
+"""torchvision's ResNet-18 adapted to small images (28x28 Fashion-MNIST, 32x32 CIFAR), as
+CIFAR-style ResNets are: a 3x3 stride-1 stem and no max-pool, so the last stage sees 4x4."""
+
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+
+
+def resnet18_small(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
