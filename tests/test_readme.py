@@ -55,3 +55,21 @@ def test_readme_latency_example_runs():
     assert all(g.weight.grad is not None for g in namespace["model"].gate_modules())
     masks = namespace["masks"]
     assert namespace["latency"]([int(m.sum()) for m in masks]) <= namespace["budget"].target
+
+
+def test_readme_user_model_block_prunes_a_torchvision_model_and_round_trips(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict = {}
+    exec(compile(block("GatedModel(net"), "README.md", "exec"), namespace)
+    small, again, method = namespace["small"], namespace["again"], namespace["method"]
+    assert type(small) is torchvision.models.MobileNetV2
+    gated = namespace["gated"]
+    cost = float(gated.cost("macs", [int(m.sum()) for m in gated.masks()]))
+    assert 0.97 * method.budget.target <= cost <= method.budget.target
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), small.eval()(x))
+    assert namespace["made"]["checks"]["onnx_float_max_abs_diff"] <= 1e-4
