@@ -196,3 +196,17 @@ def test_the_pruned_model_fuses_and_exports_to_a_verified_onnx(name, tmp_path):
     tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
     result = export_models(fused, tmp_path, (1, *x.shape[1:]), ["onnx"], tolerance=tolerance)
     assert result["checks"]["onnx_float_max_abs_diff"] <= tolerance
+
+
+def test_a_deep_copy_masks_with_its_own_gates():
+    import copy
+
+    g, x = gated("unet")
+    twin = copy.deepcopy(g)  # what timm's EMA does to the model it averages
+    set_gates(twin, random_masks(twin, 7))
+    with torch.no_grad():
+        assert not torch.allclose(twin(x), g(x))  # the copy's masks act on the copy alone
+        assert torch.allclose(twin(x), twin.extract()(x), rtol=1e-5, atol=1e-5)
+        twin.remove()  # takes the copy's hooks off, not the original's
+        assert torch.equal(g(x), g(x)) and any(m._forward_hooks for m in g.model.modules())
+        assert not any(m._forward_hooks for m in twin.model.modules())

@@ -68,14 +68,14 @@ class GatedModel(nn.Module):
         self.costs: list[LayerCost] = layer_costs(model, example_inputs, self.groups)
         self.spec = GraphSpec(name or type(model).__name__, [GroupLayer(g.root, g.size) for g in self.groups],
                               tuple(example_inputs.shape), task)
-        self._hooks = []
+        self._hooks: list[int] = []  # hook ids (a deep copy's modules carry the same ids, not the handles)
         modules = dict(model.named_modules())
         for gate, group in zip(self.gates, self.groups):
             for member in group.members:
                 if member.masked:
                     index = torch.tensor(member.group)  # the gate channel of each member channel
                     self._hooks.append(modules[member.name].register_forward_hook(
-                        _masker(gate, index, torch.tensor(member.channels))))
+                        _Masker(gate, index, torch.tensor(member.channels))).id)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -125,8 +125,7 @@ class GatedModel(nn.Module):
 
     def remove(self) -> nn.Module:
         """Take the hooks off; returns the user's model as it was."""
-        for h in self._hooks:
-            h.remove()
+        _drop_hooks(self.model, self._hooks)
         self._hooks = []
         return self.model
 
@@ -143,28 +142,31 @@ class GatedModel(nn.Module):
         return pruned
 
 
-def _masker(gate: BinaryGate, group_index: torch.Tensor, channels: torch.Tensor):
-    def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-        b = gate.binary()
+class _Masker:
+    """The forward hook that multiplies a layer's output channels by its group's gate. An
+    object holding the gate, not a closure: a deep copy of the GatedModel (timm's EMA makes
+    one) then masks with the copy's own gates."""
+
+    def __init__(self, gate: BinaryGate, group_index: torch.Tensor, channels: torch.Tensor) -> None:
+        self.gate, self.group_index, self.channels = gate, group_index, channels
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        b = self.gate.binary()
         n = output.shape[1]
-        if len(channels) == n and bool((channels == torch.arange(n)).all()):
-            scale = b[group_index]
+        if len(self.channels) == n and bool((self.channels == torch.arange(n)).all()):
+            scale = b[self.group_index]
         else:
-            scale = torch.ones(n, dtype=b.dtype, device=b.device).index_put((channels,), b[group_index])
+            scale = torch.ones(n, dtype=b.dtype, device=b.device).index_put((self.channels,), b[self.group_index])
         shape = [1, n] + [1] * (output.dim() - 2)
         return output * scale.to(output.dtype).view(shape)
-    return hook
 
 
 def prune_copy(model: nn.Module, example_inputs: torch.Tensor, groups: list[ChannelGroup],
-               masks: list[torch.Tensor], *, hooks: list = ()) -> nn.Module:
-    """A deep copy of ``model`` without ``hooks``, each group's switched-off channels cut by
+               masks: list[torch.Tensor], *, hooks: list[int] = ()) -> nn.Module:
+    """A deep copy of ``model`` without the forward hooks of ids ``hooks``, each group's switched-off channels cut by
     Torch-Pruning (the root layer's pruner, the whole group with it)."""
     out = copy.deepcopy(model)
-    ids = {h.id for h in hooks}
-    for m in out.modules():
-        for key in [k for k in m._forward_hooks if k in ids]:
-            del m._forward_hooks[key]
+    _drop_hooks(out, hooks)
     graph = dependency_graph(out, example_inputs)
     modules = dict(out.named_modules())
     followers = _group_followers(out)
@@ -182,6 +184,13 @@ def prune_copy(model: nn.Module, example_inputs: torch.Tensor, groups: list[Chan
     for block, conv in followers:  # blocks that record their conv's groups (timm's RepVGG, MobileOne)
         block.groups = conv.groups
     return out
+
+
+def _drop_hooks(model: nn.Module, ids) -> None:
+    ids = set(ids)
+    for m in model.modules():
+        for key in [k for k in m._forward_hooks if k in ids]:
+            del m._forward_hooks[key]
 
 
 def _group_followers(model: nn.Module) -> list[tuple[nn.Module, nn.Conv2d]]:
