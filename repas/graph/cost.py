@@ -74,7 +74,7 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[Cha
             if name not in shapes:
                 continue  # not on the traced path: costs nothing
             k = m.weight.shape[2] * m.weight.shape[3]
-            spatial = _spatial(shapes[name], m) / batch
+            spatial = _spatial(shapes[name], m, name) / batch
             if m.groups == 1:
                 entries.append(LayerCost(name, "conv", k * spatial, c_in, c_out, k, m.bias is not None))
             elif m.groups == m.in_channels == m.out_channels:
@@ -82,7 +82,7 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[Cha
             else:
                 if name in out_of or name in in_of:
                     raise RepasError(f"layer {name} is a grouped conv ({m.groups} groups, neither 1 nor depthwise): "
-                                     "repas cannot size it; add it to ignored_layers")
+                                     "repas cannot size it; add it and the layers that feed it to ignored_layers")
                 entries.append(LayerCost(name, "conv", k * spatial / m.groups, c_in, c_out, k / m.groups,
                                          m.bias is not None))
         elif isinstance(m, nn.Linear):
@@ -103,9 +103,10 @@ def _record(shapes: dict, name: str):
     return hook
 
 
-def _spatial(shape: tuple[int, ...], m: nn.Module) -> float:
+def _spatial(shape: tuple[int, ...], m: nn.Module, name: str) -> float:
     if isinstance(m, nn.ConvTranspose2d):  # MACs follow the input positions: each scatters a kernel
-        raise RepasError("ConvTranspose2d layers are not costed yet: add them to ignored_layers")
+        raise RepasError(f"layer {name} is a ConvTranspose2d, which repas cannot cost yet: use nn.Upsample + "
+                         "nn.Conv2d in its place")
     return float(shape[0] * shape[2] * shape[3])
 
 

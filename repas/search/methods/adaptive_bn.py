@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
+from repas.errors import RepasError
 from repas.search.allocation import fit_to_budget, round_width, top_k_mask
 from repas.search.methods.magnitude import l1_scores
 from repas.search.methods.registry import Masks, PruningMethod, register_method
@@ -63,7 +64,8 @@ class AdaptiveBN(PruningMethod):
 
     @torch.no_grad()
     def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
-        assert inputs is not None
+        if inputs is None:
+            raise RepasError("method eagleeye judges candidates on training images: pass inputs (a batch of them)")
         spec, scores = self.model.spec, l1_scores(self)
         half = len(inputs) // 2
         calibrate = list(inputs[:half].split(self.batch))
