@@ -238,7 +238,10 @@ def test_taylor_prunes_in_rounds_toward_the_target_and_never_brings_a_channel_ba
     assert 0.97 * budget.target <= float(budget.model(widths)) <= budget.target
 
 
-def test_eagleeye_tries_uniform_first_and_keeps_the_candidate_closest_to_the_dense_outputs():
+def test_eagleeye_tries_uniform_first_and_keeps_the_candidate_closest_to_the_dense_outputs(monkeypatch):
+    from repas.search.methods.adaptive_bn import AdaptiveBN
+
+    monkeypatch.setattr(AdaptiveBN, "spread", 1.0)  # wide draws, so that the bound below has work to do
     model = supernet()
     budget = Budget(model.spec, 0.5 * spec_cost(model.spec), "macs")
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
@@ -250,5 +253,9 @@ def test_eagleeye_tries_uniform_first_and_keeps_the_candidate_closest_to_the_den
     best = min(method.tried, key=lambda t: t["divergence"])
     assert widths == best["widths"]
     assert all(0.97 * budget.target <= t["cost"] <= budget.target for t in method.tried)
+    # no layer strays beyond `bound` of its uniform width (but for the fit's last step)
+    uniform, step = method.tried[0]["widths"], max(method.step, 1)
+    assert all(u / method.bound - step <= w <= u * method.bound + step
+               for t in method.tried for u, w in zip(uniform, t["widths"]))
     # BatchNorm was recalibrated on the candidates' copies, never on the supernet itself
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())

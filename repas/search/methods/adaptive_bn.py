@@ -2,8 +2,9 @@
 statistics are recalibrated (EagleEye, Li et al. 2020), in a label-free form.
 
 A candidate is one width per layer meeting the budget: random log-normal ratios around the
-uniform multiplier (the uniform allocation itself is the first candidate), scaled until the
-cost meets the target, each layer keeping its highest filter-L1 channels. Every candidate
+uniform multiplier (the uniform allocation itself is the first candidate), each layer within
+2x of its uniform width, scaled until the cost meets the target, each layer keeping its
+highest filter-L1 channels. Every candidate
 is cut from the trained net, its BatchNorm statistics recomputed on training inputs
 (``torch.optim.swa_utils.update_bn``: a pruned net's features have other statistics, and
 judging it with the dense net's is what makes one-shot pruning look random), then scored
@@ -40,6 +41,10 @@ class AdaptiveBN(PruningMethod):
     candidates: ClassVar[int] = 40     # random allocations (the uniform one included)
     mutations: ClassVar[int] = 24      # then mutations of the best ones, at half the spread
     spread: ClassVar[float] = 0.35     # standard deviation of the log width ratios
+    # No layer's width strays beyond 2x (or 1/2) of its width under uniform scaling. Unbounded,
+    # the proxy chose a 4-channel first layer at 0.25x MACs (a bottleneck it cannot see before
+    # fine-tuning; uniform gives it 12), and lost 0.2 points to uniform.
+    bound: ClassVar[float] = 2.0
     batch: ClassVar[int] = 256
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -47,14 +52,17 @@ class AdaptiveBN(PruningMethod):
         self.generator = torch.Generator().manual_seed(torch.initial_seed())  # the run's seed
         self.tried: list[dict[str, Any]] = []  # every candidate: widths, cost, score (for the report)
 
-    def widths_for(self, ratios: torch.Tensor) -> list[int]:
-        """Widths proportional to ``ratios`` (one per layer, capped at the full width),
-        with the largest common scale whose cost meets the target (bisection)."""
+    def widths_for(self, ratios: torch.Tensor, around: list[int] | None = None) -> list[int]:
+        """Widths proportional to ``ratios`` (one per layer, capped at the full width, and
+        within ``bound`` of the widths ``around`` when given), with the largest common scale
+        whose cost meets the target (bisection)."""
         spec = self.model.spec
+        limits = [(u / self.bound, u * self.bound) for u in around] if around else [(0.0, math.inf)] * len(ratios)
 
         def at(scale: float) -> list[int]:
-            return [round_width(min(1.0, scale * float(r)) * lay.out_channels, lay.out_channels, self.step)
-                    if lay.gated else lay.out_channels for r, lay in zip(ratios, spec.layers)]
+            return [round_width(min(max(lo, min(1.0, scale * float(r)) * lay.out_channels), hi), lay.out_channels,
+                                self.step) if lay.gated else lay.out_channels
+                    for r, lay, (lo, hi) in zip(ratios, spec.layers, limits)]
 
         lo, hi = 0.0, 1.0 / float(ratios.min())
         for _ in range(40):
@@ -74,9 +82,15 @@ class AdaptiveBN(PruningMethod):
         reference = [self.model(x) for x in probe]
         seen: dict[tuple[int, ...], float] = {}
 
+        n = len(spec.layers)
+        uniform: list[int] | None = None  # candidate 0's widths bound the others'
+        # the fit to the budget compares channels across layers: raw filter norms would cut the
+        # first layer (one input channel, the smallest norms) first, whatever its worth
+        relative = [s / s.mean().clamp_min(1e-12) for s in scores]
+
         def judge(ratios: torch.Tensor) -> tuple[float, Masks]:
-            masks = [top_k_mask(s, w) for s, w in zip(scores, self.widths_for(ratios))]
-            masks = fit_to_budget(spec, masks, scores, self.budget, step=self.step, tolerance=self.tolerance)
+            masks = [top_k_mask(s, w) for s, w in zip(scores, self.widths_for(ratios, uniform))]
+            masks = fit_to_budget(spec, masks, relative, self.budget, step=self.step, tolerance=self.tolerance)
             widths = tuple(int(m.sum()) for m in masks)
             if widths not in seen:
                 seen[widths] = self._divergence(masks, calibrate, probe, reference)
@@ -84,8 +98,8 @@ class AdaptiveBN(PruningMethod):
                                    "divergence": seen[widths]})
             return seen[widths], masks
 
-        n = len(spec.layers)
         trials = [judge(torch.ones(n))]  # uniform scaling first: the search can only do better by the proxy
+        uniform = [int(m.sum()) for m in trials[0][1]]
         for _ in range(self.candidates - 1):
             trials.append(judge(self._ratios(torch.zeros(n), self.spread)))
         for k in range(self.mutations):
