@@ -59,6 +59,12 @@ class ModelConfig:
     # Another block for every layer of the space, e.g. [conv, conv1x1, conv1x1_kxk, conv1x1_avg,
     # identity] (DBB) or [conv_x4, conv1x1, identity] (MobileOne-style); None keeps the space's.
     branches: list[str] | None = None
+    # Your own CNN instead of a search space: "package.module:function" (e.g.
+    # "torchvision.models:resnet18", "timm:create_model"), called with ``kwargs``; its widths are
+    # searched through repas.graph (``repas pipeline`` then runs repas.stages.user_model).
+    builder: str | None = None
+    kwargs: dict[str, Any] | None = None
+    weights: str | None = None  # trained dense weights (.safetensors); None: train.epochs from scratch
 
 
 @dataclass
@@ -271,6 +277,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+    elif typing.get_origin(tp) is dict:
+        if isinstance(value, dict):
+            return value
+        raise RepasError(f"{where}: expected a mapping, got {value!r}")
     elif typing.get_origin(tp) is list:
         if isinstance(value, list):
             (item,) = typing.get_args(tp)

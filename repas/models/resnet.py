@@ -7,8 +7,10 @@ import torchvision
 from torch import nn
 
 
-def resnet18_small(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+def resnet18_small(in_channels: int = 1, num_classes: int = 10, stem_stride: int = 1) -> nn.Module:
+    """``stem_stride`` > 1 shrinks every feature map (and the MACs by its square): the tests'
+    quick version."""
     model = torchvision.models.resnet18(num_classes=num_classes)
-    model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stem_stride, 1, bias=False)
     model.maxpool = nn.Identity()
     return model

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
+
+from torch import nn
 
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig
@@ -54,9 +57,21 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
     setup(cfg)
     src = source_dir(cfg, "export", source)
     model = load_model(src).eval()
-    spec, e = model.spec, cfg.export
     data = data or get_data(cfg)
-    check_task(spec, data, cfg, src)
+    check_task(model.spec, data, cfg, src)
+    out = Path(out or stage_dir(cfg, "export"))
+    write_bundle(cfg, model, model.spec, model_facts(model), out, data=data, formats=formats, int8=int8,
+                 source=src, spec_json=model.spec.to_json())
+    return out
+
+
+def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[str, Any], out: Path, *,
+                 data: TaskData, formats: list[str] | None = None, int8: bool | None = None,
+                 source: Path | None = None, spec_json: str | None = None) -> Path:
+    """The bundle of ``model`` (fused, eval) in ``out``: what ``export_stage`` writes, for a
+    repas net or a user's own model (``spec``: its task, name and input channels; ``facts``:
+    its widths, MACs and params)."""
+    e = cfg.export
     shape = export_shape(cfg, spec)
     formats = formats or export_formats(cfg)
     int8 = e.int8 if int8 is None else int8
@@ -67,7 +82,6 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
         from repas.deploy.executorch_export import set_executorch_threads
 
         set_executorch_threads(e.threads)
-    out = Path(out or stage_dir(cfg, "export"))
     with bundle_directory(out) as staging:
         made = export_models(model, staging, shape, formats, calibration=calibration)
         runners = {}
@@ -81,7 +95,6 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
             shown = ", ".join(f"{m} {v:.4g}" for m, v in metrics[k].items())
             log.info(f"export: {k}: {shown}, latency {times[k]:.3f} ms at {'x'.join(map(str, shape[2:]))} "
                      f"({e.threads} thread)")
-        facts = model_facts(model)
         latency_ms: dict[str, dict[str, float]] = {}
         for k, v in times.items():
             fmt, precision = k.split()
@@ -100,13 +113,14 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
         latency = {"median_ms": times[primary], "statistic": "lowest of 5 sessions' medians", "runs": e.runs,
                    "threads": e.threads}
         onnx_file = made["files"].get("onnx", {}).get("float")
-        report = {"stage": "export", "source": str(src), **facts, "formats": formats,
+        report = {"stage": "export", "source": str(source) if source else None, **facts, "formats": formats,
                   "onnx": str(out / onnx_file) if onnx_file else None,
                   "max_abs_diff_onnx_vs_torch": made["checks"].get("onnx_float_max_abs_diff"),
                   "onnx_metrics": metrics[primary], "metrics": metrics, "latency": latency, "latency_ms": latency_ms,
                   "checks": made["checks"], "latency_input": list(shape), "environment": environment()}
         atomic_write_json(staging / "report.json", report)
-        atomic_write_text(staging / "spec.json", spec.to_json() + "\n")
+        if spec_json is not None:
+            atomic_write_text(staging / "spec.json", spec_json + "\n")
         record_config(staging, cfg)
     log.info(f"export: the bundle is {out} ({', '.join(sorted(n for f in made['files'].values() for n in f.values()))}"
              ", model.json)")

@@ -59,6 +59,10 @@ def run_pipeline(cfg: PipelineConfig, *, resume: Resume = False) -> dict[str, An
     """All stages, plus the dense net fused and exported for comparison; writes report.md.
     Under torchrun every process trains, searches and fine-tunes; rank 0 alone extracts,
     fuses, exports and reports (the others return None)."""
+    if cfg.model.builder:  # the user's own CNN
+        from repas.stages.user_model import run_user_pipeline
+
+        return run_user_pipeline(cfg, resume=resume)
     run = Path(cfg.run_dir)
     if resume == "auto" and pipeline_complete(cfg):
         log.info(f"pipeline: complete in {run}, nothing to do (--resume auto); the report is {run / 'report.md'}")

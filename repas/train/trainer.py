@@ -378,7 +378,7 @@ class Trainer:
 def _spec_json(model: torch.nn.Module) -> str | None:
     """The network a checkpoint belongs to (a RepNet's spec; None for other modules)."""
     spec = getattr(model, "spec", None)
-    return spec.to_json() if spec is not None else None
+    return spec.to_json() if hasattr(spec, "to_json") else None
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

@@ -1,0 +1,156 @@
+"""``repas pipeline`` for a CNN of the user's own (``model.builder``): the dense model
+trained (or ``model.weights`` loaded), one gate per channel group (``repas.graph``), the
+configured method at the configured budget, extraction into the user's own classes,
+fine-tuning for the same total epochs as the comparison methods, a pickle-free save
+(``pruned/``: ``load_pruned`` rebuilds it), conv+BN folding and the verified bundle
+(``export/``, which ``repas predict`` runs). ``search.compare`` methods run beside it from
+the same dense weights; report.json holds every result. Classification data for now."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from repas.config import PipelineConfig
+from repas.errors import RepasError
+from repas.graph import GatedModel, fuse_model, save_pruned
+from repas.graph.files import build_from
+from repas.search import create_method
+from repas.stages.common import Resume, environment, get_data, record_config, setup
+from repas.stages.export import write_bundle
+from repas.stages.methods import sample_inputs
+from repas.stages.training import finetune_config
+from repas.task_data import TaskData
+from repas.train import Trainer
+
+log = logging.getLogger("repas.stages")
+
+
+def user_model_facts(gated: GatedModel, widths: list[int]) -> dict[str, Any]:
+    """Group widths, MACs and params of ``gated`` cut to ``widths``."""
+    return {"spec": gated.spec.name, "widths": widths, "macs": float(gated.cost("macs", widths)),
+            "params": float(gated.cost("params", widths))}
+
+
+def _train(model: nn.Module, cfg: PipelineConfig, tcfg, out: Path, data: TaskData, **kwargs: Any
+           ) -> tuple[nn.Module, dict[str, Any]]:
+    trainer = Trainer(model, data.task(tcfg, None), tcfg, out, **kwargs)
+    started = time.perf_counter()
+    test = data.eval_batches(tcfg)
+    trainer.fit(data.train_loader(tcfg), test)
+    final = trainer.eval_model if not kwargs.get("terms") else model
+    return final, {"test": trainer.evaluate(test, final), "seconds": time.perf_counter() - started,
+                   "epochs": tcfg.epochs}
+
+
+def dense_model(cfg: PipelineConfig, data: TaskData, resume: Resume = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The user's model, built by ``model.builder``, with ``model.weights`` or trained for
+    ``train.epochs`` (its weights then saved in RUN_DIR/train; ``--resume auto`` keeps them)."""
+    m = cfg.model
+    model = build_from(m.builder, m.kwargs or {})
+    out = Path(cfg.run_dir) / "train"
+    weights = m.weights or (str(out / "weights.safetensors") if resume == "auto" and
+                            (out / "report.json").exists() else None)
+    if weights:
+        state = safetensors.torch.load_file(weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RepasError(f"model.weights {weights} does not fit {m.builder}({m.kwargs or ''}): "
+                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        report = json.loads((out / "report.json").read_text()) if not m.weights else {"weights": weights}
+        return model, report
+    model, report = _train(model, cfg, cfg.train, out, data)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(out / "weights.safetensors", safetensors.torch.save(tensors))
+    atomic_write_json(out / "report.json", {"stage": "train", **report})
+    return model, report
+
+
+def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, out: Path, data: TaskData
+                     ) -> dict[str, Any]:
+    """``method_name`` on a copy of ``dense`` at the configured budget, then fine-tuned,
+    saved (``out/pruned``), fused and exported (``out/export``); returns its report."""
+    s, shape = cfg.search, (1, *data.data.image_shape)
+    started = time.perf_counter()
+    gated = GatedModel(copy.deepcopy(dense), torch.zeros(shape), name=cfg.model.builder or "model")
+    loader = data.train_loader(s)
+    method = create_method(method_name, gated, target=s.target_abs or s.target, metric=s.metric,
+                           step=cfg.extract.round_to, tolerance=cfg.extract.tolerance, strength=s.strength,
+                           updates_per_epoch=len(loader), epochs=s.epochs)
+    if method.trains:
+        _train(gated, cfg, s, out / "search", data, terms=[method],
+               gate_lr=s.gate_lr if method.learns_gates else None)
+    inputs = sample_inputs(gated, data, method.input_count) if method.needs_inputs else None
+    small = method.extract(inputs)
+    masks = gated.masks()
+    widths = [int(k.sum()) for k in masks]
+    tcfg = finetune_config(dataclasses.replace(cfg, search=dataclasses.replace(s, method=method_name)))
+    small, tuned = _train(small, cfg, tcfg, out / "finetune", data)
+    save_pruned(small, out / "pruned", gated, builder=cfg.model.builder, kwargs=cfg.model.kwargs, masks=masks)
+    facts = user_model_facts(gated, widths)
+    target = float(method.budget.target)
+    write_bundle(cfg, fuse_model(small.eval()), gated.spec, facts, out / "export", data=data,
+                 formats=["onnx"], int8=False)
+    report = {"method": method_name, **facts, "target": target, "cost_vs_target": facts[s.metric] / target,
+              "dense_widths": gated.spec.widths, "dense_macs": float(gated.cost("macs", gated.spec.widths)),
+              "finetune": tuned, "seconds": time.perf_counter() - started}
+    atomic_write_json(out / "report.json", report)
+    log.info(f"{method_name}: widths {widths}, {facts['macs']:,.0f} MACs ({report['cost_vs_target']:.3f} x target), "
+             f"test {tuned['test']}")
+    return report
+
+
+def run_user_pipeline(cfg: PipelineConfig, *, resume: Resume = False, data: TaskData | None = None
+                      ) -> dict[str, Any]:
+    """Dense model, then the search and each ``search.compare`` method from it (RUN_DIR,
+    RUN_DIR/compare-<method>); writes report.json and report.md."""
+    if cfg.search.metric not in ("macs", "params"):
+        raise RepasError(f"search.metric={cfg.search.metric}: a user model's budget is macs or params for now "
+                         "(latency tables are measured for repas's own layer shapes)")
+    setup(cfg)
+    data = data or get_data(cfg)
+    if data.primary != "top1":
+        raise RepasError(f"model.builder runs on classification data for now; {cfg.data.name} is "
+                         f"{data.primary}-scored")
+    run = Path(cfg.run_dir)
+    started = time.perf_counter()
+    dense, dense_report = dense_model(cfg, data, resume)
+    results = {cfg.search.method: prune_user_model(cfg, dense, cfg.search.method, run, data)}
+    for method in cfg.search.compare or []:
+        results[method] = prune_user_model(cfg, dense, method, run / f"compare-{method}", data)
+    summary = {"builder": cfg.model.builder, "kwargs": cfg.model.kwargs, "dense": dense_report,
+               "methods": results, "seconds": time.perf_counter() - started, "environment": environment()}
+    atomic_write_json(run / "report.json", summary)
+    atomic_write_text(run / "report.md", user_report_markdown(summary, cfg))
+    record_config(run, cfg)
+    return summary
+
+
+def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
+    s = cfg.search
+    dense = summary["dense"].get("test", {})
+    shown = f"top-1 {dense['top1']:.2f}" if "top1" in dense else f"weights {cfg.model.weights}"
+    lines = [f"# {summary['builder']} at {s.target:g} x dense {s.metric}", "",
+             f"Dense: {shown}. Every method starts from the same dense weights and trains the same total epochs.",
+             "", "| method | group widths | MACs | cost / target | top-1 (PyTorch) | top-1 (ONNX) |",
+             "|---|---|---|---|---|---|"]
+    for name, r in summary["methods"].items():
+        onnx = _read_onnx_top1(Path(cfg.run_dir) / ("" if name == s.method else f"compare-{name}") / "export")
+        lines.append(f"| {name} | {'/'.join(map(str, r['widths']))} | {r['macs'] / 1e6:.2f} M | "
+                     f"{r['cost_vs_target']:.3f} | {r['finetune']['test'].get('top1', float('nan')):.2f} | {onnx} |")
+    return "\n".join(lines) + "\n"
+
+
+def _read_onnx_top1(export: Path) -> str:
+    report = json.loads((export / "report.json").read_text())
+    return f"{report['onnx_metrics'].get('top1', float('nan')):.2f}"

@@ -1,0 +1,82 @@
+"""``repas pipeline`` on a user's own CNN (``model.builder``): a torchvision ResNet-18 trained,
+searched by eagleeye beside uniform scaling, fine-tuned, saved without pickles, fused,
+exported and run by ``repas predict``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repas.cli import main
+
+RESNET = ["--set", "model.builder=repas.models:resnet18_small", "--set", "model.kwargs={stem_stride: 4}"]
+QUICK = ["--threads", "2", "--epochs", "1", "--set", "export.runs=10", "--set", "export.warmup=2",
+         "--set", "train.batch_size=64", "--set", "finetune.batch_size=64", "--set", "search.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory):
+    from conftest import write_fake_fashion
+
+    from repas.search.methods.adaptive_bn import AdaptiveBN
+
+    tmp = tmp_path_factory.mktemp("user")
+    data = write_fake_fashion(tmp / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AdaptiveBN, "candidates", 6)  # the same code as 40, in a sixth of the time
+        mp.setattr(AdaptiveBN, "mutations", 2)
+        code = main(["pipeline", "--data", str(data), "--run-dir", str(tmp / "run"), *QUICK, *RESNET,
+                     "--set", "search.method=eagleeye", "--set", "search.compare=[uniform]"])
+    assert code == 0
+    return tmp / "run", data
+
+
+def test_every_method_meets_the_budget_and_its_bundle_equals_its_saved_model(user_run):
+    from repas.deploy.runner import load_runner
+    from repas.graph import load_pruned
+
+    run, _ = user_run
+    report = json.loads((run / "report.json").read_text())
+    assert list(report["methods"]) == ["eagleeye", "uniform"]
+    for name, r in report["methods"].items():
+        assert 0.97 <= r["cost_vs_target"] <= 1.0, name
+        assert r["target"] == pytest.approx(0.5 * r["dense_macs"])
+        out = run if name == "eagleeye" else run / f"compare-{name}"
+        model = load_pruned(out / "pruned").eval()  # rebuilt by torchvision and cut, nothing unpickled
+        assert type(model).__name__ == "ResNet"
+        # the widths the report gives are the saved model's (its MACs, measured)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, 1, 28, 28))
+        assert counter.get_total_flops() / 2 == pytest.approx(r["macs"], rel=1e-9)
+        x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = load_runner(out / "export")(x.numpy())  # fused (BN folded) and in onnxruntime
+        assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    assert "| eagleeye |" in (run / "report.md").read_text() and "| uniform |" in (run / "report.md").read_text()
+
+
+def test_repas_predict_runs_a_user_models_bundle(user_run, tmp_path, capsys):
+    run, _ = user_run
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
+    assert main(["predict", str(run / "export"), str(image)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and all("%" in line for line in lines)
+
+
+def test_a_user_model_with_a_budget_it_cannot_have_is_a_clear_error(user_run, capsys):
+    run, data = user_run
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
+                 "--set", "search.metric=latency"])
+    assert code == 2 and "a user model's budget is macs or params" in capsys.readouterr().err
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK,
+                 "--set", "model.builder=nowhere:net"])
+    assert code == 2 and "cannot import the builder 'nowhere:net'" in capsys.readouterr().err
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
+                 "--set", "model.kwargs=[1, 2]"])
+    assert code == 2 and "model.kwargs: [1, 2] is not a valid dict" in capsys.readouterr().err
