@@ -96,3 +96,29 @@ def test_gates_folded_into_the_next_weights_equal_gating_the_activations():
         else:
             off = g.weight < 0.5
             assert off.any() and a[off].abs().max() < 10 * a[~off].abs().median()  # no gamma / sqrt(eps) blow-up
+
+
+def test_a_compiled_search_step_does_not_recompile_as_the_gates_learn():
+    """The mask cache's key (the weight's version) changes at every optimizer step; a graph
+    that read it was guarded on it and recompiled at every step (torch.compile ran a CPU
+    search slower than eager). Compiled, the gates must switch channels and compile once."""
+    from torch._dynamo.utils import counters
+
+    from repas.supernet import create_model
+
+    torch._dynamo.reset()
+    model = create_model("repvgg-fmnist", gated=True)
+    model.freeze_gates(False)
+    model.train()
+    forward = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    graphs = []
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(forward(x), y) + sum(g.count() for g in model.gate_modules() if g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[1] > 0  # compiled in the first steps, never again
+    assert any(not bool(g.mask().all()) for g in model.gate_modules() if g)  # the gates did move

@@ -32,10 +32,14 @@ class BinaryGate(nn.Module):
         return self._hard_mask().bool()
 
     def _hard_mask(self) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Checked first: a graph that read the cache's key (the weight's version, bumped by
+            # every optimizer step) would be guarded on it and recompiled at every step.
+            return self._compute_mask().to(self.weight.dtype)
         # A search step asks twice (forward and the budget's count); the weights change only
         # by in-place updates, which bump their version (a copy gets new storage).
         key = (self.weight.data_ptr(), self.weight._version)
-        if self._hard is not None and self._hard[0] == key and not torch.compiler.is_compiling():
+        if self._hard is not None and self._hard[0] == key:
             return self._hard[1]
         hard = self._compute_mask().to(self.weight.dtype)
         self._hard = (key, hard)
