@@ -352,3 +352,18 @@ def test_export_of_another_model_directory_never_replaces_the_runs_bundle(pipeli
     assert code == 0, err
     assert json.loads((run_dir / "dense-export" / "model.json").read_text())["widths"] == [16, 32, 32, 64, 64, 64]
     assert (run_dir / "export" / "model.json").read_bytes() == before  # the searched bundle is untouched
+
+
+CONFIGS = sorted((__import__("pathlib").Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads_and_names_real_methods(path):
+    from repas.config import load_config
+    from repas.graph.files import build_from
+
+    cfg = load_config(path)
+    for name in [cfg.search.method, *(cfg.search.compare or [])]:
+        method_class(name)  # a RepasError for an unknown name
+    if cfg.model.builder:
+        assert sum(p.numel() for p in build_from(cfg.model.builder, cfg.model.kwargs or {}).parameters()) > 0
