@@ -82,6 +82,7 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     saved (``out/pruned``), fused and exported (``out/export``); returns its report."""
     s, shape = cfg.search, (1, *data.data.image_shape)
     started = time.perf_counter()
+    torch.manual_seed(cfg.seed)  # every method draws the same batches and candidates, whichever runs first
     gated = GatedModel(copy.deepcopy(dense), torch.zeros(shape), name=cfg.model.builder or "model")
     loader = data.train_loader(s)
     method = create_method(method_name, gated, target=s.target_abs or s.target, metric=s.metric,
@@ -89,13 +90,13 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
                            updates_per_epoch=len(loader), epochs=s.epochs)
     if method.trains:
         _train(gated, cfg, s, out / "search", data, terms=[method],
-               gate_lr=s.gate_lr if method.learns_gates else None)
+               gate_lr=s.gate_lr if method.learns_gates else None, teacher=_teacher(dense, s.distill))
     inputs = sample_inputs(gated, data, method.input_count) if method.needs_inputs else None
     small = method.extract(inputs)
     masks = gated.masks()
     widths = [int(k.sum()) for k in masks]
     tcfg = finetune_config(dataclasses.replace(cfg, search=dataclasses.replace(s, method=method_name)))
-    small, tuned = _train(small, cfg, tcfg, out / "finetune", data)
+    small, tuned = _train(small, cfg, tcfg, out / "finetune", data, teacher=_teacher(dense, tcfg.distill))
     save_pruned(small, out / "pruned", gated, builder=cfg.model.builder, kwargs=cfg.model.kwargs, masks=masks)
     facts = user_model_facts(gated, widths)
     target = float(method.budget.target)
@@ -108,6 +109,11 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     log.info(f"{method_name}: widths {widths}, {facts['macs']:,.0f} MACs ({report['cost_vs_target']:.3f} x target), "
              f"test {tuned['test']}")
     return report
+
+
+def _teacher(dense: nn.Module, distill: float) -> nn.Module | None:
+    """The dense model, for ``search.distill`` / ``finetune.distill`` (None when off)."""
+    return copy.deepcopy(dense).eval() if distill > 0 else None
 
 
 def run_user_pipeline(cfg: PipelineConfig, *, resume: Resume = False, data: TaskData | None = None
