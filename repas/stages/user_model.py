@@ -146,17 +146,18 @@ def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
     s = cfg.search
     dense = summary["dense"].get("test", {})
     shown = f"top-1 {dense['top1']:.2f}" if "top1" in dense else f"weights {cfg.model.weights}"
+    first = next(iter(summary["methods"].values()))
     lines = [f"# {summary['builder']} at {s.target:g} x dense {s.metric}", "",
-             f"Dense: {shown}. Every method starts from the same dense weights and trains the same total epochs.",
-             "", "| method | group widths | MACs | cost / target | top-1 (PyTorch) | top-1 (ONNX) |",
-             "|---|---|---|---|---|---|"]
+             f"Dense ({first['dense_macs'] / 1e6:.2f} M MACs, group widths {'/'.join(map(str, first['dense_widths']))})"
+             f": {shown}. Every method starts from the same dense weights and trains the same total epochs. "
+             "Latency: the fused model in onnxruntime, batch 1, timed when each was exported (not interleaved).",
+             "", "| method | group widths | MACs | cost / target | top-1 (PyTorch) | top-1 (ONNX) | latency |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in summary["methods"].items():
-        onnx = _read_onnx_top1(Path(cfg.run_dir) / ("" if name == s.method else f"compare-{name}") / "export")
+        export = json.loads((Path(cfg.run_dir) / ("" if name == s.method else f"compare-{name}") / "export" /
+                             "report.json").read_text())
         lines.append(f"| {name} | {'/'.join(map(str, r['widths']))} | {r['macs'] / 1e6:.2f} M | "
-                     f"{r['cost_vs_target']:.3f} | {r['finetune']['test'].get('top1', float('nan')):.2f} | {onnx} |")
+                     f"{r['cost_vs_target']:.3f} | {r['finetune']['test'].get('top1', float('nan')):.2f} | "
+                     f"{export['onnx_metrics'].get('top1', float('nan')):.2f} | "
+                     f"{export['latency']['median_ms']:.3f} ms |")
     return "\n".join(lines) + "\n"
-
-
-def _read_onnx_top1(export: Path) -> str:
-    report = json.loads((export / "report.json").read_text())
-    return f"{report['onnx_metrics'].get('top1', float('nan')):.2f}"
