@@ -116,11 +116,12 @@ class SearchConfig(TrainConfig):
     alpha: float = 5.0
     gate_lr: float = 0.05
     latency_table: str | None = None  # None: <run_dir>/latency.csv
-    # how widths are chosen: a registered pruning method (repas methods lists them). eagleeye
-    # (the default: the best measured, docs/results.md), pas (the published method), taylor,
-    # or a baseline (uniform, l1, ...). Methods that train spend `epochs` with their hooks;
-    # the others prune the trained net in one shot and fine-tune for those epochs instead
-    method: str = "eagleeye"
+    # how widths are chosen: a registered pruning method (repas methods lists them). uniform
+    # (the default: width scaling measured at least as accurate as every search at full scale,
+    # docs/results.md), eagleeye (the best search), pas (the published method), taylor, l1 ...
+    # Methods that train spend `epochs` with their hooks; the others prune the trained net in
+    # one shot and fine-tune for those epochs instead
+    method: str = "uniform"
     strength: float | None = None  # the baseline's regulariser strength (admm: rho); None: its default
     # methods the pipeline also runs from the same dense net, at the same budget and total
     # epochs, shown beside the searched net in report.md (e.g. [uniform])

@@ -27,7 +27,7 @@ def pipeline_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     data = write_fake_fashion(tmp / "data")
     code = main(["pipeline", "--data", str(data), "--run-dir", str(tmp / "run"), "--epochs", "1", *QUICK,
-                 "--set", "search.compare=[uniform]"])
+                 "--set", "search.method=eagleeye", "--set", "search.compare=[uniform]"])
     assert code == 0
     return tmp / "run", data
 

@@ -59,7 +59,7 @@ def _bundle_cell(row: dict[str, Any], fmt: str, runtime: str, precision: str, me
 
 def _compared_markdown(s: dict[str, Any], metric: str) -> str:
     """The searched net beside the methods run at the same budget and total epochs."""
-    nets = {f"{s.get('method', 'pas')} (searched)": s["searched"], **s["compared"]}
+    nets = {f"{s.get('method', 'pas')} (this run)": s["searched"], **s["compared"]}
     lines = ["The same budget and total epochs from the same dense net, other methods choosing the widths "
              "(`search.compare`):", "",
              f"| method | widths | MACs | {metric}, fused ONNX | ONNX latency | fine-tune epochs |",
