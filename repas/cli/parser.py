@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "too), the others start")
         if name in ("search", "pipeline"):
             _budget_args(sp)
-            sp.add_argument("--method", metavar="NAME", help="how widths are chosen: a registered pruning method, "
-                            "pas (default) or a baseline for comparisons at the same budget ('repas methods' lists "
+            sp.add_argument("--method", metavar="NAME", help="how widths are chosen: a registered pruning method: "
+                            "uniform (default: measured best), eagleeye, pas, taylor, l1 ... ('repas methods' lists "
                             "them all)")
             sp.add_argument("--max-drop", type=float, metavar="D",
                             help="error-tolerance mode instead of a budget: the smallest net whose validation "
