@@ -215,3 +215,13 @@ def test_pas_gates_learn_at_the_configs_gate_lr_when_none_is_given(tmp_path):
     with pytest.raises(RepasError, match="needs their learning rate"):
         Trainer(build(tiny_spec()), ClassificationTask(0.1), TrainConfig(epochs=1), tmp_path / "x",
                 terms=[create_method("pas", model, method.budget)])
+
+
+def test_eval_every_evaluates_every_n_epochs_and_always_after_the_last(tmp_path):
+    val = TensorLoader(toy_data(32, seed=1), 16)
+    seen = {}
+    for every in (1, 2, 0):
+        t = make_trainer(tmp_path / str(every), TrainConfig(epochs=3, lr=0.05, eval_every=every))
+        t.fit(loader(), val)
+        seen[every] = ["val_top1" in h for h in t.history]
+    assert seen == {1: [True, True, True], 2: [False, True, True], 0: [False, False, True]}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from repas.config import PipelineConfig
+from repas.config import PipelineConfig, TrainConfig
 from repas.errors import RepasError
 from repas.graph import GatedModel, fuse_model, save_pruned
 from repas.graph.files import build_from
@@ -42,7 +42,7 @@ def user_model_facts(gated: GatedModel, widths: list[int]) -> dict[str, Any]:
             "params": float(gated.cost("params", widths))}
 
 
-def _train(model: nn.Module, cfg: PipelineConfig, tcfg, out: Path, data: TaskData, **kwargs: Any
+def _train(model: nn.Module, tcfg: TrainConfig, out: Path, data: TaskData, **kwargs: Any
            ) -> tuple[nn.Module, dict[str, Any]]:
     trainer = Trainer(model, data.task(tcfg, None), tcfg, out, **kwargs)
     started = time.perf_counter()
@@ -69,7 +69,7 @@ def dense_model(cfg: PipelineConfig, data: TaskData, resume: Resume = False) -> 
                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
         report = json.loads((out / "report.json").read_text()) if not m.weights else {"weights": weights}
         return model, report
-    model, report = _train(model, cfg, cfg.train, out, data)
+    model, report = _train(model, cfg.train, out, data)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(out / "weights.safetensors", safetensors.torch.save(tensors))
     atomic_write_json(out / "report.json", {"stage": "train", **report})
@@ -89,14 +89,14 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
                            step=cfg.extract.round_to, tolerance=cfg.extract.tolerance, strength=s.strength,
                            updates_per_epoch=len(loader), epochs=s.epochs)
     if method.trains:
-        _train(gated, cfg, s, out / "search", data, terms=[method],
+        _train(gated, s, out / "search", data, terms=[method],
                gate_lr=s.gate_lr if method.learns_gates else None, teacher=_teacher(dense, s.distill))
     inputs = sample_inputs(gated, data, method.input_count) if method.needs_inputs else None
     small = method.extract(inputs)
     masks = gated.masks()
     widths = [int(k.sum()) for k in masks]
     tcfg = finetune_config(dataclasses.replace(cfg, search=dataclasses.replace(s, method=method_name)))
-    small, tuned = _train(small, cfg, tcfg, out / "finetune", data, teacher=_teacher(dense, tcfg.distill))
+    small, tuned = _train(small, tcfg, out / "finetune", data, teacher=_teacher(dense, tcfg.distill))
     save_pruned(small, out / "pruned", gated, builder=cfg.model.builder, kwargs=cfg.model.kwargs, masks=masks)
     facts = user_model_facts(gated, widths)
     target = float(method.budget.target)

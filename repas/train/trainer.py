@@ -239,7 +239,8 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.epochs):
                 skip, self.start_step = self.start_step, 0
                 record = self._epoch(epoch, train, schedulers, writer, skip)
-                if val is not None:
+                last = epoch + 1 == cfg.epochs
+                if val is not None and (last or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
                     record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
                 for key, value in record.items():
                     if key != "epoch":
