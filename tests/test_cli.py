@@ -210,7 +210,7 @@ def test_resume_auto_on_a_finished_pipeline_does_nothing(pipeline_run, tmp_path,
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir)  # (other tests rerun stages of the shared run)
     argv = ["pipeline", "--data", data, "--run-dir", run_dir, "--epochs", "1", *QUICK,
-            "--set", "search.compare=[uniform]", "--resume", "auto"]
+            "--set", "search.method=eagleeye", "--set", "search.compare=[uniform]", "--resume", "auto"]
     code, out, err = run(capsys, *argv)  # brings the copy up to date, rerunning only what is stale
     assert code == 0, err
     assert "train: complete" in out and "search: complete" in out  # nothing trained again
