@@ -100,7 +100,7 @@ class TrainConfig:
     distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
-        _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1, checkpoint_every=0)
+        _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1, checkpoint_every=0, eval_every=0)
         if self.lr <= 0:
             raise RepasError(f"training lr must be > 0, got {self.lr}")
         if not 0.0 <= self.distill <= 1.0 or self.distill_temperature <= 0:

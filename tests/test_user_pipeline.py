@@ -80,3 +80,11 @@ def test_a_user_model_with_a_budget_it_cannot_have_is_a_clear_error(user_run, ca
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
                  "--set", "model.kwargs=[1, 2]"])
     assert code == 2 and "model.kwargs: [1, 2] is not a valid dict" in capsys.readouterr().err
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
+                 "--set", f"model.weights={run.parent / 'none.safetensors'}"])
+    assert code == 2 and "no weights at" in capsys.readouterr().err
+    # weights of another model (the pruned ResNet's): each misfit named, nothing half-loaded
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
+                 "--set", f"model.weights={run / 'pruned' / 'weights.safetensors'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "(model.weights) do not match ResNet: wrong shapes" in err

@@ -16,14 +16,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
-from repas.atomic import atomic_write_bytes, atomic_write_json
+from repas.atomic import atomic_write_json
 from repas.errors import RepasError
 from repas.graph.gated import GatedModel, prune_copy
 from repas.graph.groups import channel_groups
+from repas.supernet.model_files import load_weights, read_weights, save_weights
 
 FORMAT = "repas-pruned-model/1"
 
@@ -52,8 +52,7 @@ def save_pruned(model: nn.Module, directory: str | Path, gated: GatedModel, *, b
               "input_shape": list(gated.example_inputs.shape), "task": gated.spec.task, "ignored": gated.ignored,
               "groups": [{"root": g.root, "size": g.size, "keep": torch.nonzero(m).flatten().tolist()}
                          for g, m in zip(gated.groups, masks)]}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / "weights.safetensors", safetensors.torch.save(tensors))
+    save_weights(model, directory / "weights.safetensors")
     atomic_write_json(directory / "pruned.json", record)
     return directory
 
@@ -81,9 +80,6 @@ def load_pruned(directory: str | Path) -> nn.Module:
         mask[saved[g.root]["keep"]] = True
         masks.append(mask)
     model = prune_copy(dense, example, groups, masks)
-    tensors = safetensors.torch.load_file(str(directory / "weights.safetensors"))
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise RepasError(f"{directory / 'weights.safetensors'} does not fit the rebuilt model: {e}") from None
+    path = directory / "weights.safetensors"
+    load_weights(model, read_weights(path), str(path))
     return model.eval()

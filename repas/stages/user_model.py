@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
-from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig
 from repas.errors import RepasError
 from repas.graph import GatedModel, fuse_model, save_pruned
@@ -30,6 +29,7 @@ from repas.stages.common import Resume, environment, get_data, record_config, se
 from repas.stages.export import write_bundle
 from repas.stages.methods import sample_inputs
 from repas.stages.training import finetune_config
+from repas.supernet.model_files import load_weights, read_weights, save_weights
 from repas.task_data import TaskData
 from repas.train import Trainer
 
@@ -62,16 +62,11 @@ def dense_model(cfg: PipelineConfig, data: TaskData, resume: Resume = False) -> 
     weights = m.weights or (str(out / "weights.safetensors") if resume == "auto" and
                             (out / "report.json").exists() else None)
     if weights:
-        state = safetensors.torch.load_file(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise RepasError(f"model.weights {weights} does not fit {m.builder}({m.kwargs or ''}): "
-                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        load_weights(model, read_weights(weights), f"{weights} (model.weights)")
         report = json.loads((out / "report.json").read_text()) if not m.weights else {"weights": weights}
         return model, report
     model, report = _train(model, cfg.train, out, data)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(out / "weights.safetensors", safetensors.torch.save(tensors))
+    save_weights(model, out / "weights.safetensors")
     atomic_write_json(out / "report.json", {"stage": "train", **report})
     return model, report
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import safetensors.torch
 from safetensors import SafetensorError
+from torch import nn
 
 from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from repas.errors import RepasError
@@ -14,12 +15,29 @@ from repas.spec import ArchSpec
 from repas.supernet.net import RepNet, build
 
 
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """Write ``model``'s state dict to ``path`` as safetensors, atomically (any module)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(Path(path), safetensors.torch.save(tensors))
+    return Path(path)
+
+
+def read_weights(path: str | Path) -> dict:
+    """The tensors of a safetensors file; a missing or damaged file is a RepasError."""
+    path = Path(path)
+    if not path.exists():
+        raise RepasError(f"no weights at {path}")
+    try:
+        return safetensors.torch.load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RepasError(f"{path} is corrupt or truncated ({e})") from e
+
+
 def save_model(model: RepNet, directory: str | Path, report: dict[str, Any] | None = None) -> Path:
     """Write spec, weights and (optionally) report atomically; returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / "weights.safetensors", safetensors.torch.save(tensors))
+    save_weights(model, directory / "weights.safetensors")
     atomic_write_text(directory / "spec.json", model.spec.to_json() + "\n")
     if report is not None:
         atomic_write_json(directory / "report.json", report)
@@ -32,17 +50,12 @@ def load_model(directory: str | Path) -> RepNet:
     spec = ArchSpec.load(directory)
     model = build(spec)
     path = directory / "weights.safetensors"
-    if not path.exists():
-        raise RepasError(f"no weights at {path}")
-    try:
-        tensors = safetensors.torch.load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise RepasError(f"{path} is corrupt or truncated ({e})") from e
-    load_weights(model, tensors, str(path))
+    load_weights(model, read_weights(path), str(path))
     return model
 
 
-def load_weights(model: RepNet, tensors: dict, source: str) -> None:
+def load_weights(model: nn.Module, tensors: dict, source: str) -> None:
+    """Load ``tensors`` into ``model``; every missing, unexpected or misshapen tensor is named."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -56,5 +69,7 @@ def load_weights(model: RepNet, tensors: dict, source: str) -> None:
             parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
         if wrong:
             parts.append(f"wrong shapes {wrong[:3]}{' ...' if len(wrong) > 3 else ''}")
-        raise RepasError(f"weights {source} do not match spec {model.spec.name!r}: " + "; ".join(parts))
+        spec = getattr(model, "spec", None)
+        what = f"spec {spec.name!r}" if spec is not None else type(model).__name__
+        raise RepasError(f"weights {source} do not match {what}: " + "; ".join(parts))
     model.load_state_dict(tensors)
