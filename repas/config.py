@@ -27,7 +27,8 @@ ALLOCATIONS = ("ranked", "threshold")
 @dataclass
 class DataConfig:
     # fashion-mnist, mnist, cifar10, cifar100, image-folder (classification);
-    # sr-photos (the packaged photographs), sr-folder (HR images of --data DIR) for SR
+    # sr-photos (the packaged photographs), sr-folder (HR images of --data DIR) for SR;
+    # denoise-photos, denoise-folder: the same images, clean, with Gaussian noise added
     name: str = "fashion-mnist"
     root: str | None = None  # folder of the dataset's files; None: the packaged copy
     install: bool = True  # install the Debian package(s) when missing and we can
@@ -42,6 +43,7 @@ class DataConfig:
     hr_downscale: int | None = None  # HR = photo / this (None: 2 for sr-photos' JPEGs, 1 for a folder)
     test_root: str | None = None  # sr-folder: HR test images (None: Set7-pkg)
     cache_dir: str | None = "~/.cache/repas/sr"  # decoded (HR, LR) pairs
+    sigma: float = 25.0  # denoising: the Gaussian noise's standard deviation on the 0-255 scale
     # Fraction of the training data held out as a validation split (images; SR: photos), for
     # the error-tolerance search. 0: none, and search.max_drop then holds out 0.1. Keep it
     # the same for every stage of a run, so the dense net never trains on it.
@@ -51,6 +53,9 @@ class DataConfig:
         _at_least(self, "data", patch=1, batches_per_epoch=1, scale=1)
         if not 0.0 <= self.val_fraction < 1.0:
             raise RepasError(f"data val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.sigma <= 255:
+            raise RepasError(f"data sigma is the noise's standard deviation on the 0-255 scale (e.g. 25), "
+                             f"got {self.sigma}")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The data and the task of a pipeline, behind one small interface for the stages.
 
-``make_task_data(cfg)`` gives a classification or super-resolution adapter that knows how
+``make_task_data(cfg)`` gives a classification, super-resolution or denoising adapter that knows how
 to shape the search space for its data, batch the training data, build the task (loss,
 metrics), and score an exported model.
 """
@@ -16,6 +16,7 @@ from PIL import Image
 
 from repas.config import PipelineConfig, TrainConfig
 from repas.data import DatasetSplits, TensorLoader, load_dataset
+from repas.data.noisy_images import NoisyPatchLoader, check_sigma, fixed_noise, noisy_images
 from repas.data.sr_images import (
     TEST_CROP,
     PatchLoader,
@@ -33,9 +34,11 @@ from repas.errors import RepasError
 from repas.spec import ArchSpec
 from repas.supernet import create_supernet_spec, with_branches
 from repas.tasks import ClassificationTask
+from repas.tasks.denoising import DenoisingTask
 from repas.tasks.super_resolution import SuperResolutionTask, receptive_radius, sr_scores
 
 SR_DATASETS = ("sr-photos", "sr-folder")
+DENOISE_DATASETS = ("denoise-photos", "denoise-folder")  # the same images, clean, with Gaussian noise
 
 
 class ClassificationData:
@@ -53,9 +56,15 @@ class ClassificationData:
         if cfg.val_fraction:
             self.data.train, self.val = self.data.train.split_off(cfg.val_fraction, cfg.seed)
 
+    task_name = "classification"
+
     def shape_spec(self, spec_name: str) -> dict[str, Any]:
         c, h, w = self.data.image_shape
         return {"in_channels": c, "input_size": (h, w), "num_classes": self.data.num_classes}
+
+    def example_shape(self) -> tuple[int, ...]:
+        """An input's shape, batch 1."""
+        return (1, *self.data.image_shape)
 
     def train_loader(self, tcfg: TrainConfig) -> TensorLoader:
         return TensorLoader(self.data.train, tcfg.batch_size, shuffle=True, augment=self.cfg.data.augment,
@@ -107,21 +116,24 @@ class ClassificationData:
 
 class SuperResolutionData:
     primary = "psnr"
+    task_name = "super-resolution"
 
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineConfig, scale: int | None = None) -> None:
         d = cfg.data
-        self.cfg, self.scale, self.colour = cfg, check_scale(d.scale), d.colour.lower()
+        self.cfg, self.colour = cfg, d.colour.lower()
+        self.scale = check_scale(d.scale) if scale is None else scale  # 1: clean images (denoising)
         if self.colour not in ("y", "rgb"):
             raise RepasError(f"data.colour must be 'y' or 'rgb', got {d.colour!r}")
         cache = Path(d.cache_dir).expanduser() if d.cache_dir else None
-        if d.name == "sr-photos":
+        source = d.name.split("-", 1)[-1]  # sr-photos, denoise-photos: photos
+        if d.name in SR_DATASETS + DENOISE_DATASETS and source == "photos":
             train, test = split_packaged(packaged_photos(install=d.install))
             down = d.hr_downscale or 2
             self.train_pairs = load_pairs(train, self.scale, down, min_lr=d.patch, cache_dir=cache)
             self.test_pairs = load_pairs(test, self.scale, down, TEST_CROP, cache_dir=cache)
-        elif d.name == "sr-folder":
+        elif d.name in SR_DATASETS + DENOISE_DATASETS and source == "folder":
             if d.root is None:
-                raise RepasError("data.name sr-folder needs --data DIR (a folder of HR images or a DIV2K layout)")
+                raise RepasError(f"data.name {d.name} needs --data DIR (a folder of HR images or a DIV2K layout)")
             down = d.hr_downscale or 1
             self.train_pairs = load_pairs(image_files(d.root), self.scale, down, min_lr=d.patch, cache_dir=cache)
             self.test_pairs = (load_pairs(image_files(d.test_root), self.scale, down, TEST_CROP, cache_dir=cache)
@@ -145,11 +157,18 @@ class SuperResolutionData:
     def shape_spec(self, spec_name: str) -> dict[str, Any]:
         return {"in_channels": 1 if self.colour == "y" else 3, "scale": self.scale}
 
+    def example_shape(self) -> tuple[int, ...]:
+        """A training input's shape, batch 1: the models' costs are counted at it."""
+        return (1, 1 if self.colour == "y" else 3, self.cfg.data.patch, self.cfg.data.patch)
+
     def describe(self) -> str:
+        return self._describe(f"x{self.scale}", "HR ")
+
+    def _describe(self, what: str, pixels_of: str) -> str:
         pixels = sum(p.hr.shape[0] * p.hr.shape[1] for p in self.train_pairs) / 1e6
         val = f", {len(self.val_pairs)} validation" if self.val_pairs else ""
-        return (f"{self.cfg.data.name} x{self.scale} ({self.colour}): {len(self.train_pairs)} train images "
-                f"({pixels:.1f} HR megapixels){val}, {len(self.test_pairs)} test images "
+        return (f"{self.cfg.data.name} {what} ({self.colour}): {len(self.train_pairs)} train images "
+                f"({pixels:.1f} {pixels_of}megapixels){val}, {len(self.test_pairs)} test images "
                 f"({', '.join(p.name for p in self.test_pairs)})")
 
     def train_loader(self, tcfg: TrainConfig) -> PatchLoader:
@@ -203,6 +222,62 @@ class SuperResolutionData:
         return bicubic_scores(self.test_pairs, self.colour, self.scale)
 
 
+class DenoisingData(SuperResolutionData):
+    """Gaussian denoising (``data.sigma`` on the 0-255 scale) of the super-resolution images:
+    the same TRAIN / TEST photos (or folder), clean, as targets; the input is the image plus
+    noise (``repas.data.noisy_images``). Scored in PSNR / SSIM on Y, as SR at scale 1."""
+
+    task_name = "denoising"
+    # Tiles of the deployed model overlap by this many pixels: the U-Net of repas.models sees
+    # 23 pixels away; a deeper encoder-decoder needs export.tile and this raised together.
+    overlap = 32
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.sigma = check_sigma(cfg.data.sigma)
+        tile = cfg.export.tile or [cfg.data.patch] * 2  # the exported model's input (export_shape)
+        if min(tile) <= 2 * self.overlap:  # checked before anything trains
+            raise RepasError(f"the exported denoiser's input tile {'x'.join(map(str, tile))} leaves nothing between "
+                             f"its {self.overlap}-pixel overlaps: set export.tile to at least "
+                             f"[{4 * self.overlap}, {4 * self.overlap}]")
+        super().__init__(cfg, scale=1)
+
+    def describe(self) -> str:
+        return self._describe(f"Gaussian sigma {self.sigma:g}", "")
+
+    def train_loader(self, tcfg: TrainConfig) -> NoisyPatchLoader:
+        return NoisyPatchLoader(super().train_loader(tcfg), self.sigma, self.cfg.seed)
+
+    def eval_batches(self, tcfg: TrainConfig) -> list[tuple[torch.Tensor, np.ndarray]]:
+        return noisy_images(self.test_pairs, self.colour, self.sigma)
+
+    def val_batches(self, tcfg: TrainConfig) -> list[tuple[torch.Tensor, np.ndarray]]:
+        return noisy_images(_need_val(self.val_pairs), self.colour, self.sigma)
+
+    def task(self, tcfg: TrainConfig, spec: Any) -> DenoisingTask:
+        return DenoisingTask()
+
+    def score(self, run: Run, spec: Any, shape: tuple[int, ...]) -> dict[str, float]:
+        """PSNR / SSIM of an exported model of static input ``shape`` on the noisy test
+        images, tiled as ``repas predict`` tiles them."""
+        tile = tuple(shape[2:])
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(upscale_array(run, x[0].numpy(), 1, tile=tile, overlap=self.overlap))[None]
+
+        return DenoisingTask(multiple=1).evaluate(predict, self.eval_batches(self.cfg.train))
+
+    def calibration_inputs(self, shape: tuple[int, ...], n: int) -> list[torch.Tensor]:
+        return [fixed_noise(x, self.sigma, i) for i, x in enumerate(super().calibration_inputs(shape, n))]
+
+    def bundle_input(self, spec: Any, shape: tuple[int, ...]) -> dict[str, Any]:
+        return {"shape": list(shape), "colour": self.colour, "pixel_scale": 1 / 255, "overlap": self.overlap,
+                "noise_sigma": self.sigma}
+
+    def baseline(self) -> dict[str, float]:
+        """The noisy input itself, scored by the same protocol."""
+        return DenoisingTask().evaluate(lambda x: x, self.eval_batches(self.cfg.train))
+
+
 def bicubic_scores(pairs: list, colour: str, scale: int) -> dict[str, float]:
     """Mean PSNR / SSIM of bicubic upscaling of (HR, LR) pairs, by the SR protocol."""
     from repas.data.sr_images import to_model_input
@@ -222,15 +297,23 @@ def _need_val(split: Any) -> Any:
     return split
 
 
-TaskData = ClassificationData | SuperResolutionData
+TaskData = ClassificationData | SuperResolutionData | DenoisingData
 
 
 def make_task_data(cfg: PipelineConfig) -> TaskData:
-    return SuperResolutionData(cfg) if cfg.data.name in SR_DATASETS else ClassificationData(cfg)
+    if cfg.data.name in SR_DATASETS:
+        return SuperResolutionData(cfg)
+    if cfg.data.name in DENOISE_DATASETS:
+        return DenoisingData(cfg)
+    return ClassificationData(cfg)
 
 
 def shaped_spec(cfg: PipelineConfig, data: TaskData) -> ArchSpec:
     """The configured search space shaped for the data, with the configured block."""
+    if isinstance(data, DenoisingData):
+        raise RepasError(f"data.name {cfg.data.name} trains your own image-to-image model: set model.builder "
+                         "(e.g. repas.models:UNet with model.kwargs {channels: 1, width: 16}); the search spaces "
+                         "are for classification and super-resolution")
     spec = create_supernet_spec(cfg.model.space, **data.shape_spec(cfg.model.space))
     if (spec.task == "super-resolution") != isinstance(data, SuperResolutionData):
         raise RepasError(f"search space {cfg.model.space!r} is for {spec.task}, but data.name {cfg.data.name!r} "

@@ -119,7 +119,8 @@ def image_files(root: str | Path) -> list[Path]:
 # ---- decoding -------------------------------------------------------------------------
 def make_pair(rgb: np.ndarray, scale: int, hr_downscale: int = 1,
               crop: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(HR, LR) uint8 arrays: optional antialiased downscale, central crop, bicubic LR."""
+    """(HR, LR) uint8 arrays: optional antialiased downscale, central crop, bicubic LR
+    (at scale 1, for denoising, LR is the HR array itself)."""
     im = Image.fromarray(rgb)
     if hr_downscale > 1:
         im = im.resize((im.width // hr_downscale, im.height // hr_downscale), Image.BICUBIC, reducing_gap=None)
@@ -131,8 +132,10 @@ def make_pair(rgb: np.ndarray, scale: int, hr_downscale: int = 1,
         w, h = im.size
     w, h = w - w % scale, h - h % scale
     im = im.crop((0, 0, w, h))
-    lr = im.resize((w // scale, h // scale), Image.BICUBIC)
-    return np.asarray(im, dtype=np.uint8), np.asarray(lr, dtype=np.uint8)
+    hr = np.asarray(im, dtype=np.uint8)
+    if scale == 1:
+        return hr, hr
+    return hr, np.asarray(im.resize((w // scale, h // scale), Image.BICUBIC), dtype=np.uint8)
 
 
 @dataclass
@@ -150,7 +153,8 @@ def load_pairs(sources: list[Path] | list[tuple[str, np.ndarray]], scale: int, h
     Unreadable files and images whose LR side would be under ``min_lr`` pixels are skipped
     and listed in one warning; converted modes (grey, RGBA, palette, 16-bit) are listed too.
     """
-    check_scale(scale)
+    if scale != 1:  # 1: clean images for denoising
+        check_scale(scale)
     pairs, skipped, converted = [], [], []
     for src in sources:
         name, rgb, path = (src[0], src[1], None) if isinstance(src, tuple) else (photo_name(src), None, src)

@@ -243,12 +243,12 @@ def open_image(path: str | Path) -> Any:  # noqa: ANN401 (PIL.Image)
 
 def predict(bundle: str | Path, image: str | Path, *, output: str | Path | None = None, fmt: str = "onnx",
             precision: str = "float", k: int = 5, threads: int = 1) -> str:
-    """Run the bundle on an image: the top-k labels of a classifier, or (SR) the upscaled
-    image written to ``output``. Returns the lines to print."""
+    """Run the bundle on an image: the top-k labels of a classifier, or (SR, denoising) the
+    model's image written to ``output``. Returns the lines to print."""
     manifest = read_manifest(bundle)
     task, spec = manifest["task"], manifest["input"]
-    if task == "super-resolution" and output is None:
-        raise RepasError("a super-resolution bundle writes an image: give -o OUTPUT.png")
+    if task != "classification" and output is None:
+        raise RepasError(f"a {task} bundle writes an image: give -o OUTPUT.png")
     img = open_image(image)  # before loading the model: a bad image is the cheaper error
     run = load_runner(bundle, fmt, precision, threads)
     if task == "classification":

@@ -57,12 +57,12 @@ def setup(cfg: PipelineConfig) -> None:
 
 
 def get_data(cfg: PipelineConfig) -> TaskData:
-    """The configured data with its task (classification or super-resolution)."""
+    """The configured data with its task (classification, super-resolution or denoising)."""
     return make_task_data(cfg)
 
 
 def data_task(data: TaskData) -> str:
-    return "super-resolution" if data.primary == "psnr" else "classification"
+    return data.task_name
 
 
 def check_task(spec: ArchSpec, data: TaskData, cfg: PipelineConfig, where: str | Path) -> None:

@@ -42,8 +42,8 @@ def export_formats(cfg: PipelineConfig) -> list[str]:
 
 def export_shape(cfg: PipelineConfig, spec: ArchSpec) -> tuple[int, ...]:
     """The static input shape of the exported files: batch 1 at the spec's input size, or
-    for SR the configured LR tile."""
-    tile = cfg.export.tile if spec.task == "super-resolution" and cfg.export.tile else spec.input_size
+    for an image-to-image model (SR, denoising) the configured input tile."""
+    tile = cfg.export.tile if spec.task != "classification" and cfg.export.tile else spec.input_size
     return (1, spec.in_channels, *tile)
 
 
@@ -100,8 +100,9 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
             fmt, precision = k.split()
             latency_ms.setdefault(RUNTIMES[fmt], {})[precision] = v
         manifest = {"task": spec.task, "name": spec.name, "input": data.bundle_input(spec, shape),
-                    **({"scale": spec.scale, "output": "image in [0, 1], scale x the input's height and width"}
-                       if spec.task == "super-resolution" else
+                    **({"scale": getattr(spec, "scale", 1),
+                        "output": "image in [0, 1], scale x the input's height and width"}
+                       if spec.task != "classification" else
                        {"labels": data.labels(), "output": "logits, one per label (softmax for probabilities)"}),
                     "widths": facts["widths"], "macs": facts["macs"], "params": facts["params"],
                     "files": made["files"], "checks": made["checks"], "metrics": metrics, "latency_ms": latency_ms,

@@ -31,9 +31,11 @@ def make_method(cfg: PipelineConfig, model: RepNet, budget: Budget, data: TaskDa
 
 def sample_inputs(model: RepNet, data: TaskData, count: int = 256) -> torch.Tensor:
     """``count`` training inputs for a method that looks at feature maps or outputs (LASSO,
-    EagleEye); for super-resolution, one 48x48 crop per 16 images' worth of pixels."""
-    size = model.spec.input_size if model.spec.task != "super-resolution" else (48, 48)
-    n = count if model.spec.task != "super-resolution" else max(16, count // 16)
+    EagleEye); for an image-to-image model (SR, denoising), one 48x48 crop per 16 images'
+    worth of pixels."""
+    image = model.spec.task != "classification"
+    size = (48, 48) if image else model.spec.input_size
+    n = max(16, count // 16) if image else count
     return torch.cat(data.calibration_inputs((1, model.spec.in_channels, *size), n))
 
 

@@ -4,7 +4,7 @@ configured method at the configured budget, extraction into the user's own class
 fine-tuning for the same total epochs as the comparison methods, a pickle-free save
 (``pruned/``: ``load_pruned`` rebuilds it), conv+BN folding and the verified bundle
 (``export/``, which ``repas predict`` runs). ``search.compare`` methods run beside it from
-the same dense weights; report.json holds every result. Classification data for now."""
+the same dense weights; report.json holds every result. Classification and denoising data."""
 
 from __future__ import annotations
 
@@ -75,10 +75,11 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
                      ) -> dict[str, Any]:
     """``method_name`` on a copy of ``dense`` at the configured budget, then fine-tuned,
     saved (``out/pruned``), fused and exported (``out/export``); returns its report."""
-    s, shape = cfg.search, (1, *data.data.image_shape)
+    s = cfg.search
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)  # every method draws the same batches and candidates, whichever runs first
-    gated = GatedModel(copy.deepcopy(dense), torch.zeros(shape), name=cfg.model.builder or "model")
+    gated = GatedModel(copy.deepcopy(dense), torch.zeros(data.example_shape()), task=data.task_name,
+                       name=cfg.model.builder or "model")
     loader = data.train_loader(s)
     method = create_method(method_name, gated, target=s.target_abs or s.target, metric=s.metric,
                            step=cfg.extract.round_to, tolerance=cfg.extract.tolerance, strength=s.strength,
@@ -120,17 +121,18 @@ def run_user_pipeline(cfg: PipelineConfig, *, resume: Resume = False, data: Task
                          "(latency tables are measured for repas's own layer shapes)")
     setup(cfg)
     data = data or get_data(cfg)
-    if data.primary != "top1":
-        raise RepasError(f"model.builder runs on classification data for now; {cfg.data.name} is "
-                         f"{data.primary}-scored")
+    if data.task_name not in ("classification", "denoising"):
+        raise RepasError(f"model.builder runs on classification and denoising data for now, not on "
+                         f"{data.task_name} ({cfg.data.name})")
     run = Path(cfg.run_dir)
     started = time.perf_counter()
     dense, dense_report = dense_model(cfg, data, resume)
     results = {cfg.search.method: prune_user_model(cfg, dense, cfg.search.method, run, data)}
     for method in cfg.search.compare or []:
         results[method] = prune_user_model(cfg, dense, method, run / f"compare-{method}", data)
-    summary = {"builder": cfg.model.builder, "kwargs": cfg.model.kwargs, "dense": dense_report,
-               "methods": results, "seconds": time.perf_counter() - started, "environment": environment()}
+    summary = {"builder": cfg.model.builder, "kwargs": cfg.model.kwargs, "task": data.task_name,
+               "primary": data.primary, "baseline": data.baseline(), "dense": dense_report, "methods": results,
+               "seconds": time.perf_counter() - started, "environment": environment()}
     atomic_write_json(run / "report.json", summary)
     atomic_write_text(run / "report.md", user_report_markdown(summary, cfg))
     record_config(run, cfg)
@@ -138,21 +140,27 @@ def run_user_pipeline(cfg: PipelineConfig, *, resume: Resume = False, data: Task
 
 
 def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
-    s = cfg.search
+    s, key = cfg.search, summary.get("primary", "top1")
     dense = summary["dense"].get("test", {})
-    shown = f"top-1 {dense['top1']:.2f}" if "top1" in dense else f"weights {cfg.model.weights}"
+    shown = f"{key} {dense[key]:.2f}" if key in dense else f"weights {cfg.model.weights}"
     first = next(iter(summary["methods"].values()))
+    baseline = summary.get("baseline")
+    noisy = ""
+    if baseline:  # denoising: what the noisy input itself scores
+        noisy = " The noisy input itself: " + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items()) + "."
+    per = "an input" if summary.get("task", "classification") == "classification" else "a training patch"
     lines = [f"# {summary['builder']} at {s.target:g} x dense {s.metric}", "",
-             f"Dense ({first['dense_macs'] / 1e6:.2f} M MACs, group widths {'/'.join(map(str, first['dense_widths']))})"
-             f": {shown}. Every method starts from the same dense weights and trains the same total epochs. "
-             "Latency: the fused model in onnxruntime, batch 1, timed when each was exported (not interleaved).",
-             "", "| method | group widths | MACs | cost / target | top-1 (PyTorch) | top-1 (ONNX) | latency |",
+             f"Dense ({first['dense_macs'] / 1e6:.2f} M MACs at {per}, group widths "
+             f"{'/'.join(map(str, first['dense_widths']))}): {shown}.{noisy} Every method starts from the same dense "
+             "weights and trains the same total epochs. Latency: the fused model in onnxruntime, batch 1, timed when "
+             "each was exported (not interleaved).",
+             "", f"| method | group widths | MACs | cost / target | {key} (PyTorch) | {key} (ONNX) | latency |",
              "|---|---|---|---|---|---|---|"]
     for name, r in summary["methods"].items():
         export = json.loads((Path(cfg.run_dir) / ("" if name == s.method else f"compare-{name}") / "export" /
                              "report.json").read_text())
         lines.append(f"| {name} | {'/'.join(map(str, r['widths']))} | {r['macs'] / 1e6:.2f} M | "
-                     f"{r['cost_vs_target']:.3f} | {r['finetune']['test'].get('top1', float('nan')):.2f} | "
-                     f"{export['onnx_metrics'].get('top1', float('nan')):.2f} | "
+                     f"{r['cost_vs_target']:.3f} | {r['finetune']['test'].get(key, float('nan')):.2f} | "
+                     f"{export['onnx_metrics'].get(key, float('nan')):.2f} | "
                      f"{export['latency']['median_ms']:.3f} ms |")
     return "\n".join(lines) + "\n"

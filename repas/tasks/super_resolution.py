@@ -60,10 +60,11 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     return float(s[pad:-pad, pad:-pad].mean())
 
 
-def sr_scores(output: torch.Tensor, target_u8: np.ndarray, scale: int) -> dict[str, float]:
-    """PSNR and SSIM on Y of the quantized ``output`` (C, H, W) against the uint8 HR target."""
-    out_y = crop_border(y_channel(quantize(output)), scale)
-    hr_y = crop_border(y_channel(target_u8), scale)
+def sr_scores(output: torch.Tensor, target_u8: np.ndarray, border: int) -> dict[str, float]:
+    """PSNR and SSIM on Y of the quantized ``output`` (C, H, W) against the uint8 target,
+    ``border`` pixels cropped (the SR protocol crops the scale)."""
+    out_y = crop_border(y_channel(quantize(output)), border)
+    hr_y = crop_border(y_channel(target_u8), border)
     return {"psnr": psnr(out_y, hr_y), "ssim": ssim(out_y, hr_y)}
 
 
@@ -84,6 +85,7 @@ class SuperResolutionTask:
 
     def __init__(self, scale: int, tile: int = 256, overlap: int | None = None) -> None:
         self.scale, self.tile, self.overlap = scale, tile, overlap
+        self.border = scale
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(output, target)
@@ -94,16 +96,19 @@ class SuperResolutionTask:
 
     @torch.no_grad()
     def evaluate(self, predict: Predict, images: Iterable[tuple[torch.Tensor, np.ndarray]]) -> dict[str, float]:
-        """Mean PSNR / SSIM over (LR tensor (1, C, h, w) in [0, 1], HR uint8 (H, W, C)) pairs."""
+        """Mean PSNR / SSIM over (input tensor (1, C, h, w) in [0, 1], target uint8 (H, W, C)) pairs."""
+        scores = [sr_scores(self.restore(predict, x)[0], target, self.border) for x, target in images]
+        if not scores:
+            return {"psnr": float("nan"), "ssim": float("nan")}
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+    def restore(self, predict: Predict, lr: torch.Tensor) -> torch.Tensor:
+        """The model's output for a whole (1, C, h, w) input, tiled."""
         overlap = self.overlap
         if overlap is None:  # a RepNet knows its radius; any other callable gets a generous default
             net = getattr(predict, "module", predict)  # (DistributedDataParallel wraps the net)
             overlap = receptive_radius(net) if hasattr(net, "spec") else 32
-        scores = [sr_scores(upscale_tiled(predict, lr, self.scale, tile=self.tile, overlap=overlap)[0], hr, self.scale)
-                  for lr, hr in images]
-        if not scores:
-            return {"psnr": float("nan"), "ssim": float("nan")}
-        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+        return upscale_tiled(predict, lr, self.scale, tile=self.tile, overlap=overlap)
 
 
 @torch.no_grad()

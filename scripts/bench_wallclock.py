@@ -1,0 +1,192 @@
+"""Worth the compute? The repas pipeline against the obvious small net trained from scratch,
+both given the same wall-clock minutes on this machine.
+
+For every time budget T (``--minutes``) and seed, back to back with nothing beside them:
+
+(a) **pipeline**: the configured pipeline (dense supernet -> search -> extract -> fine-tune,
+    ``search.compare`` off) with its epochs chosen to fill T: ``--dense-share`` of T trains the
+    dense supernet, the rest fine-tunes the final widths (a one-shot method spends no search
+    epochs). Epoch times come from a short probe of both nets before the arms run.
+(b) **scratch**: the same final widths (the pipeline's net, same multi-branch blocks), fresh
+    weights, trained with the dense recipe for as many epochs as fill T.
+
+Both evaluate once, after their last epoch (``eval_every=0``); T covers training and that
+evaluation, not the export, which both need alike. Both are then fused and exported to float
+ONNX, scored through onnxruntime and timed there. Rows are saved as they finish
+(RUN_DIR/wallclock.json), so a stopped run resumes; writes docs/wallclock_<name>.md / .json.
+
+    python scripts/bench_wallclock.py --config configs/fmnist.yaml --name fmnist --minutes 10,20 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from repas import stages
+from repas.atomic import atomic_write_json, atomic_write_text
+from repas.config import PipelineConfig, TrainConfig, load_config
+from repas.deploy import cpu_name
+from repas.search import create_method, method_class
+from repas.stages.common import save_stage
+from repas.stages.training import run_training
+from repas.supernet import build, create_model, load_model
+from repas.train import Trainer
+
+PROBE_STEPS = 30
+
+
+def seconds_per_epoch(model: torch.nn.Module, tcfg: TrainConfig, data) -> float:
+    """Training seconds of one epoch of ``model`` under ``tcfg`` (a probe of PROBE_STEPS
+    steps after 5 of warm-up), plus one evaluation of the test split."""
+    loader = data.train_loader(tcfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, data.task(tcfg, model.spec), dataclasses.replace(tcfg, epochs=1), tmp, progress=False)
+        trainer.fit(list(itertools.islice(iter(loader), 5)))
+        batches = list(itertools.islice(iter(loader), PROBE_STEPS))
+        started = time.perf_counter()
+        trainer.fit(batches)
+        step = (time.perf_counter() - started) / PROBE_STEPS
+        started = time.perf_counter()
+        trainer.evaluate(data.eval_batches(tcfg), trainer.eval_model)
+        evaluation = time.perf_counter() - started
+    return step * len(loader) + evaluation
+
+
+def plan(cfg: PipelineConfig, minutes: float, dense_share: float, data) -> dict[str, int | float]:
+    """Epochs of each arm that fill ``minutes``: the dense and the final net's epoch times probed."""
+    budget = 60.0 * minutes
+    dense = create_model(cfg.model.space, gated=False, **data.shape_spec(cfg.model.space))
+    t_dense = seconds_per_epoch(dense, cfg.train, data)
+    # the final net's cost: the configured budget's fraction of the dense MACs, as the uniform allocation has it
+    method = create_method("uniform", create_model(cfg.model.space, gated=True, **data.shape_spec(cfg.model.space)),
+                           target=cfg.search.target, metric="macs", step=cfg.extract.round_to)
+    small = method.extract()
+    t_small = seconds_per_epoch(small, cfg.finetune, data)
+    dense_epochs = max(1, int(dense_share * budget / t_dense))
+    finetune_epochs = max(1, int((budget - dense_epochs * t_dense) / t_small))
+    t_scratch = seconds_per_epoch(build(small.spec), cfg.train, data)
+    return {"dense_epochs": dense_epochs, "finetune_epochs": finetune_epochs,
+            "scratch_epochs": max(1, int(budget / t_scratch)), "probe_seconds_per_epoch":
+            {"dense": t_dense, "final": t_small, "scratch": t_scratch}}
+
+
+def pipeline_arm(cfg: PipelineConfig, p: dict, data) -> tuple[float, Path]:
+    """Dense -> search -> extract -> fine-tune, timed; returns (seconds, finetune dir)."""
+    s = cfg.search
+    if method_class(s.method).trains:
+        raise SystemExit(f"bench_wallclock plans one-shot methods (uniform, eagleeye, l1 ...), not {s.method}")
+    # a one-shot method's search epochs go to the fine-tune (stages.finetune_config): take them back out
+    tuned = max(1, p["finetune_epochs"] - s.epochs)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=p["dense_epochs"], eval_every=0),
+                              search=dataclasses.replace(s, compare=None),
+                              finetune=dataclasses.replace(cfg.finetune, epochs=tuned, eval_every=0))
+    started = time.perf_counter()
+    stages.train_stage(cfg, data=data)
+    stages.search_stage(cfg, data=data)
+    stages.extract_stage(cfg)
+    out = stages.finetune_stage(cfg, data=data)
+    return time.perf_counter() - started, out
+
+
+def scratch_arm(cfg: PipelineConfig, widths_from: Path, epochs: int, data) -> tuple[float, Path]:
+    """The final net's spec with fresh weights, trained with the dense recipe; timed."""
+    torch.manual_seed(cfg.seed)
+    fresh = build(load_model(widths_from).spec)
+    tcfg = dataclasses.replace(cfg.train, epochs=epochs, eval_every=0)
+    started = time.perf_counter()
+    model, report = run_training(cfg, "finetune", fresh, tcfg, False, data=data)
+    seconds = time.perf_counter() - started
+    return seconds, save_stage(model, stages.stage_dir(cfg, "finetune"), report, cfg)
+
+
+def scored(cfg: PipelineConfig, data) -> dict:
+    """Fuse and export (float ONNX) the run's fine-tuned net: its ONNX metrics, latency, MACs."""
+    stages.fuse_stage(cfg)
+    export = stages.export_stage(cfg, data=data, formats=["onnx"], int8=False)
+    r = json.loads((export / "report.json").read_text())
+    return {"metric": r["onnx_metrics"], "latency_ms": r["latency"]["median_ms"], "macs": r["macs"],
+            "widths": r["widths"]}
+
+
+def table(rows: list[dict], primary: str) -> str:
+    lines = [f"| T (min) | arm | {primary} (mean ± std, n) | wall minutes (mean) | epochs (dense + final / scratch)"
+             " | MACs | ONNX latency (ms) |", "|---|---|---|---|---|---|---|"]
+    for minutes in sorted({r["minutes"] for r in rows}):
+        for arm in ("pipeline", "scratch"):
+            got = [r for r in rows if r["minutes"] == minutes and r["arm"] == arm]
+            if not got:
+                continue
+            values = [r["metric"][primary] for r in got]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            epochs = (f"{got[0]['epochs']['dense']} + {got[0]['epochs']['final']}" if arm == "pipeline"
+                      else str(got[0]["epochs"]["final"]))
+            lines.append(f"| {minutes:g} | {arm} | {statistics.fmean(values):.2f} ± {spread:.2f} ({len(values)}) | "
+                         f"{statistics.fmean(r['seconds'] for r in got) / 60:.1f} | {epochs} | "
+                         f"{got[0]['macs'] / 1e6:.3f} M | {statistics.fmean(r['latency_ms'] for r in got):.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from repas.cli.main import configure_logging
+
+    configure_logging()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--name", required=True, help="names docs/wallclock_<name>.md and .json")
+    p.add_argument("--minutes", default="10,20")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--dense-share", type=float, default=0.4, help="share of T for the dense supernet")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--docs", default="docs")
+    args = p.parse_args()
+    root = Path("runs") / f"wallclock-{args.name}"
+    done_path = root / "wallclock.json"
+    rows = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
+    for minutes in (float(m) for m in args.minutes.split(",")):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            if sum(r["minutes"] == minutes and r["seed"] == seed for r in rows) == 2:
+                continue
+            base = load_config(args.config, [*args.set, f"seed={seed}"])
+            data = stages.get_data(base)
+            run = root / f"T{minutes:g}-seed{seed}"
+            epochs = plan(base, minutes, args.dense_share, data)
+            print(f"T={minutes:g} min, seed {seed}: {epochs}", flush=True)
+            pipe_cfg = dataclasses.replace(base, run_dir=str(run / "pipeline"))
+            seconds, tuned = pipeline_arm(pipe_cfg, epochs, data)
+            common = {"minutes": minutes, "seed": seed, "method": base.search.method, "date": time.strftime("%Y-%m-%d"),
+                      "probe_seconds_per_epoch": epochs["probe_seconds_per_epoch"]}
+            pipe = {**common, "arm": "pipeline", "seconds": seconds, **scored(pipe_cfg, data),
+                    "epochs": {"dense": epochs["dense_epochs"], "final": epochs["finetune_epochs"]}}
+            scratch_cfg = dataclasses.replace(base, run_dir=str(run / "scratch"))
+            seconds, _ = scratch_arm(scratch_cfg, tuned, epochs["scratch_epochs"], data)
+            scratch = {**common, "arm": "scratch", "seconds": seconds, **scored(scratch_cfg, data),
+                       "epochs": {"dense": 0, "final": epochs["scratch_epochs"]}}
+            rows = [r for r in rows if not (r["minutes"] == minutes and r["seed"] == seed)] + [pipe, scratch]
+            atomic_write_json(done_path, {"rows": rows})
+            print(f"T={minutes:g} seed {seed}: pipeline {pipe['metric']} in {pipe['seconds'] / 60:.1f} min, "
+                  f"scratch {scratch['metric']} in {scratch['seconds'] / 60:.1f} min", flush=True)
+    primary = stages.get_data(load_config(args.config, args.set)).primary if rows else "top1"
+    header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads. Config "
+              f"`{args.config}`; method `{load_config(args.config, args.set).search.method}`; dense share "
+              f"{args.dense_share:g}. Epochs chosen from a probe of each net's epoch time.\n\nCommand: "
+              f"`python scripts/bench_wallclock.py --config {args.config} --name {args.name} --minutes {args.minutes} "
+              f"--seeds {args.seeds} --dense-share {args.dense_share:g}" + "".join(f" --set {s}" for s in args.set)
+              + "`\n\n")
+    text = header + table(rows, primary) + "\n"
+    docs = Path(args.docs)
+    atomic_write_text(docs / f"wallclock_{args.name}.md", text)
+    atomic_write_json(docs / f"wallclock_{args.name}.json", {"rows": rows})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
