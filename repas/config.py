@@ -207,7 +207,7 @@ class ExportConfig:
     # onnx and/or pte; null: onnx, plus pte where ExecuTorch is installed
     formats: list[str] | None = None
     int8: bool = True  # also int8 models (post-training, calibrated on training inputs)
-    calibration: int | None = None  # calibration inputs; null: 256 images (classification) or 16 tiles (SR)
+    calibration: int | None = None  # calibration inputs; null: 256 images (classification) or 16 tiles (SR, denoising)
     # SR models have a static input: this LR tile [height, width]; null: the spec's input size
     tile: list[int] | None = None
 

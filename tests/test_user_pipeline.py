@@ -13,6 +13,7 @@ from repas.cli import main
 
 RESNET = ["--set", "model.builder=repas.models:resnet18_small", "--set", "model.kwargs={stem_stride: 4}"]
 QUICK = ["--threads", "2", "--epochs", "1", "--set", "export.runs=10", "--set", "export.warmup=2",
+         "--set", "export.int8=false",
          "--set", "train.batch_size=64", "--set", "finetune.batch_size=64", "--set", "search.batch_size=64"]
 
 
@@ -55,8 +56,9 @@ def test_every_method_meets_the_budget_and_its_bundle_equals_its_saved_model(use
         x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected = model(x).numpy()
-        got = load_runner(out / "export")(x.numpy())  # fused (BN folded) and in onnxruntime
-        assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+        for fmt in ("onnx", "pte"):  # fused (BN folded), in onnxruntime and in ExecuTorch (XNNPACK)
+            got = load_runner(out / "export", fmt)(x.numpy())
+            assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max())), fmt
     assert "| eagleeye |" in (run / "report.md").read_text() and "| uniform |" in (run / "report.md").read_text()
 
 

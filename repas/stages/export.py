@@ -77,7 +77,7 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
     int8 = e.int8 if int8 is None else int8
     calibration = None
     if int8:
-        calibration = data.calibration_inputs(shape, e.calibration or (16 if spec.task == "super-resolution" else 256))
+        calibration = data.calibration_inputs(shape, e.calibration or (256 if spec.task == "classification" else 16))
     if "pte" in formats:  # XNNPACK's threadpool is sized before the first program runs
         from repas.deploy.executorch_export import set_executorch_threads
 

@@ -26,7 +26,7 @@ from repas.graph import GatedModel, fuse_model, save_pruned
 from repas.graph.files import build_from
 from repas.search import create_method
 from repas.stages.common import Resume, environment, get_data, record_config, setup
-from repas.stages.export import write_bundle
+from repas.stages.export import export_formats, write_bundle
 from repas.stages.methods import sample_inputs
 from repas.stages.training import finetune_config
 from repas.supernet.model_files import load_weights, read_weights, save_weights
@@ -96,15 +96,34 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     save_pruned(small, out / "pruned", gated, builder=cfg.model.builder, kwargs=cfg.model.kwargs, masks=masks)
     facts = user_model_facts(gated, widths)
     target = float(method.budget.target)
-    write_bundle(cfg, fuse_model(small.eval()), gated.spec, facts, out / "export", data=data,
-                 formats=["onnx"], int8=False)
     report = {"method": method_name, **facts, "target": target, "cost_vs_target": facts[s.metric] / target,
               "dense_widths": gated.spec.widths, "dense_macs": float(gated.cost("macs", gated.spec.widths)),
-              "finetune": tuned, "seconds": time.perf_counter() - started}
+              "finetune": tuned}
+    report.update(export_user_model(cfg, fuse_model(small.eval()), gated, facts, out / "export", data),
+                  seconds=time.perf_counter() - started)
     atomic_write_json(out / "report.json", report)
     log.info(f"{method_name}: widths {widths}, {facts['macs']:,.0f} MACs ({report['cost_vs_target']:.3f} x target), "
              f"test {tuned['test']}")
     return report
+
+
+def export_user_model(cfg: PipelineConfig, fused: nn.Module, gated: GatedModel, facts: dict[str, Any], out: Path,
+                      data: TaskData) -> dict[str, Any]:
+    """The bundle of a fused user model in the configured formats (float and, with
+    ``export.int8``, int8). Where ExecuTorch was not asked for by name and cannot delegate
+    every op of the model to XNNPACK (a U-Net's nearest upsampling), the bundle is ONNX
+    alone and the report says why; asked for by name, that is an error."""
+    formats = export_formats(cfg)
+    try:
+        write_bundle(cfg, fused, gated.spec, facts, out, data=data, formats=formats)
+        return {"formats": formats}
+    except RepasError as e:
+        if cfg.export.formats or formats == ["onnx"]:
+            raise
+        log.warning(f"export: no ExecuTorch files for {gated.spec.name}: {e}. The bundle is ONNX alone "
+                    "(set export.formats: [onnx] to skip the attempt)")
+        write_bundle(cfg, fused, gated.spec, facts, out, data=data, formats=["onnx"])
+        return {"formats": ["onnx"], "pte_skipped": str(e)}
 
 
 def _teacher(dense: nn.Module, distill: float) -> nn.Module | None:

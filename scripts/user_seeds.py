@@ -1,0 +1,84 @@
+"""Collect the seeds of a user-model pipeline (``repas pipeline`` with ``model.builder``, one run
+directory per seed) into docs/<name>.json and a markdown table: each method's metric (mean ±
+std over the seeds), MACs, cost / target and ONNX latency, beside the dense net and (denoising)
+the noisy input.
+
+    for S in 0 1 2; do repas pipeline --config configs/unet_denoise.yaml --set seed=$S \\
+        --run-dir runs/unet_denoise/seed$S; done
+    python scripts/user_seeds.py runs/unet_denoise/seed* --name unet_denoise_seeds \\
+        --command "repas pipeline --config configs/unet_denoise.yaml --set seed=S --run-dir runs/unet_denoise/seedS"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from repas.atomic import atomic_write_json
+
+
+def rows_of(run: Path) -> list[dict]:
+    summary = json.loads((run / "report.json").read_text())
+    key = summary.get("primary", "top1")
+    cfg = json.loads((run / "config.json").read_text())
+    seed, first = cfg["seed"], cfg["search"]["method"]
+    out = []
+    for method, r in summary["methods"].items():
+        export = json.loads((run / ("" if method == first else f"compare-{method}") / "export" / "report.json")
+                            .read_text())
+        out.append({"seed": seed, "method": method, "widths": r["widths"], "macs": r["macs"],
+                    "cost_vs_target": r["cost_vs_target"], "metric": key, "torch": r["finetune"]["test"],
+                    "onnx": export["onnx_metrics"], "latency_ms": export["latency"]["median_ms"],
+                    "dense": summary["dense"].get("test"), "dense_macs": r["dense_macs"],
+                    "baseline": summary.get("baseline"), "finetune_epochs": r["finetune"]["epochs"]})
+    return out
+
+
+def cell(values: list[float], digits: int = 2) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f} ({len(values)})"
+
+
+def table(rows: list[dict]) -> str:
+    key = rows[0]["metric"]
+    extra = [k for k in rows[0]["onnx"] if k != key][:1]  # e.g. ssim beside psnr
+    head = f"| method | {key} (ONNX, mean ± std, n) |" + "".join(f" {k} |" for k in extra)
+    lines = [head + " MACs (seed 0) | cost / target | ONNX latency (ms) | widths (seed 0) |",
+             "|---|---|" + "---|" * len(extra) + "---|---|---|---|"]
+    seeds = sorted({r["seed"] for r in rows})
+    dense = [r["dense"][key] for r in rows if r["dense"] and r["method"] == rows[0]["method"]]
+    if dense:
+        lines.append(f"| dense | {cell(dense)} |" + "".join(
+            f" {cell([r['dense'][k] for r in rows if r['method'] == rows[0]['method']], 4)} |" for k in extra)
+            + f" {rows[0]['dense_macs'] / 1e6:.2f} M | 1 x dense | | |")
+    base = [r["baseline"][key] for r in rows if r["baseline"] and r["method"] == rows[0]["method"]]
+    if base:
+        lines.append(f"| noisy input | {cell(base)} |" + "".join(
+            f" {cell([r['baseline'][k] for r in rows if r['method'] == rows[0]['method']], 4)} |" for k in extra)
+            + " | | | |")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        got = [r for r in rows if r["method"] == method]
+        first = next(r for r in got if r["seed"] == min(r["seed"] for r in got))
+        lines.append(f"| {method} | {cell([r['onnx'][key] for r in got])} |"
+                     + "".join(f" {cell([r['onnx'][k] for r in got], 4)} |" for k in extra)
+                     + f" {first['macs'] / 1e6:.2f} M | {statistics.fmean(r['cost_vs_target'] for r in got):.3f} | "
+                     f"{statistics.fmean(r['latency_ms'] for r in got):.3f} | {'/'.join(map(str, first['widths']))} |")
+    return f"Seeds {', '.join(map(str, seeds))}.\n\n" + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="run directories, one per seed")
+    p.add_argument("--name", required=True, help="names docs/<name>.json")
+    p.add_argument("--command", default="", help="the command that made the runs, recorded beside them")
+    p.add_argument("--docs", default="docs")
+    args = p.parse_args()
+    rows = [r for run in args.runs for r in rows_of(Path(run))]
+    atomic_write_json(Path(args.docs) / f"{args.name}.json", {"command": args.command, "rows": rows})
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
