@@ -59,3 +59,20 @@ def test_latency_grows_with_the_work(tmp_path):
         times[name] = onnx_latency(path, shape, threads=1, warmup=5, runs=30)
     assert times["heavy"]["threads"] == 1 and times["heavy"]["runs"] == 30
     assert times["heavy"]["min_ms"] > 3 * times["light"]["min_ms"]
+
+
+def test_a_model_trained_channels_last_exports_to_executorch_and_stays_as_it_was(tmp_path):
+    """channels_last training leaves NHWC weights, which XNNPACK's lowering refuses: the
+    export works on an NCHW copy and leaves the caller's model alone."""
+    pytest.importorskip("executorch")
+    from repas.deploy import export_models
+    from repas.deploy.runner import pte_runner
+
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+    net = net.to(memory_format=torch.channels_last)
+    made = export_models(net, tmp_path, (1, 1, 12, 12), ["pte"])
+    assert made["checks"]["pte_float_max_abs_diff"] <= 1e-5
+    x = torch.randn(1, 1, 12, 12)
+    with torch.no_grad():
+        assert np.abs(pte_runner(tmp_path / made["files"]["pte"]["float"])(x.numpy()) - net(x).numpy()).max() < 1e-5
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -17,6 +17,7 @@ bundle be written whole or not at all.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import logging
 import os
@@ -76,7 +77,8 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
     if "pte" in formats:
         executorch_version()  # a clear error before anything is written
     out = Path(out)
-    model = model.eval()
+    # a model trained channels_last has NHWC weights; XNNPACK's lowering asserts NCHW ones
+    model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     example = torch.zeros(*shape)
     files: dict[str, dict[str, str]] = {}
     checks: dict[str, Any] = {}

@@ -168,7 +168,8 @@ def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
     if baseline:  # denoising: what the noisy input itself scores
         noisy = " The noisy input itself: " + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items()) + "."
     per = "an input" if summary.get("task", "classification") == "classification" else "a training patch"
-    lines = [f"# {summary['builder']} at {s.target:g} x dense {s.metric}", "",
+    named = (summary.get("kwargs") or {}).get("model_name")  # timm.create_model's model
+    lines = [f"# {summary['builder']}{f' ({named})' if named else ''} at {s.target:g} x dense {s.metric}", "",
              f"Dense ({first['dense_macs'] / 1e6:.2f} M MACs at {per}, group widths "
              f"{'/'.join(map(str, first['dense_widths']))}): {shown}.{noisy} Every method starts from the same dense "
              "weights and trains the same total epochs. Latency: the fused model in onnxruntime, batch 1, timed when "
