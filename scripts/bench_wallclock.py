@@ -120,18 +120,18 @@ def scored(cfg: PipelineConfig, data) -> dict:
 def table(rows: list[dict], primary: str) -> str:
     lines = [f"| T (min) | arm | {primary} (mean ± std, n) | wall minutes (mean) | epochs (dense + final / scratch)"
              " | MACs | ONNX latency (ms) |", "|---|---|---|---|---|---|---|"]
-    for minutes in sorted({r["minutes"] for r in rows}):
-        for arm in ("pipeline", "scratch"):
-            got = [r for r in rows if r["minutes"] == minutes and r["arm"] == arm]
-            if not got:
-                continue
-            values = [r["metric"][primary] for r in got]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            epochs = (f"{got[0]['epochs']['dense']} + {got[0]['epochs']['final']}" if arm == "pipeline"
-                      else str(got[0]["epochs"]["final"]))
-            lines.append(f"| {minutes:g} | {arm} | {statistics.fmean(values):.2f} ± {spread:.2f} ({len(values)}) | "
-                         f"{statistics.fmean(r['seconds'] for r in got) / 60:.1f} | {epochs} | "
-                         f"{got[0]['macs'] / 1e6:.3f} M | {statistics.fmean(r['latency_ms'] for r in got):.3f} |")
+    arms = sorted({(r["minutes"], r["arm"], r.get("dense_share", 0.0)) for r in rows},
+                  key=lambda a: (a[0], a[1] == "pipeline", a[2]))
+    for minutes, arm, share in arms:
+        got = [r for r in rows if (r["minutes"], r["arm"], r.get("dense_share", 0.0)) == (minutes, arm, share)]
+        values = [r["metric"][primary] for r in got]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        epochs = ", ".join(sorted({f"{r['epochs']['dense']} + {r['epochs']['final']}" if arm == "pipeline"
+                                   else str(r["epochs"]["final"]) for r in got}))
+        name = f"pipeline, dense share {share:g}" if arm == "pipeline" else arm
+        lines.append(f"| {minutes:g} | {name} | {statistics.fmean(values):.2f} ± {spread:.2f} ({len(values)}) | "
+                     f"{statistics.fmean(r['seconds'] for r in got) / 60:.1f} | {epochs} | "
+                     f"{got[0]['macs'] / 1e6:.3f} M | {statistics.fmean(r['latency_ms'] for r in got):.3f} |")
     return "\n".join(lines)
 
 
@@ -151,36 +151,56 @@ def main() -> None:
     root = Path("runs") / f"wallclock-{args.name}"
     done_path = root / "wallclock.json"
     rows = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
+    for r in rows:  # rows written before --dense-share was recorded used the default
+        if r["arm"] == "pipeline":
+            r.setdefault("dense_share", 0.4)
+
+    def have(arm: str, minutes: float, seed: int) -> bool:
+        return any((r["arm"], r["minutes"], r["seed"]) == (arm, minutes, seed)
+                   and (arm == "scratch" or r["dense_share"] == args.dense_share) for r in rows)
+
+    def keep(row: dict) -> None:
+        nonlocal rows
+        same = ("arm", "minutes", "seed", "dense_share")
+        rows = [r for r in rows if any(r.get(k) != row.get(k) for k in same)] + [row]
+        atomic_write_json(done_path, {"rows": rows})
+
     for minutes in (float(m) for m in args.minutes.split(",")):
         for seed in (int(s) for s in args.seeds.split(",")):
-            if sum(r["minutes"] == minutes and r["seed"] == seed for r in rows) == 2:
+            if have("pipeline", minutes, seed) and have("scratch", minutes, seed):
                 continue
             base = load_config(args.config, [*args.set, f"seed={seed}"])
             data = stages.get_data(base)
+            # the scratch arm does not depend on the dense share: one per (T, seed), shared by every share
             run = root / f"T{minutes:g}-seed{seed}"
+            share_run = run if args.dense_share == 0.4 else root / f"T{minutes:g}-share{args.dense_share:g}-seed{seed}"
             epochs = plan(base, minutes, args.dense_share, data)
-            print(f"T={minutes:g} min, seed {seed}: {epochs}", flush=True)
-            pipe_cfg = dataclasses.replace(base, run_dir=str(run / "pipeline"))
-            seconds, tuned = pipeline_arm(pipe_cfg, epochs, data)
+            print(f"T={minutes:g} min, seed {seed}, dense share {args.dense_share:g}: {epochs}", flush=True)
             common = {"minutes": minutes, "seed": seed, "method": base.search.method, "date": time.strftime("%Y-%m-%d"),
                       "probe_seconds_per_epoch": epochs["probe_seconds_per_epoch"]}
-            pipe = {**common, "arm": "pipeline", "seconds": seconds, **scored(pipe_cfg, data),
-                    "epochs": {"dense": epochs["dense_epochs"], "final": epochs["finetune_epochs"]}}
-            scratch_cfg = dataclasses.replace(base, run_dir=str(run / "scratch"))
-            seconds, _ = scratch_arm(scratch_cfg, tuned, epochs["scratch_epochs"], data)
-            scratch = {**common, "arm": "scratch", "seconds": seconds, **scored(scratch_cfg, data),
-                       "epochs": {"dense": 0, "final": epochs["scratch_epochs"]}}
-            rows = [r for r in rows if not (r["minutes"] == minutes and r["seed"] == seed)] + [pipe, scratch]
-            atomic_write_json(done_path, {"rows": rows})
-            print(f"T={minutes:g} seed {seed}: pipeline {pipe['metric']} in {pipe['seconds'] / 60:.1f} min, "
-                  f"scratch {scratch['metric']} in {scratch['seconds'] / 60:.1f} min", flush=True)
+            pipe_cfg = dataclasses.replace(base, run_dir=str(share_run / "pipeline"))
+            if not have("pipeline", minutes, seed):
+                seconds, tuned = pipeline_arm(pipe_cfg, epochs, data)
+                keep({**common, "arm": "pipeline", "dense_share": args.dense_share, "seconds": seconds,
+                      **scored(pipe_cfg, data), "epochs": {"dense": epochs["dense_epochs"],
+                                                           "final": epochs["finetune_epochs"]}})
+            if not have("scratch", minutes, seed):
+                tuned = stages.stage_dir(pipe_cfg, "finetune")
+                scratch_cfg = dataclasses.replace(base, run_dir=str(run / "scratch"))
+                seconds, _ = scratch_arm(scratch_cfg, tuned, epochs["scratch_epochs"], data)
+                keep({**common, "arm": "scratch", "seconds": seconds, **scored(scratch_cfg, data),
+                      "epochs": {"dense": 0, "final": epochs["scratch_epochs"]}})
+            got = {r["arm"]: r for r in rows if r["minutes"] == minutes and r["seed"] == seed
+                   and r.get("dense_share", args.dense_share) == args.dense_share}
+            print(f"T={minutes:g} seed {seed}: pipeline {got['pipeline']['metric']} in "
+                  f"{got['pipeline']['seconds'] / 60:.1f} min, scratch {got['scratch']['metric']} in "
+                  f"{got['scratch']['seconds'] / 60:.1f} min", flush=True)
     primary = stages.get_data(load_config(args.config, args.set)).primary if rows else "top1"
     header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads. Config "
-              f"`{args.config}`; method `{load_config(args.config, args.set).search.method}`; dense share "
-              f"{args.dense_share:g}. Epochs chosen from a probe of each net's epoch time.\n\nCommand: "
+              f"`{args.config}`; method `{load_config(args.config, args.set).search.method}`. Epochs chosen from a probe of each net's epoch time.\n\nCommand: "
               f"`python scripts/bench_wallclock.py --config {args.config} --name {args.name} --minutes {args.minutes} "
               f"--seeds {args.seeds} --dense-share {args.dense_share:g}" + "".join(f" --set {s}" for s in args.set)
-              + "`\n\n")
+              + "`\n(the latest invocation; rows of earlier ones, other seeds or dense shares, are kept)\n\n")
     text = header + table(rows, primary) + "\n"
     docs = Path(args.docs)
     atomic_write_text(docs / f"wallclock_{args.name}.md", text)
