@@ -197,7 +197,8 @@ def main() -> None:
                   f"{got['scratch']['seconds'] / 60:.1f} min", flush=True)
     primary = stages.get_data(load_config(args.config, args.set)).primary if rows else "top1"
     header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads. Config "
-              f"`{args.config}`; method `{load_config(args.config, args.set).search.method}`. Epochs chosen from a probe of each net's epoch time.\n\nCommand: "
+              f"`{args.config}`; method `{load_config(args.config, args.set).search.method}`. Epochs chosen from a "
+              "probe of each net's epoch time.\n\nCommand: "
               f"`python scripts/bench_wallclock.py --config {args.config} --name {args.name} --minutes {args.minutes} "
               f"--seeds {args.seeds} --dense-share {args.dense_share:g}" + "".join(f" --set {s}" for s in args.set)
               + "`\n(the latest invocation; rows of earlier ones, other seeds or dense shares, are kept)\n\n")
