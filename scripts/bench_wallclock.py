@@ -8,7 +8,11 @@ For every time budget T (``--minutes``) and seed, back to back with nothing besi
     dense supernet, the rest fine-tunes the final widths (a one-shot method spends no search
     epochs). Epoch times come from a short probe of both nets before the arms run.
 (b) **scratch**: the same final widths (the pipeline's net, same multi-branch blocks), fresh
-    weights, trained with the dense recipe for as many epochs as fill T.
+    weights, trained with the dense recipe for as many epochs as fill T. With
+    ``--scratch-branches`` the scratch net gets other blocks at the same widths: ``conv`` (conv
+    + BN) is a plain VGG-like net, ``conv_plain`` (conv with bias) with an ECBSR space is the
+    plain ECBSR-M4C16 of ECBSR's paper, so one run asks whether the branches pay for their time.
+    Each scratch variant is its own arm; one per (T, seed) serves every dense share.
 
 Both evaluate once, after their last epoch (``eval_every=0``); T covers training and that
 evaluation, not the export, which both need alike. Both are then fused and exported to float
@@ -36,9 +40,10 @@ from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig, load_config
 from repas.deploy import cpu_name
 from repas.search import create_method, method_class
+from repas.spec import ArchSpec
 from repas.stages.common import save_stage
 from repas.stages.training import run_training
-from repas.supernet import build, create_model, load_model
+from repas.supernet import build, create_model, load_model, with_branches
 from repas.train import Trainer
 
 PROBE_STEPS = 30
@@ -61,7 +66,13 @@ def seconds_per_epoch(model: torch.nn.Module, tcfg: TrainConfig, data) -> float:
     return step * len(loader) + evaluation
 
 
-def plan(cfg: PipelineConfig, minutes: float, dense_share: float, data) -> dict[str, int | float]:
+def scratch_spec(spec: ArchSpec, branches: list[str] | None) -> ArchSpec:
+    """The scratch arm's net: the final widths, with other blocks when ``branches`` is given."""
+    return with_branches(spec, branches) if branches else spec
+
+
+def plan(cfg: PipelineConfig, minutes: float, dense_share: float, data,
+         branches: list[str] | None = None) -> dict[str, int | float]:
     """Epochs of each arm that fill ``minutes``: the dense and the final net's epoch times probed."""
     budget = 60.0 * minutes
     dense = create_model(cfg.model.space, gated=False, **data.shape_spec(cfg.model.space))
@@ -73,7 +84,7 @@ def plan(cfg: PipelineConfig, minutes: float, dense_share: float, data) -> dict[
     t_small = seconds_per_epoch(small, cfg.finetune, data)
     dense_epochs = max(1, int(dense_share * budget / t_dense))
     finetune_epochs = max(1, int((budget - dense_epochs * t_dense) / t_small))
-    t_scratch = seconds_per_epoch(build(small.spec), cfg.train, data)
+    t_scratch = seconds_per_epoch(build(scratch_spec(small.spec, branches)), cfg.train, data)
     return {"dense_epochs": dense_epochs, "finetune_epochs": finetune_epochs,
             "scratch_epochs": max(1, int(budget / t_scratch)), "probe_seconds_per_epoch":
             {"dense": t_dense, "final": t_small, "scratch": t_scratch}}
@@ -97,10 +108,11 @@ def pipeline_arm(cfg: PipelineConfig, p: dict, data) -> tuple[float, Path]:
     return time.perf_counter() - started, out
 
 
-def scratch_arm(cfg: PipelineConfig, widths_from: Path, epochs: int, data) -> tuple[float, Path]:
-    """The final net's spec with fresh weights, trained with the dense recipe; timed."""
+def scratch_arm(cfg: PipelineConfig, widths_from: Path, epochs: int, data,
+                branches: list[str] | None = None) -> tuple[float, Path]:
+    """The final net's widths (other blocks if ``branches``), fresh weights, the dense recipe; timed."""
     torch.manual_seed(cfg.seed)
-    fresh = build(load_model(widths_from).spec)
+    fresh = build(scratch_spec(load_model(widths_from).spec, branches))
     tcfg = dataclasses.replace(cfg.train, epochs=epochs, eval_every=0)
     started = time.perf_counter()
     model, report = run_training(cfg, "finetune", fresh, tcfg, False, data=data)
@@ -121,7 +133,7 @@ def table(rows: list[dict], primary: str) -> str:
     lines = [f"| T (min) | arm | {primary} (mean ± std, n) | wall minutes (mean) | epochs (dense + final / scratch)"
              " | MACs | ONNX latency (ms) |", "|---|---|---|---|---|---|---|"]
     arms = sorted({(r["minutes"], r["arm"], r.get("dense_share", 0.0)) for r in rows},
-                  key=lambda a: (a[0], a[1] == "pipeline", a[2]))
+                  key=lambda a: (a[0], a[1] == "pipeline", a[1], a[2]))
     for minutes, arm, share in arms:
         got = [r for r in rows if (r["minutes"], r["arm"], r.get("dense_share", 0.0)) == (minutes, arm, share)]
         values = [r["metric"][primary] for r in got]
@@ -145,6 +157,8 @@ def main() -> None:
     p.add_argument("--minutes", default="10,20")
     p.add_argument("--seeds", default="0")
     p.add_argument("--dense-share", type=float, default=0.4, help="share of T for the dense supernet")
+    p.add_argument("--scratch-branches", default=None,
+                   help="blocks of the scratch net, e.g. conv or conv_plain (default: the pipeline's own)")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--docs", default="docs")
     args = p.parse_args()
@@ -155,9 +169,12 @@ def main() -> None:
         if r["arm"] == "pipeline":
             r.setdefault("dense_share", 0.4)
 
+    branches = args.scratch_branches.split(",") if args.scratch_branches else None
+    scratch = f"scratch, {'+'.join(branches)} blocks" if branches else "scratch"
+
     def have(arm: str, minutes: float, seed: int) -> bool:
         return any((r["arm"], r["minutes"], r["seed"]) == (arm, minutes, seed)
-                   and (arm == "scratch" or r["dense_share"] == args.dense_share) for r in rows)
+                   and (arm != "pipeline" or r["dense_share"] == args.dense_share) for r in rows)
 
     def keep(row: dict) -> None:
         nonlocal rows
@@ -167,14 +184,14 @@ def main() -> None:
 
     for minutes in (float(m) for m in args.minutes.split(",")):
         for seed in (int(s) for s in args.seeds.split(",")):
-            if have("pipeline", minutes, seed) and have("scratch", minutes, seed):
+            if have("pipeline", minutes, seed) and have(scratch, minutes, seed):
                 continue
             base = load_config(args.config, [*args.set, f"seed={seed}"])
             data = stages.get_data(base)
             # the scratch arm does not depend on the dense share: one per (T, seed), shared by every share
             run = root / f"T{minutes:g}-seed{seed}"
             share_run = run if args.dense_share == 0.4 else root / f"T{minutes:g}-share{args.dense_share:g}-seed{seed}"
-            epochs = plan(base, minutes, args.dense_share, data)
+            epochs = plan(base, minutes, args.dense_share, data, branches)
             print(f"T={minutes:g} min, seed {seed}, dense share {args.dense_share:g}: {epochs}", flush=True)
             common = {"minutes": minutes, "seed": seed, "method": base.search.method, "date": time.strftime("%Y-%m-%d"),
                       "probe_seconds_per_epoch": epochs["probe_seconds_per_epoch"]}
@@ -184,24 +201,27 @@ def main() -> None:
                 keep({**common, "arm": "pipeline", "dense_share": args.dense_share, "seconds": seconds,
                       **scored(pipe_cfg, data), "epochs": {"dense": epochs["dense_epochs"],
                                                            "final": epochs["finetune_epochs"]}})
-            if not have("scratch", minutes, seed):
+            if not have(scratch, minutes, seed):
                 tuned = stages.stage_dir(pipe_cfg, "finetune")
-                scratch_cfg = dataclasses.replace(base, run_dir=str(run / "scratch"))
-                seconds, _ = scratch_arm(scratch_cfg, tuned, epochs["scratch_epochs"], data)
-                keep({**common, "arm": "scratch", "seconds": seconds, **scored(scratch_cfg, data),
+                where = run / ("scratch" if not branches else f"scratch-{'+'.join(branches)}")
+                scratch_cfg = dataclasses.replace(base, run_dir=str(where))
+                seconds, _ = scratch_arm(scratch_cfg, tuned, epochs["scratch_epochs"], data, branches)
+                keep({**common, "arm": scratch, "seconds": seconds, **scored(scratch_cfg, data),
                       "epochs": {"dense": 0, "final": epochs["scratch_epochs"]}})
             got = {r["arm"]: r for r in rows if r["minutes"] == minutes and r["seed"] == seed
                    and r.get("dense_share", args.dense_share) == args.dense_share}
             print(f"T={minutes:g} seed {seed}: pipeline {got['pipeline']['metric']} in "
-                  f"{got['pipeline']['seconds'] / 60:.1f} min, scratch {got['scratch']['metric']} in "
-                  f"{got['scratch']['seconds'] / 60:.1f} min", flush=True)
+                  f"{got['pipeline']['seconds'] / 60:.1f} min, {scratch} {got[scratch]['metric']} in "
+                  f"{got[scratch]['seconds'] / 60:.1f} min", flush=True)
     primary = stages.get_data(load_config(args.config, args.set)).primary if rows else "top1"
     header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads. Config "
               f"`{args.config}`; method `{load_config(args.config, args.set).search.method}`. Epochs chosen from a "
               "probe of each net's epoch time.\n\nCommand: "
               f"`python scripts/bench_wallclock.py --config {args.config} --name {args.name} --minutes {args.minutes} "
-              f"--seeds {args.seeds} --dense-share {args.dense_share:g}" + "".join(f" --set {s}" for s in args.set)
-              + "`\n(the latest invocation; rows of earlier ones, other seeds or dense shares, are kept)\n\n")
+              f"--seeds {args.seeds} --dense-share {args.dense_share:g}"
+              + (f" --scratch-branches {args.scratch_branches}" if branches else "")
+              + "".join(f" --set {s}" for s in args.set)
+              + "`\n(the latest run; earlier rows, other seeds, dense shares or scratch blocks, are kept)\n\n")
     text = header + table(rows, primary) + "\n"
     docs = Path(args.docs)
     atomic_write_text(docs / f"wallclock_{args.name}.md", text)
