@@ -6,7 +6,9 @@ For every time budget T (``--minutes``) and seed, back to back with nothing besi
 (a) **pipeline**: the configured pipeline (dense supernet -> search -> extract -> fine-tune,
     ``search.compare`` off) with its epochs chosen to fill T: ``--dense-share`` of T trains the
     dense supernet, the rest fine-tunes the final widths (a one-shot method spends no search
-    epochs). Epoch times come from a short probe of both nets before the arms run.
+    epochs). Epoch times come from a short probe of both nets before the arms run. With
+    ``--set finetune.distill=W`` the fine-tune learns from the fused dense net too; the
+    teacher's time is in the probe, and each (dense share, distill) is its own arm.
 (b) **scratch**: the same final widths (the pipeline's net, same multi-branch blocks), fresh
     weights, trained with the dense recipe for as many epochs as fill T. With
     ``--scratch-branches`` the scratch net gets other blocks at the same widths: ``conv`` (conv
@@ -43,18 +45,21 @@ from repas.search import create_method, method_class
 from repas.spec import ArchSpec
 from repas.stages.common import save_stage
 from repas.stages.training import run_training
-from repas.supernet import build, create_model, load_model, with_branches
+from repas.supernet import build, create_model, fuse, load_model, with_branches
 from repas.train import Trainer
 
 PROBE_STEPS = 30
 
 
-def seconds_per_epoch(model: torch.nn.Module, tcfg: TrainConfig, data) -> float:
+def seconds_per_epoch(model: torch.nn.Module, tcfg: TrainConfig, data,
+                      teacher: torch.nn.Module | None = None) -> float:
     """Training seconds of one epoch of ``model`` under ``tcfg`` (a probe of PROBE_STEPS
-    steps after 5 of warm-up), plus one evaluation of the test split."""
+    steps after 5 of warm-up; with ``teacher`` when ``tcfg.distill`` is on), plus one
+    evaluation of the test split."""
     loader = data.train_loader(tcfg)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, data.task(tcfg, model.spec), dataclasses.replace(tcfg, epochs=1), tmp, progress=False)
+        trainer = Trainer(model, data.task(tcfg, model.spec), dataclasses.replace(tcfg, epochs=1), tmp, progress=False,
+                          teacher=teacher)
         trainer.fit(list(itertools.islice(iter(loader), 5)))
         batches = list(itertools.islice(iter(loader), PROBE_STEPS))
         started = time.perf_counter()
@@ -81,7 +86,9 @@ def plan(cfg: PipelineConfig, minutes: float, dense_share: float, data,
     method = create_method("uniform", create_model(cfg.model.space, gated=True, **data.shape_spec(cfg.model.space)),
                            target=cfg.search.target, metric="macs", step=cfg.extract.round_to)
     small = method.extract()
-    t_small = seconds_per_epoch(small, cfg.finetune, data)
+    # distillation's teacher (the fused dense net) runs beside every fine-tuning step: its time counts
+    teacher = fuse(dense).eval() if cfg.finetune.distill > 0 else None
+    t_small = seconds_per_epoch(small, cfg.finetune, data, teacher)
     dense_epochs = max(1, int(dense_share * budget / t_dense))
     finetune_epochs = max(1, int((budget - dense_epochs * t_dense) / t_small))
     t_scratch = seconds_per_epoch(build(scratch_spec(small.spec, branches)), cfg.train, data)
@@ -132,15 +139,18 @@ def scored(cfg: PipelineConfig, data) -> dict:
 def table(rows: list[dict], primary: str) -> str:
     lines = [f"| T (min) | arm | {primary} (mean ± std, n) | wall minutes (mean) | epochs (dense + final / scratch)"
              " | MACs | ONNX latency (ms) |", "|---|---|---|---|---|---|---|"]
-    arms = sorted({(r["minutes"], r["arm"], r.get("dense_share", 0.0)) for r in rows},
-                  key=lambda a: (a[0], a[1] == "pipeline", a[1], a[2]))
-    for minutes, arm, share in arms:
-        got = [r for r in rows if (r["minutes"], r["arm"], r.get("dense_share", 0.0)) == (minutes, arm, share)]
+    def arm_of(r: dict) -> tuple:
+        return r["minutes"], r["arm"], r.get("dense_share", 0.0), r.get("distill", 0.0)
+
+    arms = sorted({arm_of(r) for r in rows}, key=lambda a: (a[0], a[1] == "pipeline", a[1], a[2], a[3]))
+    for minutes, arm, share, distill in arms:
+        got = [r for r in rows if arm_of(r) == (minutes, arm, share, distill)]
         values = [r["metric"][primary] for r in got]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         epochs = ", ".join(sorted({f"{r['epochs']['dense']} + {r['epochs']['final']}" if arm == "pipeline"
                                    else str(r["epochs"]["final"]) for r in got}))
-        name = f"pipeline, dense share {share:g}" if arm == "pipeline" else arm
+        name = (f"pipeline, dense share {share:g}" + (f", distill {distill:g}" if distill else "")
+                if arm == "pipeline" else arm)
         lines.append(f"| {minutes:g} | {name} | {statistics.fmean(values):.2f} ± {spread:.2f} ({len(values)}) | "
                      f"{statistics.fmean(r['seconds'] for r in got) / 60:.1f} | {epochs} | "
                      f"{got[0]['macs'] / 1e6:.3f} M | {statistics.fmean(r['latency_ms'] for r in got):.3f} |")
@@ -165,20 +175,23 @@ def main() -> None:
     root = Path("runs") / f"wallclock-{args.name}"
     done_path = root / "wallclock.json"
     rows = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
-    for r in rows:  # rows written before --dense-share was recorded used the default
+    for r in rows:  # rows written before --dense-share and distillation were recorded used the defaults
         if r["arm"] == "pipeline":
             r.setdefault("dense_share", 0.4)
+            r.setdefault("distill", 0.0)
+    distill = load_config(args.config, args.set).finetune.distill
 
     branches = args.scratch_branches.split(",") if args.scratch_branches else None
     scratch = f"scratch, {'+'.join(branches)} blocks" if branches else "scratch"
 
     def have(arm: str, minutes: float, seed: int) -> bool:
         return any((r["arm"], r["minutes"], r["seed"]) == (arm, minutes, seed)
-                   and (arm != "pipeline" or r["dense_share"] == args.dense_share) for r in rows)
+                   and (arm != "pipeline" or (r["dense_share"], r["distill"]) == (args.dense_share, distill))
+                   for r in rows)
 
     def keep(row: dict) -> None:
         nonlocal rows
-        same = ("arm", "minutes", "seed", "dense_share")
+        same = ("arm", "minutes", "seed", "dense_share", "distill")
         rows = [r for r in rows if any(r.get(k) != row.get(k) for k in same)] + [row]
         atomic_write_json(done_path, {"rows": rows})
 
@@ -190,7 +203,9 @@ def main() -> None:
             data = stages.get_data(base)
             # the scratch arm does not depend on the dense share: one per (T, seed), shared by every share
             run = root / f"T{minutes:g}-seed{seed}"
-            share_run = run if args.dense_share == 0.4 else root / f"T{minutes:g}-share{args.dense_share:g}-seed{seed}"
+            variant = (f"-share{args.dense_share:g}" if args.dense_share != 0.4 else "") + (
+                f"-distill{distill:g}" if distill else "")
+            share_run = root / f"T{minutes:g}{variant}-seed{seed}" if variant else run
             epochs = plan(base, minutes, args.dense_share, data, branches)
             print(f"T={minutes:g} min, seed {seed}, dense share {args.dense_share:g}: {epochs}", flush=True)
             common = {"minutes": minutes, "seed": seed, "method": base.search.method, "date": time.strftime("%Y-%m-%d"),
@@ -198,7 +213,8 @@ def main() -> None:
             pipe_cfg = dataclasses.replace(base, run_dir=str(share_run / "pipeline"))
             if not have("pipeline", minutes, seed):
                 seconds, tuned = pipeline_arm(pipe_cfg, epochs, data)
-                keep({**common, "arm": "pipeline", "dense_share": args.dense_share, "seconds": seconds,
+                keep({**common, "arm": "pipeline", "dense_share": args.dense_share, "distill": distill,
+                      "seconds": seconds,
                       **scored(pipe_cfg, data), "epochs": {"dense": epochs["dense_epochs"],
                                                            "final": epochs["finetune_epochs"]}})
             if not have(scratch, minutes, seed):
@@ -209,7 +225,7 @@ def main() -> None:
                 keep({**common, "arm": scratch, "seconds": seconds, **scored(scratch_cfg, data),
                       "epochs": {"dense": 0, "final": epochs["scratch_epochs"]}})
             got = {r["arm"]: r for r in rows if r["minutes"] == minutes and r["seed"] == seed
-                   and r.get("dense_share", args.dense_share) == args.dense_share}
+                   and (r.get("dense_share"), r.get("distill")) in ((None, None), (args.dense_share, distill))}
             print(f"T={minutes:g} seed {seed}: pipeline {got['pipeline']['metric']} in "
                   f"{got['pipeline']['seconds'] / 60:.1f} min, {scratch} {got[scratch]['metric']} in "
                   f"{got[scratch]['seconds'] / 60:.1f} min", flush=True)
