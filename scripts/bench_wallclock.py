@@ -52,10 +52,10 @@ PROBE_STEPS = 30
 
 
 def seconds_per_epoch(model: torch.nn.Module, tcfg: TrainConfig, data,
-                      teacher: torch.nn.Module | None = None) -> float:
+                      teacher: torch.nn.Module | None = None) -> tuple[float, float]:
     """Training seconds of one epoch of ``model`` under ``tcfg`` (a probe of PROBE_STEPS
-    steps after 5 of warm-up; with ``teacher`` when ``tcfg.distill`` is on), plus one
-    evaluation of the test split."""
+    steps after 5 of warm-up; with ``teacher`` when ``tcfg.distill`` is on), and the seconds
+    of one evaluation of the test split (each trained net is evaluated once, not per epoch)."""
     loader = data.train_loader(tcfg)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, data.task(tcfg, model.spec), dataclasses.replace(tcfg, epochs=1), tmp, progress=False,
@@ -68,7 +68,7 @@ def seconds_per_epoch(model: torch.nn.Module, tcfg: TrainConfig, data,
         started = time.perf_counter()
         trainer.evaluate(data.eval_batches(tcfg), trainer.eval_model)
         evaluation = time.perf_counter() - started
-    return step * len(loader) + evaluation
+    return step * len(loader), evaluation
 
 
 def scratch_spec(spec: ArchSpec, branches: list[str] | None) -> ArchSpec:
@@ -81,20 +81,22 @@ def plan(cfg: PipelineConfig, minutes: float, dense_share: float, data,
     """Epochs of each arm that fill ``minutes``: the dense and the final net's epoch times probed."""
     budget = 60.0 * minutes
     dense = create_model(cfg.model.space, gated=False, **data.shape_spec(cfg.model.space))
-    t_dense = seconds_per_epoch(dense, cfg.train, data)
+    t_dense, eval_dense = seconds_per_epoch(dense, cfg.train, data)
     # the final net's cost: the configured budget's fraction of the dense MACs, as the uniform allocation has it
     method = create_method("uniform", create_model(cfg.model.space, gated=True, **data.shape_spec(cfg.model.space)),
                            target=cfg.search.target, metric="macs", step=cfg.extract.round_to)
     small = method.extract()
     # distillation's teacher (the fused dense net) runs beside every fine-tuning step: its time counts
     teacher = fuse(dense).eval() if cfg.finetune.distill > 0 else None
-    t_small = seconds_per_epoch(small, cfg.finetune, data, teacher)
-    dense_epochs = max(1, int(dense_share * budget / t_dense))
-    finetune_epochs = max(1, int((budget - dense_epochs * t_dense) / t_small))
-    t_scratch = seconds_per_epoch(build(scratch_spec(small.spec, branches)), cfg.train, data)
+    t_small, eval_small = seconds_per_epoch(small, cfg.finetune, data, teacher)
+    # the pipeline evaluates twice (the dense net, the final net), the scratch arm once
+    dense_epochs = max(1, int((dense_share * budget - eval_dense) / t_dense))
+    finetune_epochs = max(1, int((budget - eval_dense - dense_epochs * t_dense - eval_small) / t_small))
+    t_scratch, eval_scratch = seconds_per_epoch(build(scratch_spec(small.spec, branches)), cfg.train, data)
     return {"dense_epochs": dense_epochs, "finetune_epochs": finetune_epochs,
-            "scratch_epochs": max(1, int(budget / t_scratch)), "probe_seconds_per_epoch":
-            {"dense": t_dense, "final": t_small, "scratch": t_scratch}}
+            "scratch_epochs": max(1, int((budget - eval_scratch) / t_scratch)), "probe_seconds_per_epoch":
+            {"dense": t_dense, "final": t_small, "scratch": t_scratch},
+            "probe_seconds_per_evaluation": {"dense": eval_dense, "final": eval_small, "scratch": eval_scratch}}
 
 
 def pipeline_arm(cfg: PipelineConfig, p: dict, data) -> tuple[float, Path]:
@@ -209,7 +211,8 @@ def main() -> None:
             epochs = plan(base, minutes, args.dense_share, data, branches)
             print(f"T={minutes:g} min, seed {seed}, dense share {args.dense_share:g}: {epochs}", flush=True)
             common = {"minutes": minutes, "seed": seed, "method": base.search.method, "date": time.strftime("%Y-%m-%d"),
-                      "probe_seconds_per_epoch": epochs["probe_seconds_per_epoch"]}
+                      "probe_seconds_per_epoch": epochs["probe_seconds_per_epoch"],
+                      "probe_seconds_per_evaluation": epochs["probe_seconds_per_evaluation"]}
             pipe_cfg = dataclasses.replace(base, run_dir=str(share_run / "pipeline"))
             if not have("pipeline", minutes, seed):
                 seconds, tuned = pipeline_arm(pipe_cfg, epochs, data)
