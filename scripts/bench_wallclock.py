@@ -61,14 +61,23 @@ def seconds_per_epoch(model: torch.nn.Module, tcfg: TrainConfig, data,
         trainer = Trainer(model, data.task(tcfg, model.spec), dataclasses.replace(tcfg, epochs=1), tmp, progress=False,
                           teacher=teacher)
         trainer.fit(list(itertools.islice(iter(loader), 5)))
-        batches = list(itertools.islice(iter(loader), PROBE_STEPS))
-        started = time.perf_counter()
-        trainer.fit(batches)
-        step = (time.perf_counter() - started) / PROBE_STEPS
+
+        def fit_seconds(steps: int) -> float:
+            batches = list(itertools.islice(iter(loader), steps))
+            started = time.perf_counter()
+            trainer.fit(batches)
+            return time.perf_counter() - started
+
+        # a fit pays a fixed cost (checkpoint, logs) once an epoch: the slope between a short
+        # and a long fit is the step, the rest that fixed cost (dividing one fit's time by its
+        # steps overestimated a fast net's epoch twofold)
+        short, long = fit_seconds(PROBE_STEPS // 3), fit_seconds(PROBE_STEPS)
+        step = max(long - short, 0.0) / (PROBE_STEPS - PROBE_STEPS // 3)
+        fixed = max(long - step * PROBE_STEPS, 0.0)
         started = time.perf_counter()
         trainer.evaluate(data.eval_batches(tcfg), trainer.eval_model)
         evaluation = time.perf_counter() - started
-    return step * len(loader), evaluation
+    return step * len(loader) + fixed, evaluation
 
 
 def scratch_spec(spec: ArchSpec, branches: list[str] | None) -> ArchSpec:
