@@ -55,8 +55,8 @@ def seconds_per_epoch(model: torch.nn.Module, tcfg: TrainConfig, data,
     (after 5 steps of warm-up; with ``teacher`` when ``tcfg.distill`` is on), and of one
     evaluation of the test split (each trained net is evaluated once, not per epoch).
 
-    A whole epoch, because short probes misled: 30 steps timed apart from their loader
-    overestimated an epoch by 1.3x to 2x on super-resolution (probed 57 s, ran 42 s)."""
+    A whole epoch through the real loader, so the timing holds what the run pays each epoch
+    (patch sampling, the per-epoch checkpoint); it costs a minute or two before the arms."""
     loader = data.train_loader(tcfg)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, data.task(tcfg, model.spec), dataclasses.replace(tcfg, epochs=1), tmp, progress=False,
