@@ -8,7 +8,9 @@ For every time budget T (``--minutes``) and seed, back to back with nothing besi
     dense supernet, the rest fine-tunes the final widths (a one-shot method spends no search
     epochs). Epoch times come from one timed epoch of each net before the arms run. With
     ``--set finetune.distill=W`` the fine-tune learns from the fused dense net too; the
-    teacher's time is in that timing, and each (dense share, distill) is its own arm.
+    teacher's time is in that timing. With ``--set 'model.branches=[conv_plain]'`` the whole
+    pipeline (supernet and final net) uses that block. Each (dense share, distill, block) is
+    its own arm.
 (b) **scratch**: the same final widths (the pipeline's net, same multi-branch blocks), fresh
     weights, trained with the dense recipe for as many epochs as fill T. With
     ``--scratch-branches`` the scratch net gets other blocks at the same widths: ``conv`` (conv
@@ -80,13 +82,15 @@ def plan(cfg: PipelineConfig, minutes: float, dense_share: float, data,
          branches: list[str] | None = None) -> dict[str, int | float]:
     """Epochs of each arm that fill ``minutes``: the dense and the final net's epoch times probed."""
     budget = 60.0 * minutes
-    dense = create_model(cfg.model.space, gated=False, **data.shape_spec(cfg.model.space))
+    blocks = cfg.model.branches  # model.branches: the pipeline's own block, e.g. [conv_plain]
+    dense = create_model(cfg.model.space, gated=False, branches=blocks, **data.shape_spec(cfg.model.space))
     t_dense, eval_dense = seconds_per_epoch(dense, cfg.train, data)
     # the final net's cost: the configured budget (absolute, or a fraction of the dense MACs), as the uniform
     # allocation has it; reading only search.target once planned SR's 2.29 G net at 4.4 G, 1.6x slower an epoch
     if cfg.search.metric != "macs":
         raise SystemExit(f"bench_wallclock plans MACs budgets, not search.metric={cfg.search.metric}")
-    method = create_method("uniform", create_model(cfg.model.space, gated=True, **data.shape_spec(cfg.model.space)),
+    method = create_method("uniform", create_model(cfg.model.space, gated=True, branches=blocks,
+                                                   **data.shape_spec(cfg.model.space)),
                            target=cfg.search.target_abs or cfg.search.target, metric="macs",
                            step=cfg.extract.round_to)
     small = method.extract()
@@ -146,17 +150,17 @@ def table(rows: list[dict], primary: str) -> str:
     lines = [f"| T (min) | arm | {primary} (mean ± std, n) | wall minutes (mean) | epochs (dense + final / scratch)"
              " | MACs | ONNX latency (ms) |", "|---|---|---|---|---|---|---|"]
     def arm_of(r: dict) -> tuple:
-        return r["minutes"], r["arm"], r.get("dense_share", 0.0), r.get("distill", 0.0)
+        return r["minutes"], r["arm"], r.get("dense_share", 0.0), r.get("distill", 0.0), "+".join(r.get("blocks") or [])
 
-    arms = sorted({arm_of(r) for r in rows}, key=lambda a: (a[0], a[1] == "pipeline", a[1], a[2], a[3]))
-    for minutes, arm, share, distill in arms:
-        got = [r for r in rows if arm_of(r) == (minutes, arm, share, distill)]
+    arms = sorted({arm_of(r) for r in rows}, key=lambda a: (a[0], a[1] == "pipeline", a[1], a[2], a[3], a[4]))
+    for minutes, arm, share, distill, blocks in arms:
+        got = [r for r in rows if arm_of(r) == (minutes, arm, share, distill, blocks)]
         values = [r["metric"][primary] for r in got]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         epochs = ", ".join(sorted({f"{r['epochs']['dense']} + {r['epochs']['final']}" if arm == "pipeline"
                                    else str(r["epochs"]["final"]) for r in got}))
         name = (f"pipeline, dense share {share:g}" + (f", distill {distill:g}" if distill else "")
-                if arm == "pipeline" else arm)
+                + (f", {blocks} blocks" if blocks else "") if arm == "pipeline" else arm)
         lines.append(f"| {minutes:g} | {name} | {statistics.fmean(values):.2f} ± {spread:.2f} ({len(values)}) | "
                      f"{statistics.fmean(r['seconds'] for r in got) / 60:.1f} | {epochs} | "
                      f"{got[0]['macs'] / 1e6:.3f} M | {statistics.fmean(r['latency_ms'] for r in got):.3f} |")
@@ -185,19 +189,22 @@ def main() -> None:
         if r["arm"] == "pipeline":
             r.setdefault("dense_share", 0.4)
             r.setdefault("distill", 0.0)
+            r.setdefault("blocks", None)
     distill = load_config(args.config, args.set).finetune.distill
+    blocks = load_config(args.config, args.set).model.branches  # the pipeline's block, when not the space's
 
     branches = args.scratch_branches.split(",") if args.scratch_branches else None
     scratch = f"scratch, {'+'.join(branches)} blocks" if branches else "scratch"
 
     def have(arm: str, minutes: float, seed: int) -> bool:
         return any((r["arm"], r["minutes"], r["seed"]) == (arm, minutes, seed)
-                   and (arm != "pipeline" or (r["dense_share"], r["distill"]) == (args.dense_share, distill))
+                   and (arm != "pipeline" or (r["dense_share"], r["distill"], r["blocks"])
+                        == (args.dense_share, distill, blocks))
                    for r in rows)
 
     def keep(row: dict) -> None:
         nonlocal rows
-        same = ("arm", "minutes", "seed", "dense_share", "distill")
+        same = ("arm", "minutes", "seed", "dense_share", "distill", "blocks")
         rows = [r for r in rows if any(r.get(k) != row.get(k) for k in same)] + [row]
         atomic_write_json(done_path, {"rows": rows})
 
@@ -210,7 +217,7 @@ def main() -> None:
             # the scratch arm does not depend on the dense share: one per (T, seed), shared by every share
             run = root / f"T{minutes:g}-seed{seed}"
             variant = (f"-share{args.dense_share:g}" if args.dense_share != 0.4 else "") + (
-                f"-distill{distill:g}" if distill else "")
+                f"-distill{distill:g}" if distill else "") + (f"-blocks{'+'.join(blocks)}" if blocks else "")
             share_run = root / f"T{minutes:g}{variant}-seed{seed}" if variant else run
             epochs = plan(base, minutes, args.dense_share, data, branches)
             print(f"T={minutes:g} min, seed {seed}, dense share {args.dense_share:g}: {epochs}", flush=True)
@@ -221,7 +228,7 @@ def main() -> None:
             if not have("pipeline", minutes, seed):
                 seconds, tuned = pipeline_arm(pipe_cfg, epochs, data)
                 keep({**common, "arm": "pipeline", "dense_share": args.dense_share, "distill": distill,
-                      "seconds": seconds,
+                      "blocks": blocks, "seconds": seconds,
                       **scored(pipe_cfg, data), "epochs": {"dense": epochs["dense_epochs"],
                                                            "final": epochs["finetune_epochs"]}})
             if not have(scratch, minutes, seed):
@@ -232,7 +239,8 @@ def main() -> None:
                 keep({**common, "arm": scratch, "seconds": seconds, **scored(scratch_cfg, data),
                       "epochs": {"dense": 0, "final": epochs["scratch_epochs"]}})
             got = {r["arm"]: r for r in rows if r["minutes"] == minutes and r["seed"] == seed
-                   and (r.get("dense_share"), r.get("distill")) in ((None, None), (args.dense_share, distill))}
+                   and (r.get("dense_share"), r.get("distill"), r.get("blocks"))
+                   in ((None, None, None), (args.dense_share, distill, blocks))}
             print(f"T={minutes:g} seed {seed}: pipeline {got['pipeline']['metric']} in "
                   f"{got['pipeline']['seconds'] / 60:.1f} min, {scratch} {got[scratch]['metric']} in "
                   f"{got[scratch]['seconds'] / 60:.1f} min", flush=True)
