@@ -190,10 +190,12 @@ def main() -> None:
             r.setdefault("dense_share", 0.4)
             r.setdefault("distill", 0.0)
             r.setdefault("blocks", None)
-    distill = load_config(args.config, args.set).finetune.distill
-    blocks = load_config(args.config, args.set).model.branches  # the pipeline's block, when not the space's
-
-    branches = args.scratch_branches.split(",") if args.scratch_branches else None
+    configured = load_config(args.config, args.set)
+    distill = configured.finetune.distill
+    blocks = configured.model.branches  # the pipeline's block, when not the space's
+    # the scratch net's block: --scratch-branches, else the pipeline's own, so that a plain-block run's scratch
+    # arm is named for its block and never taken for (or skipped because of) a space-block scratch row
+    branches = args.scratch_branches.split(",") if args.scratch_branches else blocks
     scratch = f"scratch, {'+'.join(branches)} blocks" if branches else "scratch"
 
     def have(arm: str, minutes: float, seed: int) -> bool:
@@ -244,9 +246,9 @@ def main() -> None:
             print(f"T={minutes:g} seed {seed}: pipeline {got['pipeline']['metric']} in "
                   f"{got['pipeline']['seconds'] / 60:.1f} min, {scratch} {got[scratch]['metric']} in "
                   f"{got[scratch]['seconds'] / 60:.1f} min", flush=True)
-    primary = stages.get_data(load_config(args.config, args.set)).primary if rows else "top1"
+    primary = stages.get_data(configured).primary if rows else "top1"
     header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads. Config "
-              f"`{args.config}`; method `{load_config(args.config, args.set).search.method}`. Epochs chosen from one "
+              f"`{args.config}`; method `{configured.search.method}`. Epochs chosen from one "
               "timed epoch of each net.\n\nCommand: "
               f"`python scripts/bench_wallclock.py --config {args.config} --name {args.name} --minutes {args.minutes} "
               f"--seeds {args.seeds} --dense-share {args.dense_share:g}"
