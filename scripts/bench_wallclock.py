@@ -252,7 +252,7 @@ def main() -> None:
               "timed epoch of each net.\n\nCommand: "
               f"`python scripts/bench_wallclock.py --config {args.config} --name {args.name} --minutes {args.minutes} "
               f"--seeds {args.seeds} --dense-share {args.dense_share:g}"
-              + (f" --scratch-branches {args.scratch_branches}" if branches else "")
+              + (f" --scratch-branches {args.scratch_branches}" if args.scratch_branches else "")
               + "".join(f" --set {s}" for s in args.set)
               + "`\n(the latest run; earlier rows, other seeds, dense shares or scratch blocks, are kept)\n\n")
     text = header + table(rows, primary) + "\n"
