@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -103,9 +104,16 @@ class TrainConfig:
     # for classification, L1 to the teacher's image for SR). 0: off.
     distill: float = 0.0
     distill_temperature: float = 4.0
+    # Train for this many minutes of wall clock (0: off), e.g. to compare recipes at equal time:
+    # the lr schedule runs on elapsed time, as if ``epochs`` (then an upper bound) filled the
+    # minutes (so ``warmup_epochs`` is that fraction of them), and training stops after the last
+    # epoch that fits. The final evaluation comes after the minutes.
+    minutes: float = 0.0
 
     def __post_init__(self) -> None:
         _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1, checkpoint_every=0, eval_every=0)
+        if not 0.0 <= self.minutes < math.inf:
+            raise RepasError(f"training minutes is a wall-clock limit in minutes (0: off), got {self.minutes}")
         if self.lr <= 0:
             raise RepasError(f"training lr must be > 0, got {self.lr}")
         if not 0.0 <= self.distill <= 1.0 or self.distill_temperature <= 0:

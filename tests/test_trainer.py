@@ -1,5 +1,7 @@
 """The trainer: exact resume, NaN stop with the last checkpoint kept, logs, search budget."""
 
+import math
+
 import pytest
 import torch
 from conftest import tiny_spec
@@ -225,3 +227,70 @@ def test_eval_every_evaluates_every_n_epochs_and_always_after_the_last(tmp_path)
         t.fit(loader(), val)
         seen[every] = ["val_top1" in h for h in t.history]
     assert seen == {1: [True, True, True], 2: [False, True, True], 0: [False, False, True]}
+
+
+class FakeClock:
+    """The trainer's clock, advanced one second by every optimizer step (through step_hook)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def timed_trainer(run_dir, monkeypatch, clock, cfg, lrs=None, stop_at=None):
+    import repas.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "time", clock)
+    trainer = make_trainer(run_dir, cfg)
+
+    def tick(epoch, step):
+        clock.now += 1.0
+        if lrs is not None:
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        if (epoch, step) == stop_at:
+            raise Interrupt
+
+    trainer.step_hook = tick
+    return trainer
+
+
+def test_minutes_drive_the_lr_schedule_and_stop_before_an_epoch_that_would_not_fit(tmp_path, monkeypatch):
+    """6 steps an epoch at 1 s a step, 30 s allowed, at most 100 epochs: 5 epochs fit (a sixth
+    would end at 36 s); the cosine runs on the clock, so it nearly ends by then, whereas by update
+    count it would have covered 5 of 100 epochs."""
+    cfg = TrainConfig(epochs=100, lr=0.05, minutes=0.5, eval_every=0)
+    lrs: list[float] = []
+    trainer = timed_trainer(tmp_path / "run", monkeypatch, FakeClock(), cfg, lrs)
+    trainer.fit(loader())
+    assert len(trainer.history) == 5 and len(lrs) == 30
+    # after update k the clock read k - 1 s: the lr is the cosine at (k - 1) / 30 of the way
+    for k in (6, 15, 30):
+        at = (k - 1) * 600 // 30
+        assert lrs[k - 1] == pytest.approx(0.05 * (1 + math.cos(math.pi * at / 600)) / 2, rel=1e-6)
+    assert lrs[-1] < 0.005 * 0.05 and trainer.time_up
+    with pytest.raises(RepasError, match="minutes"):
+        TrainConfig(minutes=-1)
+
+
+def test_a_resumed_timed_run_ends_as_an_uninterrupted_one_and_downtime_does_not_count(tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=100, lr=0.05, minutes=0.5, eval_every=0, checkpoint_every=1)
+    full = timed_trainer(tmp_path / "full", monkeypatch, FakeClock(), cfg)
+    full.fit(loader())
+
+    clock = FakeClock()
+    cut = timed_trainer(tmp_path / "cut", monkeypatch, clock, cfg, stop_at=(2, 3))
+    with pytest.raises(Interrupt):
+        cut.fit(loader())
+    clock.now += 3600.0  # an hour stopped: not training time
+    again = timed_trainer(tmp_path / "cut", monkeypatch, clock, cfg)
+    again.fit(loader(), resume=True)
+    assert len(again.history) == len(full.history) == 5
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[name]), name
+    # a run that used its minutes is complete: resuming it trains nothing more
+    done = timed_trainer(tmp_path / "cut", monkeypatch, clock, cfg)
+    before = clock.now
+    done.fit(loader(), resume=True)
+    assert clock.now == before and len(done.history) == 5

@@ -82,10 +82,11 @@ def load_args_config(args: argparse.Namespace) -> PipelineConfig:
         value = getattr(args, flag, None)
         if value is not None:
             values[key] = value
-    if getattr(args, "epochs", None) is not None:
-        stages = TRAINING if args.command == "pipeline" else ("finetune",) if args.command == "extract" else (
-            args.command,)
-        sets += [f"{s}.epochs={args.epochs}" for s in stages]
+    stages = TRAINING if args.command == "pipeline" else ("finetune",) if args.command == "extract" else (
+        args.command,)
+    for flag in ("epochs", "minutes"):
+        if getattr(args, flag, None) is not None:
+            sets += [f"{s}.{flag}={getattr(args, flag)}" for s in stages]
     if getattr(args, "target", None) is not None:
         sets += [f"search.target={args.target}", "search.target_abs=null"]
     for metric in ("macs", "params", "latency"):

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                         ("finetune", "fine-tune the extracted subnet"), ("pipeline", "run every stage")):
         sp = add(name, help_, source=name in ("search", "finetune"))
         sp.add_argument("--epochs", type=int, help="epochs of this stage (pipeline: of every training stage)")
+        sp.add_argument("--minutes", type=float,
+                        help="wall-clock minutes of this stage (pipeline: of every training stage): the lr schedule "
+                        "runs on the clock and --epochs becomes an upper bound")
         sp.add_argument("--resume", nargs="?", const=True, choices=("auto",),
                         help="continue from the stage's checkpoint.pt; '--resume auto' continues where a run "
                         "stopped: complete stages are skipped, a stage with a checkpoint resumes (mid-epoch "

@@ -122,6 +122,15 @@ class Trainer:
         self.start_epoch = 0
         self.start_step = 0  # batches of start_epoch already trained (a mid-epoch checkpoint)
         self.partial: dict[str, float] | None = None  # that epoch's loss sums so far
+        # cfg.minutes: seconds trained before this fit (a resumed run's), when this fit began,
+        # the clock the lr schedule reads, and whether the minutes ran out
+        self.elapsed_before = 0.0
+        self.fit_started: float | None = None
+        self.clock = 0.0
+        self.time_up = False
+        self.steps_per_epoch = 0
+        self.updates_before = 0  # the update count when this fit began
+        self.position = 0  # where the lr schedule was last set (lr_position)
         # Called after every optimizer step with (epoch, step); tests use it to interrupt.
         self.step_hook: Callable[[int, int], None] | None = None
         self.signals = StopSignals()  # SIGINT / SIGTERM: stop between two steps
@@ -142,6 +151,7 @@ class Trainer:
         mid-epoch checkpoint, None one written at the end of ``epoch``."""
         return {
             "epoch": epoch, "step": step, "partial": partial, "num_updates": self.num_updates,
+            "elapsed": self.elapsed(), "time_up": self.time_up, "lr_position": self.position,
             "spec": _spec_json(self.model),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
@@ -164,15 +174,17 @@ class Trainer:
                              "use a fresh run directory or the matching config")
         saved = json.loads(state.get("config", "{}"))
         now = dataclasses.asdict(self.cfg)
-        changed = sorted(k for k in now if k not in ("epochs", "checkpoint_every") and k in saved
+        changed = sorted(k for k in now if k not in ("epochs", "checkpoint_every", "minutes") and k in saved
                          and saved[k] != now[k])
         if changed:
             raise RepasError(f"--resume: the training config changed since {path} was written "
                              f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in changed)}); a resumed run "
-                             "must use the same recipe (only epochs may change). Use a fresh run directory.")
-        if saved.get("epochs", now["epochs"]) != now["epochs"]:
-            log.warning(f"resuming with epochs {saved['epochs']} -> {now['epochs']}: the lr schedule changes, so the "
-                     "result will differ from an uninterrupted run of either length")
+                             "must use the same recipe (only epochs and minutes may change). Use a fresh run "
+                             "directory.")
+        for key in ("epochs", "minutes"):
+            if saved.get(key, now[key]) != now[key]:
+                log.warning(f"resuming with {key} {saved[key]} -> {now[key]}: the lr schedule changes, so the "
+                            "result will differ from an uninterrupted run of either length")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.gate_optimizer is not None and state.get("gate_optimizer") is not None:
@@ -188,6 +200,9 @@ class Trainer:
             term.load_state_dict(_to_device(saved_term, self.device))
         self.history = list(state["history"])
         self.num_updates = int(state["num_updates"])
+        self.elapsed_before = self.clock = float(state.get("elapsed", 0.0))
+        self.time_up = bool(state.get("time_up", False))
+        self.position = int(state.get("lr_position", self.num_updates))
         step = state.get("step")
         self.start_epoch = int(state["epoch"]) + (1 if step is None else 0)
         self.start_step = int(step or 0)
@@ -210,6 +225,7 @@ class Trainer:
                              "the number of batches an epoch; pass a DataLoader or a list") from None
         if steps == 0:
             raise RepasError(f"batch size {cfg.batch_size} leaves no full training batch")
+        self.steps_per_epoch = steps
         schedulers = [create_scheduler_v2(opt, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                                           min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps)[0]
                       for opt in (self.optimizer, self.gate_optimizer) if opt is not None]
@@ -229,17 +245,21 @@ class Trainer:
             elif not isinstance(getattr(train, "sampler", None), torch.utils.data.DistributedSampler):
                 raise RepasError("under torchrun each process needs its own slice of the data: give the DataLoader a "
                                  "torch.utils.data.DistributedSampler")
+        # the lr is a function of the update count (or the clock); a resumed run's, where it stopped
+        position = self.position if resume else self.lr_position()
         for scheduler in schedulers:
-            scheduler.step_update(self.num_updates)  # the lr is a function of the update count
+            scheduler.step_update(position)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.num_updates or None) if self.main \
             else _NoWriter()
         self.signals.catch()
+        self.fit_started, self.updates_before = time.perf_counter(), self.num_updates
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
+            for epoch in range(self.start_epoch, cfg.epochs if not self.time_up else self.start_epoch):
                 skip, self.start_step = self.start_step, 0
                 record = self._epoch(epoch, train, schedulers, writer, skip)
-                last = epoch + 1 == cfg.epochs
+                self.time_up = self._minutes_up()
+                last = epoch + 1 == cfg.epochs or self.time_up
                 if val is not None and (last or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
                     record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
                 for key, value in record.items():
@@ -251,6 +271,9 @@ class Trainer:
                 self.save_checkpoint(epoch)
                 log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in record.items()))
+                if self.time_up:
+                    log.info(f"{cfg.minutes:g} minutes: stopped after epoch {epoch + 1} of at most {cfg.epochs}")
+                    break
                 if self.stopping() and epoch + 1 < cfg.epochs:
                     raise Interrupted(self.stopping(), f"after epoch {epoch + 1}; checkpoint saved")
             if distributed.is_distributed():  # a signal in the last step: every process knows
@@ -311,7 +334,7 @@ class Trainer:
             for term in self.terms:
                 term.after_step(self.num_updates)
             for scheduler in schedulers:
-                scheduler.step_update(self.num_updates)
+                scheduler.step_update(self.lr_position())
             if self.ema is not None:
                 self.ema.update(self.model, step=self.num_updates)
             sums["loss"] += loss_value
@@ -345,6 +368,31 @@ class Trainer:
             record.update(term.metrics())
         return record
 
+    def elapsed(self) -> float:
+        """Wall-clock seconds this training has run, over resumes (the time between a stop and
+        its resume does not count)."""
+        running = time.perf_counter() - self.fit_started if self.fit_started is not None else 0.0
+        return self.elapsed_before + running
+
+    def lr_position(self) -> int:
+        """Where the lr schedule stands: the update count, or with ``cfg.minutes`` the share of
+        the minutes elapsed, as updates of ``cfg.epochs`` epochs."""
+        total = self.cfg.epochs * self.steps_per_epoch
+        self.position = min(total, int(self.clock * total / (60.0 * self.cfg.minutes))) if self.cfg.minutes \
+            else self.num_updates
+        return self.position
+
+    def _minutes_up(self) -> bool:
+        """With ``cfg.minutes``, after an epoch: would another one, at this fit's mean step
+        time (evaluations included), end past the minutes? Every process decides alike."""
+        if not self.cfg.minutes:
+            return False
+        now = self.elapsed()
+        if distributed.is_distributed():
+            now = distributed.all_reduce_max([now])[0]
+        per_step = (now - self.elapsed_before) / max(self.num_updates - self.updates_before, 1)
+        return now + per_step * self.steps_per_epoch > 60.0 * self.cfg.minutes
+
     def stopping(self) -> int | None:
         """The signal to stop for: this process's, or under DDP the one all processes agreed on."""
         return self.agreed_stop if distributed.is_distributed() else self.signals.received
@@ -353,9 +401,12 @@ class Trainer:
         """Under DDP, one collective a step makes every process see a bad loss or a stop
         signal that any of them saw, so that all stop at the same step (one alone would
         leave the others waiting in the next all-reduce). Returns: is the loss bad anywhere."""
+        self.clock = self.elapsed()
         if not distributed.is_distributed():
             return bad_loss
-        bad, stop = distributed.all_reduce_max([float(bad_loss), float(self.signals.received or 0)])
+        # the clock too, so that with cfg.minutes every process sets the same lr
+        bad, stop, self.clock = distributed.all_reduce_max([float(bad_loss), float(self.signals.received or 0),
+                                                           self.clock])
         self.agreed_stop = int(stop) or None
         return bad > 0
 
