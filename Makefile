@@ -23,7 +23,7 @@ data: install
 demo: data
 	$(PY) -m repas pipeline --config configs/fmnist.yaml
 
-# Super-resolution x2 on the packaged photographs (about 16 minutes on 2 cores; configs/sr_x2_plain.yaml, 33 minutes, scores higher).
+# Super-resolution x2 on the packaged photographs (about 16 minutes on 2 cores; configs/sr_x2_plain.yaml, 30 minutes of training, scores higher).
 demo-sr: install
 	$(PY) -m repas pipeline --config configs/sr_x2.yaml
 

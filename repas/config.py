@@ -107,7 +107,8 @@ class TrainConfig:
     # Train for this many minutes of wall clock (0: off), e.g. to compare recipes at equal time:
     # the lr schedule runs on elapsed time, as if ``epochs`` (then an upper bound) filled the
     # minutes (so ``warmup_epochs`` is that fraction of them), and training stops after the last
-    # epoch that fits. The final evaluation comes after the minutes.
+    # epoch that fits. Where the epochs run out first (a fast machine), the schedule follows
+    # them instead. The final evaluation comes after the minutes.
     minutes: float = 0.0
 
     def __post_init__(self) -> None:

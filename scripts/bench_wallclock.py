@@ -14,7 +14,7 @@ For every time budget T (``--minutes``) and seed, back to back with nothing besi
     pipeline (supernet and final net) uses that block. Each (dense share, distill, block) is
     its own arm.
 (b) **scratch**: the same final widths (the pipeline's net, same multi-branch blocks), fresh
-    weights, trained with the dense recipe for as many epochs as fill T. With
+    weights, trained with the dense recipe on the clock for T (``train.minutes``). With
     ``--scratch-branches`` the scratch net gets other blocks at the same widths: ``conv`` (conv
     + BN) is a plain VGG-like net, ``conv_plain`` (conv with bias) with an ECBSR space is the
     plain ECBSR-M4C16 of ECBSR's paper, so one run asks whether the branches pay for their time.
@@ -137,12 +137,15 @@ def pipeline_arm(cfg: PipelineConfig, p: dict, data) -> tuple[float, Path]:
     return time.perf_counter() - started, out
 
 
-def scratch_arm(cfg: PipelineConfig, widths_from: Path, epochs: int, data,
+def scratch_arm(cfg: PipelineConfig, widths_from: Path, p: dict, data,
                 branches: list[str] | None = None) -> tuple[float, Path]:
-    """The final net's widths (other blocks if ``branches``), fresh weights, the dense recipe; timed."""
+    """The final net's widths (other blocks if ``branches``), fresh weights, the dense recipe, on
+    the clock (T less its final evaluation; its planned epochs, doubled, only bound it); timed."""
     torch.manual_seed(cfg.seed)
     fresh = build(scratch_spec(load_model(widths_from).spec, branches))
-    tcfg = dataclasses.replace(cfg.train, epochs=epochs, eval_every=0)
+    left = p["budget_seconds"] - p["probe_seconds_per_evaluation"]["scratch"]
+    tcfg = dataclasses.replace(cfg.train, epochs=2 * p["scratch_epochs"], warmup_epochs=2 * cfg.train.warmup_epochs,
+                               minutes=left / 60.0, eval_every=0)
     started = time.perf_counter()
     model, report = run_training(cfg, "finetune", fresh, tcfg, False, data=data)
     seconds = time.perf_counter() - started
@@ -243,15 +246,16 @@ def main() -> None:
                 seconds, tuned = pipeline_arm(pipe_cfg, epochs, data)
                 trained = len(json.loads((tuned / "report.json").read_text())["history"])
                 keep({**common, "arm": "pipeline", "dense_share": args.dense_share, "distill": distill,
-                      "blocks": blocks, "seconds": seconds, "finetune_on_the_clock": True,
+                      "blocks": blocks, "seconds": seconds, "on_the_clock": True,
                       **scored(pipe_cfg, data), "epochs": {"dense": epochs["dense_epochs"], "final": trained}})
             if not have(scratch, minutes, seed):
                 tuned = stages.stage_dir(pipe_cfg, "finetune")
                 where = run / ("scratch" if not branches else f"scratch-{'+'.join(branches)}")
                 scratch_cfg = dataclasses.replace(base, run_dir=str(where))
-                seconds, _ = scratch_arm(scratch_cfg, tuned, epochs["scratch_epochs"], data, branches)
-                keep({**common, "arm": scratch, "seconds": seconds, **scored(scratch_cfg, data),
-                      "epochs": {"dense": 0, "final": epochs["scratch_epochs"]}})
+                seconds, out = scratch_arm(scratch_cfg, tuned, epochs, data, branches)
+                trained = len(json.loads((out / "report.json").read_text())["history"])
+                keep({**common, "arm": scratch, "seconds": seconds, "on_the_clock": True, **scored(scratch_cfg, data),
+                      "epochs": {"dense": 0, "final": trained}})
             got = {r["arm"]: r for r in rows if r["minutes"] == minutes and r["seed"] == seed
                    and (r.get("dense_share"), r.get("distill"), r.get("blocks"))
                    in ((None, None, None), (args.dense_share, distill, blocks))}
@@ -260,8 +264,9 @@ def main() -> None:
                   f"{got[scratch]['seconds'] / 60:.1f} min", flush=True)
     primary = stages.get_data(configured).primary if rows else "top1"
     header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads. Config "
-              f"`{args.config}`; method `{configured.search.method}`. Epochs chosen from one "
-              "timed epoch of each net.\n\nCommand: "
+              f"`{args.config}`; method `{configured.search.method}`. The last training of each arm runs on "
+              "the clock (rows with `on_the_clock` in the JSON; older rows had epochs planned from one timed "
+              "epoch of each net).\n\nCommand: "
               f"`python scripts/bench_wallclock.py --config {args.config} --name {args.name} --minutes {args.minutes} "
               f"--seeds {args.seeds} --dense-share {args.dense_share:g}"
               + (f" --scratch-branches {args.scratch_branches}" if args.scratch_branches else "")

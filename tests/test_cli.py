@@ -133,6 +133,15 @@ def test_failed_stage_leaves_earlier_outputs_intact(pipeline_run, capsys):
     assert all(p.read_bytes() == before[p] for p in files)  # nothing written, nothing lost
 
 
+def test_minutes_train_a_stage_on_the_clock(tmp_path, fake_fashion, capsys):
+    """--minutes reaches the stage's config; 0.06 s leaves room for one epoch of at most five."""
+    code, _, err = run(capsys, "train", "--data", fake_fashion, "--run-dir", tmp_path, "--epochs", "5",
+                       "--minutes", "0.001", *QUICK)
+    assert code == 0, err
+    report = json.loads((tmp_path / "train" / "report.json").read_text())
+    assert report["config"]["minutes"] == 0.001 and len(report["history"]) == 1
+
+
 def test_block_is_chosen_by_configuration(tmp_path, fake_fashion, capsys):
     code, _, err = run(capsys, "train", "--data", fake_fashion, "--run-dir", tmp_path, "--epochs", "1", *QUICK,
                        "--set", "model.branches=[conv, conv1x1, conv1x1_kxk, conv1x1_avg, identity]")

@@ -1,5 +1,6 @@
 """The trainer: exact resume, NaN stop with the last checkpoint kept, logs, search budget."""
 
+import dataclasses
 import math
 
 import pytest
@@ -270,6 +271,11 @@ def test_minutes_drive_the_lr_schedule_and_stop_before_an_epoch_that_would_not_f
         at = (k - 1) * 600 // 30
         assert lrs[k - 1] == pytest.approx(0.05 * (1 + math.cos(math.pi * at / 600)) / 2, rel=1e-6)
     assert lrs[-1] < 0.005 * 0.05 and trainer.time_up
+    # where the epochs run out before the minutes, the schedule follows the epochs to its end
+    lrs.clear()
+    trainer = timed_trainer(tmp_path / "short", monkeypatch, FakeClock(), dataclasses.replace(cfg, epochs=2), lrs)
+    trainer.fit(loader())
+    assert len(trainer.history) == 2 and not trainer.time_up and lrs[-1] == 0.0 and lrs[5] > 0.4 * 0.05
     with pytest.raises(RepasError, match="minutes"):
         TrainConfig(minutes=-1)
 

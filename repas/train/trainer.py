@@ -279,6 +279,7 @@ class Trainer:
             if distributed.is_distributed():  # a signal in the last step: every process knows
                 self.agreed_stop = int(distributed.all_reduce_max([float(self.signals.received or 0)])[0]) or None
         finally:
+            self.elapsed_before, self.fit_started = self.elapsed(), None  # the clock stops with the fit
             self.signals.restore()
             writer.close()
         return self.history[-1] if self.history else {}
@@ -375,11 +376,12 @@ class Trainer:
         return self.elapsed_before + running
 
     def lr_position(self) -> int:
-        """Where the lr schedule stands: the update count, or with ``cfg.minutes`` the share of
-        the minutes elapsed, as updates of ``cfg.epochs`` epochs."""
+        """Where the lr schedule stands: the update count, or with ``cfg.minutes`` the further of
+        it and the share of the minutes elapsed (as updates of ``cfg.epochs`` epochs), so that
+        the schedule ends with whichever runs out first, the minutes or the epochs."""
         total = self.cfg.epochs * self.steps_per_epoch
-        self.position = min(total, int(self.clock * total / (60.0 * self.cfg.minutes))) if self.cfg.minutes \
-            else self.num_updates
+        by_clock = min(total, int(self.clock * total / (60.0 * self.cfg.minutes))) if self.cfg.minutes else 0
+        self.position = max(self.num_updates, by_clock)
         return self.position
 
     def _minutes_up(self) -> bool:
