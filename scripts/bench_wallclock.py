@@ -109,6 +109,18 @@ def plan(cfg: PipelineConfig, minutes: float, dense_share: float, data,
             "probe_seconds_per_evaluation": {"dense": eval_dense, "final": eval_small, "scratch": eval_scratch}}
 
 
+def on_the_clock(tcfg: TrainConfig, planned_epochs: int, seconds: float) -> TrainConfig:
+    """``tcfg`` trained for ``seconds`` of wall clock (``minutes``), its planned epochs doubled as
+    the upper bound (warm-up doubled with them, so it keeps its share), evaluated after the last."""
+    return dataclasses.replace(tcfg, epochs=2 * planned_epochs, warmup_epochs=2 * tcfg.warmup_epochs,
+                               minutes=seconds / 60.0, eval_every=0)
+
+
+def epochs_trained(stage: Path) -> int:
+    """Epochs a saved stage trained (on the clock: however many fitted)."""
+    return len(json.loads((stage / "report.json").read_text())["history"])
+
+
 def pipeline_arm(cfg: PipelineConfig, p: dict, data) -> tuple[float, Path]:
     """Dense -> search -> extract -> fine-tune, timed; returns (seconds, finetune dir)."""
     s = cfg.search
@@ -129,10 +141,7 @@ def pipeline_arm(cfg: PipelineConfig, p: dict, data) -> tuple[float, Path]:
     if left <= 0:
         raise SystemExit(f"the dense stage and the search used all of T ({p['budget_seconds'] / 60:g} min): "
                          "lower --dense-share")
-    ft = cfg.finetune
-    timed = dataclasses.replace(ft, epochs=2 * tuned, warmup_epochs=2 * ft.warmup_epochs, minutes=left / 60.0,
-                                eval_every=0)
-    cfg = dataclasses.replace(cfg, finetune=timed)
+    cfg = dataclasses.replace(cfg, finetune=on_the_clock(cfg.finetune, tuned, left))
     out = stages.finetune_stage(cfg, data=data)
     return time.perf_counter() - started, out
 
@@ -144,8 +153,7 @@ def scratch_arm(cfg: PipelineConfig, widths_from: Path, p: dict, data,
     torch.manual_seed(cfg.seed)
     fresh = build(scratch_spec(load_model(widths_from).spec, branches))
     left = p["budget_seconds"] - p["probe_seconds_per_evaluation"]["scratch"]
-    tcfg = dataclasses.replace(cfg.train, epochs=2 * p["scratch_epochs"], warmup_epochs=2 * cfg.train.warmup_epochs,
-                               minutes=left / 60.0, eval_every=0)
+    tcfg = on_the_clock(cfg.train, p["scratch_epochs"], left)
     started = time.perf_counter()
     model, report = run_training(cfg, "finetune", fresh, tcfg, False, data=data)
     seconds = time.perf_counter() - started
@@ -244,18 +252,17 @@ def main() -> None:
             pipe_cfg = dataclasses.replace(base, run_dir=str(share_run / "pipeline"))
             if not have("pipeline", minutes, seed):
                 seconds, tuned = pipeline_arm(pipe_cfg, epochs, data)
-                trained = len(json.loads((tuned / "report.json").read_text())["history"])
                 keep({**common, "arm": "pipeline", "dense_share": args.dense_share, "distill": distill,
                       "blocks": blocks, "seconds": seconds, "on_the_clock": True,
-                      **scored(pipe_cfg, data), "epochs": {"dense": epochs["dense_epochs"], "final": trained}})
+                      **scored(pipe_cfg, data),
+                      "epochs": {"dense": epochs["dense_epochs"], "final": epochs_trained(tuned)}})
             if not have(scratch, minutes, seed):
                 tuned = stages.stage_dir(pipe_cfg, "finetune")
                 where = run / ("scratch" if not branches else f"scratch-{'+'.join(branches)}")
                 scratch_cfg = dataclasses.replace(base, run_dir=str(where))
                 seconds, out = scratch_arm(scratch_cfg, tuned, epochs, data, branches)
-                trained = len(json.loads((out / "report.json").read_text())["history"])
                 keep({**common, "arm": scratch, "seconds": seconds, "on_the_clock": True, **scored(scratch_cfg, data),
-                      "epochs": {"dense": 0, "final": trained}})
+                      "epochs": {"dense": 0, "final": epochs_trained(out)}})
             got = {r["arm"]: r for r in rows if r["minutes"] == minutes and r["seed"] == seed
                    and (r.get("dense_share"), r.get("distill"), r.get("blocks"))
                    in ((None, None, None), (args.dense_share, distill, blocks))}
