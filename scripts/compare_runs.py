@@ -1,6 +1,7 @@
 """Compare searched nets of several run directories at their measured latency.
 
-Reads each run's export (fused ONNX, test metric) and extract reports, times every
+Reads each run's export (fused ONNX, test metric) and extract reports (a run without an
+extract stage, e.g. a dense net trained from scratch, shows as not searched), times every
 model.onnx in one process (each alone, in alternating rounds: ``onnx_latency_each``), and
 prints a markdown table with the latency each run's table predicts.
 
@@ -28,7 +29,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     args = p.parse_args()
     reports = {r: json.loads((Path(r) / "export" / "report.json").read_text()) for r in args.runs}
-    extracts = {r: json.loads((Path(r) / "extract" / "report.json").read_text()) for r in args.runs}
+    # a run without an extract stage (a dense net trained from scratch) was searched for nothing
+    extracts = {r: json.loads((Path(r) / "extract" / "report.json").read_text())
+                for r in args.runs if (Path(r) / "extract" / "report.json").exists()}
     shape = tuple(next(iter(reports.values()))["latency_input"])
     measured = onnx_latency_each({r: Path(r) / "export" / "model.onnx" for r in args.runs}, shape, threads=args.threads,
                                  warmup=args.warmup, runs=args.runs_per_model)
@@ -39,11 +42,15 @@ def main() -> None:
     for r in args.runs:
         spec = ArchSpec.load(Path(r) / "export")
         pred = f"{float(LatencyModel.load(args.table, spec)(spec.widths)):.4f} ms" if args.table else "-"
-        e = extracts[r]
-        value = e.get("target_value", e["target"])  # a --targets subnet keeps its label in "target"
-        target = f"{value:.4g} ms" if e["metric"] == "latency" else f"{value / 1e6:.3f} M MACs"
+        e = extracts.get(r)
+        if e is None:
+            searched = "- (not searched)"
+        else:
+            value = e.get("target_value", e["target"])  # a --targets subnet keeps its label in "target"
+            searched = e["metric"] + " " + (f"{value:.4g} ms" if e["metric"] == "latency"
+                                            else f"{value / 1e6:.3f} M MACs")
         metric = ", ".join(f"{k} {v:.2f}" for k, v in reports[r]["onnx_metrics"].items() if k in ("top1", "psnr"))
-        print(f"| {r} | {e['metric']} {target} | {' / '.join(map(str, spec.widths))} | "
+        print(f"| {r} | {searched} | {' / '.join(map(str, spec.widths))} | "
               f"{reports[r]['macs'] / 1e6:.3f} M | {pred} | {measured[r]:.4f} ms | {metric} |")
 
 
