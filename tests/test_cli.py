@@ -134,12 +134,13 @@ def test_failed_stage_leaves_earlier_outputs_intact(pipeline_run, capsys):
 
 
 def test_minutes_train_a_stage_on_the_clock(tmp_path, fake_fashion, capsys):
-    """--minutes reaches the stage's config; 0.06 s leaves room for one epoch of at most five."""
+    """--minutes reaches the stage's config: in 60 microseconds no epoch fits, so the first of
+    five is the last (the limit is checked after each epoch; 0.001 min could fit two on a fast CPU)."""
     code, _, err = run(capsys, "train", "--data", fake_fashion, "--run-dir", tmp_path, "--epochs", "5",
-                       "--minutes", "0.001", *QUICK)
+                       "--minutes", "0.000001", *QUICK)
     assert code == 0, err
     report = json.loads((tmp_path / "train" / "report.json").read_text())
-    assert report["config"]["minutes"] == 0.001 and len(report["history"]) == 1
+    assert report["config"]["minutes"] == 1e-6 and len(report["history"]) == 1
 
 
 def test_block_is_chosen_by_configuration(tmp_path, fake_fashion, capsys):
