@@ -25,9 +25,9 @@ def toy_data(n=96, seed=0):
     return TensorImages(images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), [str(i) for i in range(5)])
 
 
-def make_trainer(run_dir, cfg, budget=False, seed=0):
+def make_trainer(run_dir, cfg, budget=False, seed=0, spec=None):
     torch.manual_seed(seed)
-    model = build(tiny_spec())
+    model = build(spec or tiny_spec())
     terms = [create_method("pas", model, Budget(model.spec, 0.5 * spec_cost(model.spec), alpha=5.0))] if budget else []
     if not budget:
         model.freeze_gates()
@@ -124,14 +124,21 @@ def test_tensorboard_scalars_are_written(tmp_path):
     assert len(acc.Scalars("epoch/val_top1")) == 2
 
 
+# tiny_spec with 16 channels before its stride-2 block: channels_last is allowed on every CPU
+WIDE_INPUT = dataclasses.replace(tiny_spec(), layers=[dataclasses.replace(tiny_spec().layers[0], out_channels=16),
+                                                      *tiny_spec().layers[1:]])
+
+
 def test_gpu_speed_options_train_the_same_model(tmp_path, monkeypatch):
     """bf16 autocast + channels_last and torch.compile are GPU speed options; on the CPU their
     logic is checked: the same losses as float32 (bf16: within 2e-2), channels_last weights,
     and the compiled module is the one that trains (with the eager backend: inductor takes a
     minute to compile on this CPU)."""
-    plain = make_trainer(tmp_path / "a", TrainConfig(epochs=2, lr=0.05))
+    plain = make_trainer(tmp_path / "a", TrainConfig(epochs=2, lr=0.05), spec=WIDE_INPUT)
     plain.fit(loader())
-    fast = make_trainer(tmp_path / "b", TrainConfig(epochs=2, lr=0.05, amp=True, channels_last=True))
+    fast = make_trainer(tmp_path / "b", TrainConfig(epochs=2, lr=0.05, amp=True, channels_last=True),
+                        spec=WIDE_INPUT)
+    assert fast.channels_last
     assert fast.model.blocks[1].branches["conv"].conv.weight.is_contiguous(memory_format=torch.channels_last)
     fast.fit(loader())
     for a, b in zip(plain.history, fast.history):
@@ -145,7 +152,7 @@ def test_gpu_speed_options_train_the_same_model(tmp_path, monkeypatch):
         return real_compile(module, backend="eager")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    comp = make_trainer(tmp_path / "c", TrainConfig(epochs=2, lr=0.05, compile=True))
+    comp = make_trainer(tmp_path / "c", TrainConfig(epochs=2, lr=0.05, compile=True), spec=WIDE_INPUT)
     comp.fit(loader())
     assert compiled == [comp.model] and comp.forward is not comp.model
     for a, b in zip(plain.history, comp.history):

@@ -43,6 +43,7 @@ from repas.supernet.fused import fuse_net
 from repas.supernet.gating import gate_widths
 from repas.supernet.net import RepNet
 from repas.train.checkpoint import read_checkpoint
+from repas.train.memory_format import channels_last_is_safe, nhwc_min_inputs
 from repas.train.optim import gate_optimizer, param_groups
 from repas.train.signals import StopSignals
 
@@ -96,7 +97,14 @@ class Trainer:
         model.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)
-        if cfg.channels_last:
+        # channels_last, unless oneDNN would get one of this net's weight gradients wrong in it
+        safe, unsafe = channels_last_is_safe(model, self.device)
+        self.channels_last = cfg.channels_last and safe
+        if cfg.channels_last and not safe:
+            log.warning(f"channels_last is off for this net: oneDNN's NHWC backward of a strided 1x1 convolution "
+                        f"with under {nhwc_min_inputs()} input channels is wrong on some CPUs ({', '.join(unsafe)}); "
+                        "it trains in the default memory format (slower, exact)")
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
         # what the training steps call: the model, in DDP under torchrun, compiled on request
         self.forward: torch.nn.Module = model
@@ -305,7 +313,7 @@ class Trainer:
             if step < skip:
                 continue
             images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-            if cfg.channels_last:
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 out = self.forward(images)
