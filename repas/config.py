@@ -110,9 +110,20 @@ class TrainConfig:
     # epoch that fits. Where the epochs run out first (a fast machine), the schedule follows
     # them instead. The final evaluation comes after the minutes.
     minutes: float = 0.0
+    # The sandwich rule, dense stage only (train): every step also trains this many random
+    # subnets (each gated layer keeping a random share in [sandwich_min, 1] of its channels, those
+    # with the highest filter L1 norms), taught by the full net's output, so that a one-shot
+    # search (eagleeye) judges widths the net has trained at. 0: off. Each subnet costs about
+    # one more dense step.
+    sandwich: int = 0
+    sandwich_min: float = 0.25
 
     def __post_init__(self) -> None:
-        _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1, checkpoint_every=0, eval_every=0)
+        _at_least(self, "training", epochs=1, batch_size=1, eval_batch_size=1, checkpoint_every=0, eval_every=0,
+                  sandwich=0)
+        if not 0.0 < self.sandwich_min <= 1.0:
+            raise RepasError(f"training sandwich_min is the narrowest subnet's share of each layer's channels, in "
+                             f"(0, 1], got {self.sandwich_min}")
         if not 0.0 <= self.minutes < math.inf:
             raise RepasError(f"training minutes is a wall-clock limit in minutes (0: off), got {self.minutes}")
         if self.lr <= 0:

@@ -88,7 +88,8 @@ def model_facts(model: RepNet) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(), "processor": cpu_name(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # AVX2 / AVX512: which oneDNN kernels ran
 
 
 def read_report(path: Path) -> dict[str, Any]:

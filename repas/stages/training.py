@@ -12,6 +12,7 @@ from typing import Any
 from repas.config import PipelineConfig, TrainConfig
 from repas.errors import RepasError
 from repas.search import method_class
+from repas.search.sandwich import SandwichRule
 from repas.stages.common import (
     Resume,
     check_task,
@@ -34,17 +35,22 @@ def run_training(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConf
                  ) -> tuple[RepNet, dict[str, Any]]:
     """Train ``model`` for ``tcfg.epochs`` in ``<run_dir>/<stage>``; returns the net to keep
     (the EMA net of a plain training run; a search keeps its own gates) and its report."""
+    if tcfg.sandwich and stage != "train":
+        raise RepasError(f"{stage}.sandwich: the sandwich rule trains the dense supernet's subnets; set it as "
+                         "train.sandwich (the search and the fine-tune train at the widths they hold)")
     train, test = data.train_loader(tcfg), data.eval_batches(tcfg)
     task = data.task(tcfg, model.spec)
     teacher = dense_teacher(cfg, stage) if tcfg.distill > 0 else None
     trainer = Trainer(model, task, tcfg, stage_dir(cfg, stage), terms=terms, gate_lr=gate_lr, teacher=teacher)
     started = time.perf_counter()
     trainer.fit(train, test, resume=bool(resume))
-    final = trainer.eval_model if not terms else model
+    searching = any(getattr(t, "searches", True) for t in terms)  # a search keeps its gates, not an EMA net
+    final = model if searching else trainer.eval_model
     metrics = trainer.evaluate(test, final)
     final.cpu()
     report = {"stage": stage, **model_facts(final), "test": metrics, "seconds": time.perf_counter() - started,
-              "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": environment()}
+              "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": environment(),
+              "channels_last": trainer.channels_last}  # as trained: the trainer may refuse it (memory_format)
     if trainer.stopping():  # the signal came in the last epoch: the stage is saved, then the run stops
         report["stopped_by_signal"] = trainer.stopping()
     return final, report
@@ -74,7 +80,11 @@ def train_stage(cfg: PipelineConfig, *, resume: Resume = False, data: TaskData |
     data = data or get_data(cfg)
     model = build(shaped_spec(cfg, data))
     model.freeze_gates()
-    model, report = run_training(cfg, "train", model, cfg.train, resume, data=data)
+    terms = []
+    if cfg.train.sandwich:
+        terms.append(SandwichRule(model, data.task(cfg.train, model.spec), subnets=cfg.train.sandwich,
+                                  smallest=cfg.train.sandwich_min, step=cfg.extract.round_to, seed=cfg.seed))
+    model, report = run_training(cfg, "train", model, cfg.train, resume, data=data, terms=terms)
     return save_stage(model, stage_dir(cfg, "train"), report, cfg)
 
 

@@ -108,6 +108,9 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         # what the training steps call: the model, in DDP under torchrun, compiled on request
         self.forward: torch.nn.Module = model
+        if distributed.is_distributed() and any(hasattr(t, "batch_loss") for t in self.terms):
+            raise RepasError("train.sandwich runs extra forward passes outside DistributedDataParallel and cannot "
+                             "train under torchrun yet: run it in one process, or set train.sandwich: 0")
         if distributed.is_distributed():
             from torch.nn.parallel import DistributedDataParallel
 
@@ -327,6 +330,10 @@ class Trainer:
                                                                          cfg.distill_temperature)
             for term in self.terms:
                 loss = loss + term.penalty()
+                extra = getattr(term, "batch_loss", None)  # a term that trains on the batch itself (sandwich)
+                if extra is not None:
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                        loss = loss + extra(images, out)
             loss_value = loss.item()
             if self._agree(not math.isfinite(loss_value)):
                 last = f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.exists() \
