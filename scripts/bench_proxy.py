@@ -1,0 +1,121 @@
+"""Does eagleeye's proxy predict what a width allocation is worth after fine-tuning?
+
+``eagleeye`` ranks candidate allocations by how far their outputs (BatchNorm recalibrated)
+stay from the dense net's, before any training. This script takes one trained dense
+supernet, runs eagleeye's candidate search at a MACs budget, picks ``--candidates``
+allocations spread over the proxy's range (the uniform allocation and the proxy's choice
+among them), fine-tunes each with the same recipe (the config's finetune, ``--epochs``,
+same seed) and reports the rank correlation (Spearman) between the proxy and the final
+accuracy, beside the correlation of a short-training proxy: the accuracy after the first
+of those epochs. Rows are saved as they finish (RUN/proxy-<budget>.json): a stopped run
+resumes.
+
+    python scripts/bench_proxy.py --run runs/pareto-fmnist_plain_medium/seed-0 --config configs/fmnist.yaml \\
+        --name fmnist_medium --budget 0.25 --epochs 4 --set data.train_subset=15000 --set threads=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repas import stages
+from repas.atomic import atomic_write_json, atomic_write_text
+from repas.config import load_config
+from repas.deploy import cpu_name
+from repas.search import create_method, extract_subnet
+from repas.search.allocation import top_k_mask
+from repas.search.methods.magnitude import l1_scores
+from repas.stages.common import setup
+from repas.stages.methods import sample_inputs
+from repas.supernet import load_model
+from repas.train import Trainer
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = (np.argsort(np.argsort(x)).astype(float) for x in (a, b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="a run directory holding the trained dense supernet (RUN/train)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--name", required=True, help="names docs/proxy_<name>_<budget>.md and .json")
+    p.add_argument("--budget", type=float, default=0.25, help="fraction of the dense MACs")
+    p.add_argument("--candidates", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs of every candidate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--docs", default="docs")
+    args = p.parse_args()
+    run = Path(args.run)
+    cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={args.seed}"])
+    setup(cfg)
+    data = stages.get_data(cfg)
+    dense = load_model(run / "train").eval()
+    done_path = run / f"proxy-{args.budget:g}.json"
+    saved = json.loads(done_path.read_text()) if done_path.exists() else None
+    if saved is None:
+        torch.manual_seed(args.seed)
+        method = create_method("eagleeye", dense, target=args.budget, metric="macs", step=cfg.extract.round_to,
+                               tolerance=cfg.extract.tolerance)
+        method.select(sample_inputs(dense, data, method.input_count))
+        tried = method.tried
+        order = sorted(range(len(tried)), key=lambda i: tried[i]["divergence"])
+        picks = {0, order[0]} | {order[round(q * (len(order) - 1))]
+                                 for q in np.linspace(0, 1, max(2, args.candidates - 2))}
+        saved = {"candidates": [dict(tried[i], uniform=i == 0, chosen=i == order[0]) for i in sorted(picks)],
+                 "tried": len(tried), "rows": []}
+        atomic_write_json(done_path, saved)
+    scores = l1_scores(create_method("l1-layer", dense, target=args.budget))  # eagleeye's channel ranking
+    tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs, eval_every=1)
+    for cand in saved["candidates"]:
+        if any(r["widths"] == cand["widths"] for r in saved["rows"]):
+            continue
+        started = time.perf_counter()
+        torch.manual_seed(args.seed)
+        net = extract_subnet(dense, [top_k_mask(s, w) for s, w in zip(scores, cand["widths"])])
+        trainer = Trainer(net, data.task(tcfg, net.spec), tcfg, run / "proxy" / "-".join(map(str, cand["widths"])),
+                          progress=False)
+        trainer.fit(data.train_loader(tcfg), data.eval_batches(tcfg))
+        key = f"val_{data.primary}"
+        curve = [h[key] for h in trainer.history if key in h]
+        saved["rows"].append({**cand, "curve": curve, "final": curve[-1], "seconds": time.perf_counter() - started})
+        atomic_write_json(done_path, saved)
+        print(f"{cand['widths']}: divergence {cand['divergence']:.4f}, after 1 epoch {curve[0]:.2f}, "
+              f"final {curve[-1]:.2f}", flush=True)
+    rows = sorted(saved["rows"], key=lambda r: r["divergence"])
+    final = [r["final"] for r in rows]
+    rho_proxy = spearman([-r["divergence"] for r in rows], final)
+    rho_short = spearman([r["curve"][0] for r in rows], final)
+    lines = [f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, dense net {run / 'train'}, {args.budget:g} x dense MACs; "
+             f"{len(rows)} of eagleeye's {saved['tried']} candidates, each fine-tuned {args.epochs} epochs "
+             f"(finetune recipe, seed {args.seed}).\n",
+             f"Command: `python scripts/bench_proxy.py --run {args.run} --config {args.config} --name {args.name} "
+             f"--budget {args.budget:g} --candidates {args.candidates} --epochs {args.epochs} --seed {args.seed} "
+             + " ".join(f"--set {s}" for s in args.set) + "`\n",
+             f"Spearman rank correlation with the final top-1: eagleeye's proxy (lower divergence = better) "
+             f"{rho_proxy:+.2f}; top-1 after the first epoch {rho_short:+.2f}.\n",
+             "| widths | MACs | divergence (eagleeye's proxy) | top-1 after 1 epoch | final top-1 | note |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        note = ", ".join(n for n, on in (("uniform", r["uniform"]), ("eagleeye's choice", r["chosen"])) if on)
+        lines.append(f"| {' / '.join(map(str, r['widths']))} | {r['cost'] / 1e6:.3f} M | {r['divergence']:.4f} | "
+                     f"{r['curve'][0]:.2f} | {r['final']:.2f} | {note} |")
+    text = "\n".join(lines) + "\n"
+    name = f"proxy_{args.name}_{args.budget:g}"
+    atomic_write_text(Path(args.docs) / f"{name}.md", text)
+    atomic_write_json(Path(args.docs) / f"{name}.json", {**saved, "spearman_proxy": rho_proxy,
+                                                          "spearman_first_epoch": rho_short})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
