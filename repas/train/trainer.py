@@ -51,7 +51,10 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class LossTerm(Protocol):
-    """What a search adds to training: a ``PruningMethod`` is one."""
+    """What a search adds to training: a ``PruningMethod`` is one. A term may also define
+    ``batch_loss(images, output) -> Tensor``, added to the loss with the batch in hand
+    (``repas.search.sandwich.SandwichRule`` trains subnets on it), and ``searches = False``
+    when it is not a search (the stage then keeps its EMA net)."""
 
     def penalty(self) -> torch.Tensor: ...
 
