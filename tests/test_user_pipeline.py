@@ -85,6 +85,9 @@ def test_a_user_model_with_a_budget_it_cannot_have_is_a_clear_error(user_run, ca
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
                  "--set", f"model.weights={run.parent / 'none.safetensors'}"])
     assert code == 2 and "no weights at" in capsys.readouterr().err
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
+                 "--set", "train.sandwich=1"])
+    assert code == 2 and "a user model (model.builder) trains ungated" in capsys.readouterr().err
     # weights of another model (the pruned ResNet's): each misfit named, nothing half-loaded
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
                  "--set", f"model.weights={run / 'pruned' / 'weights.safetensors'}"])

@@ -44,6 +44,9 @@ def user_model_facts(gated: GatedModel, widths: list[int]) -> dict[str, Any]:
 
 def _train(model: nn.Module, tcfg: TrainConfig, out: Path, data: TaskData, **kwargs: Any
            ) -> tuple[nn.Module, dict[str, Any]]:
+    if tcfg.sandwich:
+        raise RepasError("train.sandwich trains the subnets of a repas supernet; a user model (model.builder) "
+                         "trains ungated, so it has none: set train.sandwich: 0")
     trainer = Trainer(model, data.task(tcfg, None), tcfg, out, **kwargs)
     started = time.perf_counter()
     test = data.eval_batches(tcfg)
