@@ -9,12 +9,15 @@ from conftest import randomize_bn, tiny_spec
 from test_trainer import loader
 
 from repas.cli import main
-from repas.config import TrainConfig
+from repas.config import TrainConfig, load_config
 from repas.errors import RepasError
 from repas.search.extract import extract_subnet
 from repas.search.importance import l1_norms
 from repas.search.sandwich import SandwichRule
+from repas.stages.common import get_data
+from repas.stages.training import run_training
 from repas.supernet import build, load_model
+from repas.task_data import shaped_spec
 from repas.tasks import ClassificationTask
 from repas.train import Trainer
 
@@ -107,6 +110,18 @@ def test_the_train_stage_trains_with_the_sandwich_rule_and_other_stages_refuse_i
                  "--epochs", "1", "--threads", "2", "--set", "finetune.sandwich=1"])
     assert code != 0 and "finetune.sandwich" in capsys.readouterr().err
     assert not (run / "finetune" / "weights.safetensors").exists()
+
+
+def test_the_dense_stage_keeps_its_ema_net_with_the_sandwich_rule(tmp_path, fake_fashion):
+    # the sandwich is a loss term but not a search: the stage keeps the EMA net, as without it
+    cfg = load_config(None, [f"data.root={fake_fashion}", f"run_dir={tmp_path}", "train.epochs=1", "train.ema=true",
+                             "train.batch_size=64", "threads=2"])
+    data = get_data(cfg)
+    model = build(shaped_spec(cfg, data))
+    model.freeze_gates()
+    rule = SandwichRule(model, data.task(cfg.train, model.spec))
+    final, report = run_training(cfg, "train", model, cfg.train, False, data=data, terms=[rule])
+    assert final is not model and report["history"][-1]["sandwich_loss"] > 0
 
 
 def test_a_net_without_gates_or_a_bad_share_is_refused():
