@@ -180,6 +180,7 @@ def main() -> None:
     budgets += [("latency", float(b)) for b in args.latency_budgets.split(",") if b.strip()]
     results_path = root / "pareto.json"
     docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)  # the plots are written before the atomic text files
     rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else carried_rows(docs, args.name)
     table_path = None
     for seed in (int(s) for s in args.seeds.split(",")):
