@@ -10,6 +10,12 @@ accuracy, beside the correlation of a short-training proxy: the accuracy after t
 of those epochs. Rows are saved as they finish (RUN/proxy-<budget>.json): a stopped run
 resumes.
 
+``--replicates N`` fine-tunes every candidate N more times with other seeds (data order and
+augmentation; the inherited weights are the same), and asks whether the allocations differ
+at all beyond that noise: a one-way ANOVA over the runs, the rank correlation between the
+first run and the mean of the others, and the winner's curse: the candidate best in the
+first run, scored by the other runs only, against the uniform allocation scored the same way.
+
     python scripts/bench_proxy.py --run runs/pareto-fmnist_plain_medium/seed-0 --config configs/fmnist.yaml \\
         --name fmnist_medium --budget 0.25 --epochs 4 --set data.train_subset=15000 --set threads=2
 """
@@ -43,6 +49,24 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def replicate_stats(rows: list[dict], others: dict[tuple, list[float]]) -> dict:
+    """Do the candidates differ beyond the noise of fine-tuning one of them again?"""
+    from scipy.stats import f_oneway
+
+    runs = [[r["final"], *others[tuple(r["widths"])]] for r in rows]
+    f, p = f_oneway(*runs)
+    best = max(rows, key=lambda r: r["final"])
+    uniform = next(r for r in rows if r["uniform"])
+    return {"runs": min(len(x) for x in runs), "anova_f": float(f), "anova_p": float(p),
+            "within_std": float(np.sqrt(np.mean([np.var(x, ddof=1) for x in runs]))),
+            "between_std": float(np.std([np.mean(x) for x in runs], ddof=1)),
+            "spearman_rerun": spearman([r["final"] for r in rows], [float(np.mean(others[tuple(r["widths"])]))
+                                                                      for r in rows]),
+            "best": " / ".join(map(str, best["widths"])), "best_first": best["final"],
+            "best_others": float(np.mean(others[tuple(best["widths"])])),
+            "uniform_others": float(np.mean(others[tuple(uniform["widths"])]))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="a run directory holding the trained dense supernet (RUN/train)")
@@ -52,6 +76,8 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=10)
     p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs of every candidate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replicates", type=int, default=0,
+                   help="fine-tune every candidate this many more times, with seeds SEED + 1000 r")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--docs", default="docs")
     args = p.parse_args()
@@ -76,21 +102,28 @@ def main() -> None:
         atomic_write_json(done_path, saved)
     scores = l1_scores(create_method("l1-layer", dense, target=args.budget))  # eagleeye's channel ranking
     tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs, eval_every=1)
-    for cand in saved["candidates"]:
-        if any(r["widths"] == cand["widths"] for r in saved["rows"]):
-            continue
-        started = time.perf_counter()
-        torch.manual_seed(args.seed)
-        net = extract_subnet(dense, [top_k_mask(s, w) for s, w in zip(scores, cand["widths"])])
-        trainer = Trainer(net, data.task(tcfg, net.spec), tcfg, run / "proxy" / "-".join(map(str, cand["widths"])),
-                          progress=False)
-        trainer.fit(data.train_loader(tcfg), data.eval_batches(tcfg))
-        key = f"val_{data.primary}"
-        curve = [h[key] for h in trainer.history if key in h]
-        saved["rows"].append({**cand, "curve": curve, "final": curve[-1], "seconds": time.perf_counter() - started})
-        atomic_write_json(done_path, saved)
-        print(f"{cand['widths']}: divergence {cand['divergence']:.4f}, after 1 epoch {curve[0]:.2f}, "
-              f"final {curve[-1]:.2f}", flush=True)
+    for rep in range(args.replicates + 1):
+        ft_seed = args.seed + 1000 * rep
+        for cand in saved["candidates"]:
+            if any(r["widths"] == cand["widths"] and r.get("replicate", 0) == rep for r in saved["rows"]):
+                continue
+            started = time.perf_counter()
+            torch.manual_seed(ft_seed)
+            net = extract_subnet(dense, [top_k_mask(s, w) for s, w in zip(scores, cand["widths"])])
+            name = "-".join(map(str, cand["widths"])) + (f"-r{rep}" if rep else "")
+            trainer = Trainer(net, data.task(tcfg, net.spec), tcfg, run / "proxy" / name, progress=False)
+            loader = data.train_loader(tcfg)
+            loader.seed = ft_seed
+            trainer.fit(loader, data.eval_batches(tcfg))
+            key = f"val_{data.primary}"
+            curve = [h[key] for h in trainer.history if key in h]
+            saved["rows"].append({**cand, "replicate": rep, "curve": curve, "final": curve[-1],
+                                  "seconds": time.perf_counter() - started})
+            atomic_write_json(done_path, saved)
+            print(f"{cand['widths']} run {rep}: divergence {cand['divergence']:.4f}, after 1 epoch {curve[0]:.2f}, "
+                  f"final {curve[-1]:.2f}", flush=True)
+    extra = [r for r in saved["rows"] if r.get("replicate", 0) > 0]
+    saved["rows"] = [r for r in saved["rows"] if r.get("replicate", 0) == 0]
     rows = sorted(saved["rows"], key=lambda r: r["divergence"])
     final = [r["final"] for r in rows]
     rho_proxy = spearman([-r["divergence"] for r in rows], final)
@@ -103,17 +136,31 @@ def main() -> None:
              + " ".join(f"--set {s}" for s in args.set) + "`\n",
              f"Spearman rank correlation with the final top-1: eagleeye's proxy (lower divergence = better) "
              f"{rho_proxy:+.2f}; top-1 after the first epoch {rho_short:+.2f}.\n",
-             "| widths | MACs | divergence (eagleeye's proxy) | top-1 after 1 epoch | final top-1 | note |",
-             "|---|---|---|---|---|---|"]
+             "| widths | MACs | divergence (eagleeye's proxy) | top-1 after 1 epoch | final top-1 | note |"
+             + (" other runs | mean of the other runs |" if extra else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if extra else "")]
+    others = {tuple(r["widths"]): [e["final"] for e in extra if e["widths"] == r["widths"]] for r in rows}
     for r in rows:
         note = ", ".join(n for n, on in (("uniform", r["uniform"]), ("eagleeye's choice", r["chosen"])) if on)
+        more = others[tuple(r["widths"])]
         lines.append(f"| {' / '.join(map(str, r['widths']))} | {r['cost'] / 1e6:.3f} M | {r['divergence']:.4f} | "
-                     f"{r['curve'][0]:.2f} | {r['final']:.2f} | {note} |")
+                     f"{r['curve'][0]:.2f} | {r['final']:.2f} | {note} |"
+                     + (f" {', '.join(f'{v:.2f}' for v in more)} | {np.mean(more):.2f} |" if extra else ""))
+    stats = replicate_stats(rows, others) if extra else {}
+    if stats:
+        lines += ["", f"Replicates ({stats['runs']} runs of each candidate): one-way ANOVA of the final top-1 over "
+                  f"the candidates F = {stats['anova_f']:.2f}, p = {stats['anova_p']:.3f}; spread of one candidate's "
+                  f"runs (pooled std) {stats['within_std']:.2f}, of the candidates' means {stats['between_std']:.2f}; "
+                  f"rank correlation between the first run and the mean of the others {stats['spearman_rerun']:+.2f}. "
+                  f"Winner's curse: the best candidate of the first run ({stats['best']}, {stats['best_first']:.2f}) "
+                  f"scores {stats['best_others']:.2f} on the other runs, uniform {stats['uniform_others']:.2f} "
+                  f"(difference {stats['best_others'] - stats['uniform_others']:+.2f})."]
     text = "\n".join(lines) + "\n"
     name = f"proxy_{args.name}_{args.budget:g}"
     atomic_write_text(Path(args.docs) / f"{name}.md", text)
-    atomic_write_json(Path(args.docs) / f"{name}.json", {**saved, "spearman_proxy": rho_proxy,
-                                                          "spearman_first_epoch": rho_short})
+    atomic_write_json(Path(args.docs) / f"{name}.json", {**saved, "rows": saved["rows"] + extra,
+                                                          "spearman_proxy": rho_proxy,
+                                                          "spearman_first_epoch": rho_short, **stats})
     print(text)
 
 
