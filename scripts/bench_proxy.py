@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--docs", default="docs")
     args = p.parse_args()
+    if args.replicates < 0:
+        p.error(f"--replicates is how many more runs of each candidate (0 or more), got {args.replicates}")
     run = Path(args.run)
     cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={args.seed}"])
     setup(cfg)
