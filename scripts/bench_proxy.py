@@ -2,7 +2,8 @@
 
 ``eagleeye`` ranks candidate allocations by how far their outputs (BatchNorm recalibrated)
 stay from the dense net's, before any training. This script takes one trained dense
-supernet, runs eagleeye's candidate search at a MACs budget, picks ``--candidates``
+supernet, runs eagleeye's candidate search at a MACs budget (or ``--metric latency``: the
+latency the config's search.latency_table predicts), picks ``--candidates``
 allocations spread over the proxy's range (the uniform allocation and the proxy's choice
 among them), fine-tunes each with the same recipe (the config's finetune, ``--epochs``,
 same seed) and reports the rank correlation (Spearman) between the proxy and the final
@@ -35,10 +36,10 @@ from repas import stages
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import load_config
 from repas.deploy import cpu_name
-from repas.search import create_method, extract_subnet
+from repas.search import Budget, analytic_cost, create_method, extract_subnet, resolve_target
 from repas.search.allocation import top_k_mask
 from repas.search.methods.magnitude import l1_scores
-from repas.stages.common import setup
+from repas.stages.common import cost_model, setup
 from repas.stages.methods import sample_inputs
 from repas.supernet import load_model
 from repas.train import Trainer
@@ -72,7 +73,9 @@ def main() -> None:
     p.add_argument("--run", required=True, help="a run directory holding the trained dense supernet (RUN/train)")
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True, help="names docs/proxy_<name>_<budget>.md and .json")
-    p.add_argument("--budget", type=float, default=0.25, help="fraction of the dense MACs")
+    p.add_argument("--budget", type=float, default=0.25, help="fraction of the dense cost (--metric)")
+    p.add_argument("--metric", choices=("macs", "latency"), default="macs",
+                   help="the budget's cost: MACs, or latency predicted by search.latency_table (--set)")
     p.add_argument("--candidates", type=int, default=10)
     p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs of every candidate")
     p.add_argument("--seed", type=int, default=0)
@@ -88,18 +91,22 @@ def main() -> None:
     setup(cfg)
     data = stages.get_data(cfg)
     dense = load_model(run / "train").eval()
-    done_path = run / f"proxy-{args.budget:g}.json"
+    tag = f"{args.budget:g}" if args.metric == "macs" else f"latency-{args.budget:g}"
+    done_path = run / f"proxy-{tag}.json"
+    budget = Budget(dense.spec, 0.0, args.metric, model=cost_model(cfg, dense.spec, args.metric))
+    budget.target = resolve_target(dense.spec, args.metric, fraction=args.budget, model=budget.model)
     saved = json.loads(done_path.read_text()) if done_path.exists() else None
     if saved is None:
         torch.manual_seed(args.seed)
-        method = create_method("eagleeye", dense, target=args.budget, metric="macs", step=cfg.extract.round_to,
-                               tolerance=cfg.extract.tolerance)
+        method = create_method("eagleeye", dense, budget, step=cfg.extract.round_to, tolerance=cfg.extract.tolerance)
         method.select(sample_inputs(dense, data, method.input_count))
         tried = method.tried
         order = sorted(range(len(tried)), key=lambda i: tried[i]["divergence"])
         picks = {0, order[0]} | {order[round(q * (len(order) - 1))]
                                  for q in np.linspace(0, 1, max(2, args.candidates - 2))}
-        saved = {"candidates": [dict(tried[i], uniform=i == 0, chosen=i == order[0]) for i in sorted(picks)],
+        macs = analytic_cost(dense.spec, "macs")
+        saved = {"candidates": [dict(tried[i], macs=float(macs(tried[i]["widths"])), uniform=i == 0,
+                                     chosen=i == order[0]) for i in sorted(picks)],
                  "tried": len(tried), "rows": []}
         atomic_write_json(done_path, saved)
     scores = l1_scores(create_method("l1-layer", dense, target=args.budget))  # eagleeye's channel ranking
@@ -113,10 +120,12 @@ def main() -> None:
             torch.manual_seed(ft_seed)
             net = extract_subnet(dense, [top_k_mask(s, w) for s, w in zip(scores, cand["widths"])])
             name = "-".join(map(str, cand["widths"])) + (f"-r{rep}" if rep else "")
-            trainer = Trainer(net, data.task(tcfg, net.spec), tcfg, run / "proxy" / name, progress=False)
-            loader = data.train_loader(tcfg)
+            # the first run's curve gives the after-one-epoch proxy; a replicate needs only its end
+            rcfg = tcfg if rep == 0 else dataclasses.replace(tcfg, eval_every=0)
+            trainer = Trainer(net, data.task(rcfg, net.spec), rcfg, run / "proxy" / name, progress=False)
+            loader = data.train_loader(rcfg)
             loader.seed = ft_seed
-            trainer.fit(loader, data.eval_batches(tcfg))
+            trainer.fit(loader, data.eval_batches(rcfg))
             key = f"val_{data.primary}"
             curve = [h[key] for h in trainer.history if key in h]
             saved["rows"].append({**cand, "replicate": rep, "curve": curve, "final": curve[-1],
@@ -128,29 +137,37 @@ def main() -> None:
     saved["rows"] = [r for r in saved["rows"] if r.get("replicate", 0) == 0]
     rows = sorted(saved["rows"], key=lambda r: r["divergence"])
     final = [r["final"] for r in rows]
+    score = data.primary
+
+    def cost_text(c: float) -> str:
+        return f"{c / 1e6:.3f} M" if args.metric == "macs" else f"{c:.1f}"
+
     rho_proxy = spearman([-r["divergence"] for r in rows], final)
     rho_short = spearman([r["curve"][0] for r in rows], final)
-    lines = [f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, dense net {run / 'train'}, {args.budget:g} x dense MACs; "
+    lines = [f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, dense net {run / 'train'}, "
+             f"{args.budget:g} x dense {args.metric}; "
              f"{len(rows)} of eagleeye's {saved['tried']} candidates, each fine-tuned {args.epochs} epochs "
              f"(finetune recipe, seed {args.seed}).\n",
              f"Command: `python scripts/bench_proxy.py --run {args.run} --config {args.config} --name {args.name} "
-             f"--budget {args.budget:g} --candidates {args.candidates} --epochs {args.epochs} --seed {args.seed} "
+             f"--budget {args.budget:g} --metric {args.metric} --candidates {args.candidates} --epochs {args.epochs} "
+             f"--seed {args.seed} "
              + " ".join(f"--set {s}" for s in args.set) + "`\n",
-             f"Spearman rank correlation with the final top-1: eagleeye's proxy (lower divergence = better) "
-             f"{rho_proxy:+.2f}; top-1 after the first epoch {rho_short:+.2f}.\n",
-             "| widths | MACs | divergence (eagleeye's proxy) | top-1 after 1 epoch | final top-1 | note |"
+             f"Spearman rank correlation with the final {score}: eagleeye's proxy (lower divergence = better) "
+             f"{rho_proxy:+.2f}; {score} after the first epoch {rho_short:+.2f}.\n",
+             f"| widths | {'MACs' if args.metric == 'macs' else 'predicted ms'} | divergence (eagleeye's proxy) | "
+             f"{score} after 1 epoch | final {score} | note |"
              + (" other runs | mean of the other runs |" if extra else ""),
              "|---|---|---|---|---|---|" + ("---|---|" if extra else "")]
     others = {tuple(r["widths"]): [e["final"] for e in extra if e["widths"] == r["widths"]] for r in rows}
     for r in rows:
         note = ", ".join(n for n, on in (("uniform", r["uniform"]), ("eagleeye's choice", r["chosen"])) if on)
         more = others[tuple(r["widths"])]
-        lines.append(f"| {' / '.join(map(str, r['widths']))} | {r['cost'] / 1e6:.3f} M | {r['divergence']:.4f} | "
+        lines.append(f"| {' / '.join(map(str, r['widths']))} | {cost_text(r['cost'])} | {r['divergence']:.4f} | "
                      f"{r['curve'][0]:.2f} | {r['final']:.2f} | {note} |"
                      + (f" {', '.join(f'{v:.2f}' for v in more)} | {np.mean(more):.2f} |" if extra else ""))
     stats = replicate_stats(rows, others) if extra else {}
     if stats:
-        lines += ["", f"Replicates ({stats['runs']} runs of each candidate): one-way ANOVA of the final top-1 over "
+        lines += ["", f"Replicates ({stats['runs']} runs of each candidate): one-way ANOVA of the final {score} over "
                   f"the candidates F = {stats['anova_f']:.2f}, p = {stats['anova_p']:.3f}; spread of one candidate's "
                   f"runs (pooled std) {stats['within_std']:.2f}, of the candidates' means {stats['between_std']:.2f}; "
                   f"rank correlation between the first run and the mean of the others {stats['spearman_rerun']:+.2f}. "
@@ -158,7 +175,7 @@ def main() -> None:
                   f"scores {stats['best_others']:.2f} on the other runs, uniform {stats['uniform_others']:.2f} "
                   f"(difference {stats['best_others'] - stats['uniform_others']:+.2f})."]
     text = "\n".join(lines) + "\n"
-    name = f"proxy_{args.name}_{args.budget:g}"
+    name = f"proxy_{args.name}_{tag}"
     atomic_write_text(Path(args.docs) / f"{name}.md", text)
     atomic_write_json(Path(args.docs) / f"{name}.json", {**saved, "rows": saved["rows"] + extra,
                                                           "spearman_proxy": rho_proxy,
