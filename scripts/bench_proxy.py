@@ -50,6 +50,21 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def finetune_cut(dense: torch.nn.Module, scores: list[torch.Tensor], widths: list[int], tcfg, data, out: Path,
+                 seed: int) -> tuple[torch.nn.Module, list[float]]:
+    """Cut ``widths`` from ``dense`` (each layer keeping its top-``scores`` channels) and
+    train the cut net with ``tcfg`` (data order and augmentation seeded by ``seed``); the
+    trained net and its curve of the primary metric, one value per evaluation."""
+    torch.manual_seed(seed)
+    net = extract_subnet(dense, [top_k_mask(s, w) for s, w in zip(scores, widths)])
+    trainer = Trainer(net, data.task(tcfg, net.spec), tcfg, out, progress=False)
+    loader = data.train_loader(tcfg)
+    loader.seed = seed
+    trainer.fit(loader, data.eval_batches(tcfg))
+    key = f"val_{data.primary}"
+    return net, [h[key] for h in trainer.history if key in h]
+
+
 def replicate_stats(rows: list[dict], others: dict[tuple, list[float]]) -> dict:
     """Do the candidates differ beyond the noise of fine-tuning one of them again?"""
     from scipy.stats import f_oneway
@@ -117,17 +132,10 @@ def main() -> None:
             if any(r["widths"] == cand["widths"] and r.get("replicate", 0) == rep for r in saved["rows"]):
                 continue
             started = time.perf_counter()
-            torch.manual_seed(ft_seed)
-            net = extract_subnet(dense, [top_k_mask(s, w) for s, w in zip(scores, cand["widths"])])
             name = "-".join(map(str, cand["widths"])) + (f"-r{rep}" if rep else "")
             # the first run's curve gives the after-one-epoch proxy; a replicate needs only its end
             rcfg = tcfg if rep == 0 else dataclasses.replace(tcfg, eval_every=0)
-            trainer = Trainer(net, data.task(rcfg, net.spec), rcfg, run / "proxy" / name, progress=False)
-            loader = data.train_loader(rcfg)
-            loader.seed = ft_seed
-            trainer.fit(loader, data.eval_batches(rcfg))
-            key = f"val_{data.primary}"
-            curve = [h[key] for h in trainer.history if key in h]
+            _, curve = finetune_cut(dense, scores, cand["widths"], rcfg, data, run / "proxy" / name, ft_seed)
             saved["rows"].append({**cand, "replicate": rep, "curve": curve, "final": curve[-1],
                                   "seconds": time.perf_counter() - started})
             atomic_write_json(done_path, saved)
