@@ -36,6 +36,7 @@ from repas import stages
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import load_config
 from repas.deploy import cpu_name
+from repas.errors import RepasError
 from repas.search import Budget, analytic_cost, create_method, extract_subnet, resolve_target
 from repas.search.allocation import top_k_mask
 from repas.search.methods.magnitude import l1_scores
@@ -108,8 +109,12 @@ def main() -> None:
     dense = load_model(run / "train").eval()
     tag = f"{args.budget:g}" if args.metric == "macs" else f"latency-{args.budget:g}"
     done_path = run / f"proxy-{tag}.json"
-    budget = Budget(dense.spec, 0.0, args.metric, model=cost_model(cfg, dense.spec, args.metric))
-    budget.target = resolve_target(dense.spec, args.metric, fraction=args.budget, model=budget.model)
+    try:  # a missing latency table or a budget out of range: say so, without a traceback
+        cost = cost_model(cfg, dense.spec, args.metric)
+        budget = Budget(dense.spec, resolve_target(dense.spec, args.metric, fraction=args.budget, model=cost),
+                        args.metric, model=cost)
+    except RepasError as e:
+        p.error(str(e))
     saved = json.loads(done_path.read_text()) if done_path.exists() else None
     if saved is None:
         torch.manual_seed(args.seed)
@@ -124,7 +129,7 @@ def main() -> None:
                                      chosen=i == order[0]) for i in sorted(picks)],
                  "tried": len(tried), "rows": []}
         atomic_write_json(done_path, saved)
-    scores = l1_scores(create_method("l1-layer", dense, target=args.budget))  # eagleeye's channel ranking
+    scores = l1_scores(create_method("l1-layer", dense, budget))  # eagleeye's channel ranking
     tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs, eval_every=1)
     for rep in range(args.replicates + 1):
         ft_seed = args.seed + 1000 * rep

@@ -31,6 +31,7 @@ from repas import stages  # noqa: E402
 from repas.atomic import atomic_write_json  # noqa: E402
 from repas.config import load_config  # noqa: E402
 from repas.deploy import cpu_name, export_onnx, onnx_latency_each  # noqa: E402
+from repas.errors import RepasError  # noqa: E402
 from repas.search import create_method  # noqa: E402
 from repas.search.methods.magnitude import l1_scores  # noqa: E402
 from repas.stages.common import setup  # noqa: E402
@@ -42,18 +43,29 @@ def parse_widths(text: str) -> list[int]:
     try:
         widths = [int(w) for w in text.split(",")]
     except ValueError:
-        raise SystemExit(f"--widths {text!r}: write one allocation as comma-separated channel counts, "
-                         "e.g. 24,16,8,16,16,4") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: write one allocation as comma-separated channel counts, "
+                                         "e.g. 24,16,8,16,16,4") from None
     if any(w < 1 for w in widths):
-        raise SystemExit(f"--widths {text!r}: every width must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: every width must be at least 1")
     return widths
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write one integer seed per --run, e.g. 1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: the seeds name the output folders (OUT/seed-S), so they "
+                                         "must differ")
+    return seeds
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--run", action="append", required=True, help="run directory with a dense net (RUN/train)")
-    p.add_argument("--seeds", required=True, help="one seed per --run, comma-separated")
+    p.add_argument("--seeds", required=True, type=parse_seeds, help="one seed per --run, comma-separated")
     p.add_argument("--widths", action="append", required=True, type=parse_widths,
                    help="one allocation, e.g. 24,16,8,16,16,4 (repeatable)")
     p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs of every net")
@@ -61,7 +73,9 @@ def main() -> None:
     p.add_argument("--reference", action="append", default=[], help="NAME=model.onnx timed beside them")
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
+    if args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
     if len(seeds) != len(args.run):
         p.error(f"{len(args.run)} --run but {len(seeds)} --seeds: give one seed per run")
     refs = dict(r.split("=", 1) for r in args.reference if "=" in r)
@@ -76,12 +90,19 @@ def main() -> None:
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
     for run, seed in zip(args.run, seeds):
         for widths in args.widths:
-            if any(r["run"] == run and r["widths"] == widths for r in rows):
+            done = [r for r in rows if r["run"] == run and r["widths"] == widths]
+            if done and done[0]["epochs"] != args.epochs:
+                p.error(f"{rows_path} holds {widths} from {run} fine-tuned {done[0]['epochs']} epochs, not "
+                        f"{args.epochs}: use another --out, or the same --epochs to resume")
+            if done:
                 continue
-            cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={seed}"])
-            setup(cfg)
-            data = stages.get_data(cfg)
-            dense = load_model(Path(run) / "train").eval()
+            try:
+                cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={seed}"])
+                setup(cfg)
+                data = stages.get_data(cfg)
+                dense = load_model(Path(run) / "train").eval()
+            except RepasError as e:
+                p.error(str(e))
             if len(widths) != len(dense.spec.layers):
                 p.error(f"--widths {widths} has {len(widths)} entries; {run}'s net has {len(dense.spec.layers)} layers")
             started = time.perf_counter()
@@ -92,8 +113,9 @@ def main() -> None:
             onnx = out / f"seed-{seed}" / name / "model.onnx"
             shape = export_shape(cfg, net.spec)
             export_onnx(fuse_net(net.eval()), shape, onnx)
-            rows.append({"run": run, "seed": seed, "widths": widths, "metric": data.primary, "value": curve[-1],
-                         "shape": list(shape), "onnx": str(onnx), "seconds": time.perf_counter() - started})
+            rows.append({"run": run, "seed": seed, "widths": widths, "epochs": args.epochs, "metric": data.primary,
+                         "value": curve[-1], "shape": list(shape), "onnx": str(onnx),
+                         "seconds": time.perf_counter() - started})
             atomic_write_json(rows_path, rows)
             print(f"{run} {widths}: {data.primary} {curve[-1]:.3f}", flush=True)
     paths = {**refs, **{f"{'/'.join(map(str, r['widths']))} (seed {r['seed']})": r["onnx"] for r in rows}}
