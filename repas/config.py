@@ -70,6 +70,11 @@ class ModelConfig:
     # searched through repas.graph (``repas pipeline`` then runs repas.stages.user_model).
     builder: str | None = None
     kwargs: dict[str, Any] | None = None
+    # A builder is code that runs: those of torchvision.models, timm:create_model and repas.models
+    # load by default; any other only when trusted here (or --trust-builder). A config recorded
+    # in a run directory can never trust one: only the config you pass (--config, --set) can.
+    trust_builder: bool = False
+    trusted_builders: list[str] | None = None  # exact 'package.module:function' names
     weights: str | None = None  # trained dense weights (.safetensors); None: train.epochs from scratch
 
 
@@ -182,6 +187,11 @@ class SearchConfig(TrainConfig):
             raise RepasError(f"search alpha must be >= 0 and gate_lr > 0, got {self.alpha} and {self.gate_lr}")
         if self.metric not in COST_METRICS:
             raise RepasError(f"search metric {self.metric!r} is unknown; expected one of {COST_METRICS}")
+        if self.target_abs is not None:  # read now, so that a NaN or a typo fails before any work
+            from repas.search.cost import parse_quantity
+            from repas.search.latency import parse_latency
+
+            (parse_latency if self.metric == "latency" else parse_quantity)(self.target_abs)
 
 
 @dataclass
@@ -296,13 +306,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e30 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 1e30 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise RepasError(f"{where}: {value!r} is not a finite number")
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from repas.errors import RepasError
+from repas.json_files import MAX_CHANNELS, MAX_KERNEL, MAX_LAYERS, MAX_SIDE, check_int, read_json
 
 SPEC_VERSION = 1
 
@@ -124,7 +125,37 @@ class ArchSpec:
             sizes.append((h, w))
         return sizes
 
+    def _check_sizes(self) -> None:
+        """Types and bounds of every size, before anything compares or allocates with them:
+        a spec.json is a file, and a file may say anything."""
+        where = f"spec {self.name!r}"
+        if not isinstance(self.layers, list) or not 1 <= len(self.layers) <= MAX_LAYERS:
+            raise RepasError(f"{where}: layers must be a list of 1 to {MAX_LAYERS} layers")
+        check_int(self.in_channels, f"{where}: in_channels", 1, MAX_CHANNELS)
+        check_int(self.num_classes, f"{where}: num_classes", 0, 1 << 20)
+        check_int(self.scale, f"{where}: scale", 1, 8)
+        if len(self.input_size) != 2:
+            raise RepasError(f"{where}: input_size must be [height, width], got {list(self.input_size)}")
+        for side in self.input_size:
+            check_int(side, f"{where}: input_size", 1, MAX_SIDE)
+        for i, lay in enumerate(self.layers):
+            at = f"{where}, layer {i}"
+            check_int(lay.out_channels, f"{at}: out_channels", 1, MAX_CHANNELS)
+            check_int(lay.kernel, f"{at}: kernel", 1, MAX_KERNEL)
+            check_int(lay.stride, f"{at}: stride", 1, MAX_KERNEL)
+            check_int(lay.groups, f"{at}: groups", 1, MAX_CHANNELS)
+            check_int(lay.dilation, f"{at}: dilation", 1, MAX_KERNEL)
+            if not isinstance(lay.branches, list) or not all(isinstance(b, str) for b in lay.branches):
+                raise RepasError(f"{at}: branches must be a list of branch names; known: {BRANCH_HELP}")
+            if not isinstance(lay.gated, bool):
+                raise RepasError(f"{at}: gated must be true or false, got {lay.gated!r:.40}")
+            for name, width in (lay.mid_channels or {}).items():
+                check_int(width, f"{at}: mid_channels[{name!r}]", 1, MAX_CHANNELS)
+            for j in lay.identity_map or []:
+                check_int(j, f"{at}: identity_map", -1, MAX_CHANNELS)
+
     def validate(self) -> None:
+        self._check_sizes()
         if self.task not in TASKS:
             raise RepasError(f"spec {self.name!r}: unknown task {self.task!r}; expected one of {TASKS}")
         if not self.layers:
@@ -189,17 +220,22 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArchSpec:
+        if not isinstance(d, dict):
+            raise RepasError(f"a spec is a JSON object of fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise RepasError(f"spec has unknown keys {sorted(unknown)}; known: {sorted(names)}")
-        if d.get("version", SPEC_VERSION) > SPEC_VERSION:
+        version = d.get("version", SPEC_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise RepasError(f"spec version must be a whole number, got {version!r:.40}")
+        if version > SPEC_VERSION:
             raise RepasError(f"spec version {d['version']} is newer than this repas understands "
                              f"({SPEC_VERSION}); upgrade repas")
         try:
             return cls(**d)
         except TypeError as e:
-            raise RepasError(f"malformed spec: {e}") from e
+            raise RepasError(f"malformed spec: {e}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -211,8 +247,8 @@ class ArchSpec:
             path = path / "spec.json"
         if not path.exists():
             raise RepasError(f"no spec at {path}: a model directory holds spec.json + weights.safetensors")
+        d = read_json(path, fix="the file may be truncated")
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RepasError(f"{path} is not valid JSON ({e}); the file may be truncated") from e
-        return cls.from_dict(d)
+            return cls.from_dict(d)
+        except RepasError as e:
+            raise RepasError(f"{path}: {e}") from None

@@ -219,7 +219,7 @@ def test_a_model_file_the_runtime_cannot_load_is_one_line_error(bundle, tmp_path
 
 def test_a_replaced_model_file_fails_its_hash_check(bundle, tmp_path):
     """A valid model that is not the one exported (here the int8 file copied over the float
-    one) runs, so only the hash can tell; a bundle without hashes (older repas) still loads."""
+    one) runs, so only the hash can tell; without a hash there is no load at all."""
     from repas.deploy.runner import load_runner, predict
     from repas.errors import RepasError
 
@@ -232,6 +232,7 @@ def test_a_replaced_model_file_fails_its_hash_check(bundle, tmp_path):
             call()
     assert "damaged or replaced" in bare_predict(copy, tmp_path / "img.png").stderr
     manifest = json.loads((copy / "model.json").read_text())
-    del manifest["sha256"]
+    del manifest["sha256"]["model.onnx"]
     (copy / "model.json").write_text(json.dumps(manifest))
-    assert len(predict(copy, tmp_path / "img.png").splitlines()) == 5
+    with pytest.raises(RepasError, match=r"records no SHA-256 for model\.onnx"):
+        predict(copy, tmp_path / "img.png")

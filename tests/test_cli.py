@@ -117,10 +117,27 @@ def test_bad_input_gives_one_line_error(argv, message, pipeline_run, tmp_path, c
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from repas.errors import RepasError
+    """The real command line, in its own process: one line and exit 2 without --debug, the
+    traceback (ending in the same error) with it. 'repas predict' fails without importing
+    torch (a second, not ten); its errors go through the same main() as every command's."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    with pytest.raises(RepasError):
-        main(["train", "--data", str(tmp_path), "--debug"])
+    def repas(*argv):
+        return subprocess.run([sys.executable, "-m", "repas", *argv], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parent.parent)  # this checkout's repas
+
+    argv = ["predict", str(tmp_path / "nowhere"), str(tmp_path / "x.png")]
+    plain = repas(*argv)
+    assert plain.returncode == 2, plain.stderr
+    assert plain.stderr.startswith("repas: error: ") and "is not a repas bundle" in plain.stderr
+    assert plain.stderr.count("\n") == 1 and "Traceback" not in plain.stderr
+    debug = repas(*argv, "--debug")
+    assert debug.returncode != 0
+    assert debug.stderr.startswith("Traceback (most recent call last)"), debug.stderr
+    last = debug.stderr.strip().splitlines()[-1]
+    assert last.startswith("repas.errors.RepasError: ") and "is not a repas bundle" in last
 
 
 def test_failed_stage_leaves_earlier_outputs_intact(pipeline_run, capsys):
@@ -299,6 +316,9 @@ def test_a_search_that_never_reaches_its_target_says_so(pipeline_run, tmp_path, 
     searched = json.loads((tmp_path / "search" / "report.json").read_text())
     assert any("did not reach the budget" in w for w in searched["warnings"])
     code, out, err = run(capsys, "extract", "--run-dir", tmp_path, *QUICK)
+    # the recorded data.root lies outside this run directory: a recorded config may not point there
+    assert code == 2 and "sets data.root to" in err and "outside the run directory" in err
+    code, out, err = run(capsys, "extract", "--run-dir", tmp_path, "--data", data, *QUICK)
     extracted = json.loads((tmp_path / "extract" / "report.json").read_text())
     assert code == 0 and extracted["warnings"][:len(searched["warnings"])] == searched["warnings"]
     # with no search to rank them, the fit empties layers: said too
@@ -334,19 +354,49 @@ def test_info_on_a_searched_supernet_shows_the_widths_its_gates_keep(tmp_path, c
 
 
 def test_finetune_distills_from_the_runs_dense_net(pipeline_run, tmp_path, capsys):
+    """The teacher is RUN_DIR/train's dense net, and what it says reaches the fine-tune.
+
+    Comparing distill=0.5 with distill=0 would not show that: the task loss's weight (1 - 0.5)
+    alone changes the weights, with the teacher ignored. So the fine-tune runs twice with the
+    run's dense net (the same weights: it is deterministic, so a difference is not noise) and
+    once, all else equal, with a teacher whose head names every class as the next one: only
+    a trainer that learns from its teacher's outputs ends elsewhere."""
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     run_dir, data = pipeline_run
     shutil.copytree(run_dir / "extract", tmp_path / "extract")
     code, _, err = run(capsys, "finetune", "--run-dir", tmp_path, "--data", data, "--epochs", "1", *QUICK,
                        "--set", "finetune.distill=0.5")
     assert code == 2 and "needs the dense net as its teacher" in err  # no RUN_DIR/train here
-    shutil.copytree(run_dir / "train", tmp_path / "train")
-    code, _, err = run(capsys, "finetune", "--run-dir", tmp_path, "--data", data, "--epochs", "1", *QUICK,
-                       "--set", "finetune.distill=0.5")
-    assert code == 0, err
-    report = json.loads((tmp_path / "finetune" / "report.json").read_text())
-    assert report["config"]["distill"] == 0.5 and report["test"]["top1"] > 0
+
+    dense = load_file(run_dir / "train" / "weights.safetensors")
+    other = {**dense, "head.weight": dense["head.weight"].roll(1, 0).contiguous(),
+             "head.bias": dense["head.bias"].roll(1, 0).contiguous()}
+
+    def finetune(where, teacher=None):
+        if where != tmp_path:
+            shutil.copytree(run_dir / "extract", where / "extract")
+        shutil.copytree(run_dir / "train", where / "train")
+        if teacher is not None:
+            save_file(teacher, where / "train" / "weights.safetensors")
+        code, _, err = run(capsys, "finetune", "--run-dir", where, "--data", data, "--epochs", "1", *QUICK,
+                           "--set", "finetune.distill=0.5")
+        assert code == 0, err
+        report = json.loads((where / "finetune" / "report.json").read_text())
+        assert report["config"]["distill"] == 0.5 and report["test"]["top1"] > 0
+        return load_file(where / "finetune" / "weights.safetensors")
+
+    def distance(a, b):
+        assert a.keys() == b.keys()
+        return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+    taught = finetune(tmp_path)
+    noise = distance(taught, finetune(tmp_path / "again"))
+    assert noise <= 1e-5, f"the same fine-tune twice differs by {noise}"
+    moved = distance(taught, finetune(tmp_path / "other", other))
+    assert moved > 1e-3, f"another teacher moved the fine-tuned weights by only {moved}"  # 0.03 when written
 
 
 def test_export_of_another_model_directory_never_replaces_the_runs_bundle(pipeline_run, tmp_path, capsys):

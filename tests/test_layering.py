@@ -16,10 +16,10 @@ ALLOWED = {
     "supernet": {"reparam", "spec", "errors", "atomic", "sr_geometry"},
     "search": {"supernet", "graph", "reparam", "spec", "latency_table", "errors", "atomic"},
     "train": {"supernet", "reparam", "spec", "errors", "atomic", "config", "distributed"},
-    "deploy": {"reparam", "spec", "latency_table", "errors", "atomic", "colour", "sr_geometry"},
-    "data": {"errors", "spec", "colour"},
+    "deploy": {"reparam", "spec", "latency_table", "errors", "atomic", "colour", "sr_geometry", "json_files"},
+    "data": {"errors", "spec", "colour", "atomic"},
     "tasks": {"errors", "colour", "sr_geometry"},
-    "graph": {"supernet", "errors", "atomic"},
+    "graph": {"supernet", "errors", "atomic", "json_files", "models"},
     "models": set(),
 }
 

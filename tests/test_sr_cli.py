@@ -32,14 +32,48 @@ def sr_run(tmp_path_factory):
     return tmp
 
 
+def _y(rgb):
+    """BT.601 luma as MATLAB's rgb2ycbcr gives it, in [16, 235] (float)."""
+    rgb = rgb.astype(np.float64)
+    return 16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255
+
+
+def _psnr(a, b, border):
+    """PSNR (data range 255) of two Y images with ``border`` pixels cropped on every side."""
+    a, b = a[border:-border, border:-border], b[border:-border, border:-border]
+    return 10 * np.log10(255 ** 2 / np.mean((a - b) ** 2))
+
+
 def test_sr_pipeline_reports_psnr_and_bicubic(sr_run):
+    """The PSNRs the run reports are the ones recomputed here, by the protocol written out
+    (bicubic LR, Y in, output clamped and rounded to 8 bits, the scale cropped, range 255):
+    the saved fused model's on the test image, and bicubic upscaling's."""
+    import torch
+
+    from repas.supernet import load_model
+
     summary = json.loads((sr_run / "run" / "summary.json").read_text())
     assert summary["metric"] == "psnr"
     assert summary["searched"]["macs"] <= summary["target"]
-    assert set(summary["baseline"]) == {"psnr", "ssim"} and summary["baseline"]["psnr"] > 20
+    assert set(summary["baseline"]) == {"psnr", "ssim"}
+    hr = np.asarray(Image.open(sr_run / "test" / "t.png").convert("RGB"))  # 60x76: a multiple of the scale
+    scale, (h, w) = 2, hr.shape[:2]
+    lr = np.asarray(Image.fromarray(hr).resize((w // scale, h // scale), Image.BICUBIC))
+    model = load_model(sr_run / "run" / "fuse").eval()
+    with torch.no_grad():  # the whole image at once: the evaluation's tiles (and overlap) give the same
+        out = model(torch.from_numpy(_y(lr) / 255).float()[None, None])[0, 0]
+    out = (out.clamp(0, 1) * 255).round().double().numpy()
+    psnr = _psnr(out, _y(hr), scale)
+    assert summary["searched"]["torch"] == pytest.approx(psnr, abs=0.01)
+    # and the model restores the image: well above a flat grey one (38 dB against 22 when written)
+    flat = _psnr(np.full((h, w), _y(hr).mean()), _y(hr), scale)
+    assert psnr > flat + 6, (psnr, flat)
+    bicubic = np.round(_y(np.asarray(Image.fromarray(lr).resize((w, h), Image.BICUBIC))))  # Y quantized
+    assert summary["baseline"]["psnr"] == pytest.approx(_psnr(bicubic, _y(hr), scale), abs=0.01)
     export = json.loads((sr_run / "run" / "export" / "report.json").read_text())
     assert export["max_abs_diff_onnx_vs_torch"] <= 1e-4
-    assert export["onnx_metrics"]["psnr"] > 10
+    # ONNX runs static 32x32 tiles, edge-padded where the image ends: near the whole-image PSNR
+    assert export["onnx_metrics"]["psnr"] == pytest.approx(psnr, abs=0.25)
     assert "PSNR (dB, Y), fused ONNX" in (sr_run / "run" / "report.md").read_text()
 
 
@@ -86,6 +120,11 @@ def test_a_copied_stage_directory_exports_with_its_own_recorded_config(sr_run, t
     shutil.copytree(sr_run / "run" / "fuse", tmp_path / "fuse")
     assert (tmp_path / "fuse" / "config.json").exists()
     code = main(["export", str(tmp_path / "fuse"), "--format", "onnx", "--no-int8"])
+    # its recorded data.root lies outside the copy: a recorded config may not point there
+    assert code == 2 and "outside the run directory" in capsys.readouterr().err
+    recorded = json.loads((tmp_path / "fuse" / "config.json").read_text())["data"]
+    code = main(["export", str(tmp_path / "fuse"), "--format", "onnx", "--no-int8", "--data", recorded["root"],
+                 "--set", f"data.test_root={recorded['test_root']}"])
     out, err = capsys.readouterr()
     assert code == 0, err
     manifest = json.loads((tmp_path / "export" / "model.json").read_text())

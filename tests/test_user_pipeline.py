@@ -67,8 +67,24 @@ def test_repas_predict_runs_a_user_models_bundle(user_run, tmp_path, capsys):
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
     assert main(["predict", str(run / "export"), str(image)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and all("%" in line for line in lines)
+    printed = [line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines()]
+    # what it prints is the model's own answer: the saved (unfused, PyTorch) model on the input
+    # the bundle's preprocessing makes, its softmax ranked here, the labels model.json names
+    from repas.deploy.runner import classifier_input, open_image, read_manifest
+    from repas.graph import load_pruned
+
+    manifest = read_manifest(run / "export")
+    x = torch.from_numpy(classifier_input(open_image(image), manifest["input"]))
+    with torch.no_grad():
+        probs = torch.softmax(load_pruned(run / "pruned").eval()(x).double(), dim=1)[0]
+    labels = manifest["labels"]
+    assert labels == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"]  # Fashion-MNIST's classes, in its order
+    assert probs.numel() == 10 and len(printed) == 5
+    top = torch.argsort(probs, descending=True)[:5].tolist()
+    assert [label for _, label in printed] == [labels[i] for i in top], (printed, probs.tolist())
+    for percent, label in printed:  # to the two decimals it prints (and ONNX's rounding)
+        assert float(percent.rstrip("%")) / 100 == pytest.approx(float(probs[labels.index(label)]), abs=2e-4), label
 
 
 def test_a_user_model_with_a_budget_it_cannot_have_is_a_clear_error(user_run, capsys):
@@ -78,6 +94,9 @@ def test_a_user_model_with_a_budget_it_cannot_have_is_a_clear_error(user_run, ca
     assert code == 2 and "a user model's budget is macs or params" in capsys.readouterr().err
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK,
                  "--set", "model.builder=nowhere:net"])
+    assert code == 2 and "builder 'nowhere:net' is not one repas loads by default" in capsys.readouterr().err
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK,
+                 "--set", "model.builder=nowhere:net", "--trust-builder"])
     assert code == 2 and "cannot import the builder 'nowhere:net'" in capsys.readouterr().err
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
                  "--set", "model.kwargs=[1, 2]"])

@@ -4,12 +4,12 @@ whose directory it reads, then ``--set`` overrides and the flags' shortcuts."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repas.cli.parser import TRAINING
 from repas.errors import RepasError
+from repas.json_files import read_json
 
 if TYPE_CHECKING:
     from repas.config import PipelineConfig
@@ -18,6 +18,11 @@ CONFIG_FILE = "config.json"
 # commands that start from data, not from a stage's directory
 FROM_DATA = ("data", "train", "pipeline", "profile")
 PREVIOUS = {"search": "train", "extract": "search", "finetune": "extract", "fuse": "finetune", "export": "fuse"}
+# Config keys that name files or folders: a recorded config may point them only inside its run
+# directory (or leave them at their defaults); the user can still give any path on the command line.
+PATH_KEYS = ("data.root", "data.test_root", "data.cache_dir", "model.weights", "search.latency_table")
+# Keys that grant trust: they count only in the config the user passes, never in a recorded one.
+TRUST_KEYS = ("model.trust_builder", "model.trusted_builders")
 
 
 def _tile(text: str) -> list[int]:
@@ -46,9 +51,10 @@ def resolve_directories(args: argparse.Namespace) -> None:
         args.out = str(model.parent / name)
 
 
-def recorded_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path] | None:
-    """Without --config, the config recorded in the directory the command reads, and the
-    run directory it now lies in (a copied run's recorded run_dir is where it was made)."""
+def recorded_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path] | None:
+    """Without --config, the config recorded in the directory the command reads, the run
+    directory it now lies in (a copied run's recorded run_dir is where it was made), and
+    the file's path."""
     if args.config is not None or args.command not in PREVIOUS:
         return None
     source = getattr(args, "source", None)
@@ -61,11 +67,48 @@ def recorded_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path] | N
     path = where / CONFIG_FILE
     if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise RepasError(f"{path} cannot be read ({e}): pass the run's config with --config") from None
-    return data, where.parent
+    data = read_json(path, fix="pass the run's config with --config")
+    if not isinstance(data, dict):
+        raise RepasError(f"{path} is not a config (a JSON object of sections): pass the run's config with --config")
+    return data, where.parent, path
+
+
+def _get(data: dict[str, Any], key: str) -> Any:  # noqa: ANN401
+    node: Any = data
+    for k in key.split("."):
+        node = node.get(k) if isinstance(node, dict) else None
+    return node
+
+
+def confine_recorded(data: dict[str, Any], run: Path, source: Path, given: set[str]) -> dict[str, Any]:
+    """A recorded config (``source``) made safe to run with: the keys that grant trust are
+    dropped, and each path it names (PATH_KEYS) must lie inside the ``run`` directory or be
+    the default, unless the command line gives that key (``given``). A copied run directory
+    then cannot make repas read or write elsewhere."""
+    import dataclasses
+
+    from repas.config import PipelineConfig
+
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key in TRUST_KEYS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
+    defaults = dataclasses.asdict(PipelineConfig())
+    inside = run.resolve()
+    for key in PATH_KEYS:
+        value = _get(data, key)
+        if key in given or value is None or value == _get(defaults, key):
+            continue
+        if not isinstance(value, str):
+            raise RepasError(f"{source}: {key} must be a path, got {value!r:.60}; pass the run's config with --config")
+        resolved = Path(value).expanduser().resolve()
+        if resolved != inside and inside not in resolved.parents:
+            flag = f"--data {value}" if key == "data.root" else f"--set {key}={value}"
+            raise RepasError(f"{source} sets {key} to {value}, outside the run directory {run}: a recorded config "
+                             f"cannot point repas elsewhere; if you mean it, say so yourself ({flag}, or --config "
+                             "FILE)")
+    return data
 
 
 def load_args_config(args: argparse.Namespace) -> PipelineConfig:
@@ -75,13 +118,12 @@ def load_args_config(args: argparse.Namespace) -> PipelineConfig:
     sets = list(args.set)
     values: dict[str, Any] = {}  # flag values go in as they are (a path is not YAML)
     recorded = recorded_config(args)
-    base = None
-    if recorded is not None:  # where the directory lies now; --set and the flags still override it
-        base = {**recorded[0], "run_dir": str(recorded[1])}
     for flag, key in (("run_dir", "run_dir"), ("seed", "seed"), ("threads", "threads"), ("data", "data.root")):
         value = getattr(args, flag, None)
         if value is not None:
             values[key] = value
+    if getattr(args, "trust_builder", False):
+        values["model.trust_builder"] = True
     stages = TRAINING if args.command == "pipeline" else ("finetune",) if args.command == "extract" else (
         args.command,)
     for flag in ("epochs", "minutes"):
@@ -111,4 +153,9 @@ def load_args_config(args: argparse.Namespace) -> PipelineConfig:
         values["export.tile"] = _tile(args.tile)
     if getattr(args, "targets", None) is not None:
         values["extract.targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
+    base = None
+    if recorded is not None:  # where the directory lies now; --set and the flags still override it
+        given = set(values) | {s.split("=", 1)[0].strip() for s in sets if "=" in s}
+        data, run, source = recorded
+        base = {**confine_recorded(data, run, source, given), "run_dir": str(run)}
     return load_config(args.config, sets, values, base=base)

@@ -1,5 +1,6 @@
 """``repas info``: per-layer widths, MACs and params of a search space, a spec, a model
-directory (for a searched supernet, the widths its gates keep) or a run directory."""
+directory (for a searched supernet, the widths its gates keep), a pruned user model
+(``pruned.json``: its channel groups) or a run directory."""
 
 from __future__ import annotations
 
@@ -20,13 +21,39 @@ def model_dir(path: Path) -> Path:
     raise RepasError(f"{path} holds no model: expected spec.json + weights.safetensors, or a run directory")
 
 
-def info(target: str) -> None:
+def pruned_info(path: Path, *, trust_builder: bool = False) -> None:
+    """A pruned user model: its builder, input, channel groups (kept of dense), MACs and params."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from repas.graph.files import load_pruned, read_pruned_record
+
+    record = read_pruned_record(path)
+    model = load_pruned(path, trust_builder=trust_builder)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(record["input_shape"]))
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in record["kwargs"].items())
+    print(f"{record['builder']}({kwargs}), pruned: {record['task']}, input {'x'.join(map(str, record['input_shape']))}")
+    print(f"{'group':>5} {'kept':>11}  root")
+    for i, g in enumerate(record["groups"]):
+        kept = f"{len(g['keep'])}/{g['size']}"
+        print(f"{i:>5} {kept:>11}  {g['root']}")
+    params = sum(p.numel() for p in model.parameters())
+    print(f"total: {counter.get_total_flops() / 2:,.0f} MACs, {params:,.0f} params")
+
+
+def info(target: str, *, trust_builder: bool = False) -> None:
     from repas.search.cost import layer_costs
     from repas.spec import ArchSpec
     from repas.supernet import create_supernet_spec, gate_widths, load_model
 
     path = Path(target)
     widths, where = None, ""
+    pruned = path / "pruned.json" if (path / "pruned.json").exists() else path / "pruned" / "pruned.json"
+    if path.is_dir() and pruned.exists():  # a pruned user model, or the run that made it
+        if (path / "report.md").exists():
+            print(f"report: {path / 'report.md'}")
+        return pruned_info(pruned.parent, trust_builder=trust_builder)
     if path.is_dir() and not (path / "spec.json").exists():  # a run directory
         path = model_dir(path)
         where = f" ({path.name} stage of {path.parent})"

@@ -70,7 +70,7 @@ def _upscale(args: argparse.Namespace) -> Path | None:
 
 
 def _info(args: argparse.Namespace) -> Path | None:
-    info(args.target)
+    info(args.target, trust_builder=args.trust_builder)
     return None
 
 
@@ -183,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"repas: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unwritable output directory, a full disk: one line, not a traceback
+        if args.debug:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"repas: error: cannot use{where}: {e.strerror or e}; choose a directory you can write "
+              "(--run-dir) or free some space", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"repas: {e}: rerun the same command with --resume auto to continue", file=sys.stderr)

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", type=int, help="torch intra-op threads")
         sp.add_argument("--data", metavar="DIR", help="folder of the dataset's files (config: data.root)")
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
+        sp.add_argument("--trust-builder", action="store_true", help="run model.builder even when it is not one "
+                        "repas loads by default (torchvision.models, timm, repas.models): it is code that runs")
         if source:
             sp.add_argument("--from", dest="source", metavar="DIR", help="input model directory "
                             "(default: the previous stage's directory in the run directory)")
@@ -114,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="per-layer widths, MACs and params of a search space, a spec.json, a model "
                         "directory (a searched one: the widths its gates keep) or a run directory (its best model, "
                         "and its report)")
-    sp.add_argument("target", help="a search space name, a spec.json, a model directory or a run directory")
+    sp.add_argument("target", help="a search space name, a spec.json, a model directory, a pruned user model "
+                    "(pruned.json) or a run directory")
+    sp.add_argument("--trust-builder", action="store_true", help="a pruned user model: run its builder even when it "
+                    "is not one repas loads by default (torchvision.models, timm, repas.models)")
     sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("methods", help="list the registered pruning methods",
                         description="list the registered pruning methods (search --method NAME)")

@@ -9,10 +9,12 @@ antialiasing, cropped to a multiple of the scale; LR is the bicubic downscale of
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import shutil
 import subprocess
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from repas.atomic import atomic_write_bytes
 from repas.colour import rgb_to_y, to_rgb_u8
 from repas.errors import RepasError
 from repas.spec import SR_SCALES
@@ -162,9 +165,14 @@ def load_pairs(sources: list[Path] | list[tuple[str, np.ndarray]], scale: int, h
         if cache_dir is not None and path is not None:
             key = hashlib.sha1(f"{path.resolve()}|{path.stat().st_mtime}|{scale}|{hr_downscale}|{crop}".encode())
             cached = Path(cache_dir) / f"{name}-{key.hexdigest()[:12]}.npz"
+            hr = lr = None
             if cached.exists():
-                with np.load(cached) as z:
-                    hr, lr = z["hr"], z["lr"]
+                try:  # (allow_pickle stays off: a cache file cannot run code)
+                    with np.load(cached) as z:
+                        hr, lr = z["hr"], z["lr"]
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                    hr = lr = None  # a damaged cache entry is decoded again and replaced
+            if lr is not None:
                 if min(lr.shape[:2]) < max(min_lr, 1):
                     skipped.append(f"{path} (LR {lr.shape[1]}x{lr.shape[0]} is smaller than a {min_lr}-pixel patch)")
                 else:
@@ -186,11 +194,10 @@ def load_pairs(sources: list[Path] | list[tuple[str, np.ndarray]], scale: int, h
         if min(lr.shape[:2]) < max(min_lr, 1):
             skipped.append(f"{path or name} (LR {lr.shape[1]}x{lr.shape[0]} is smaller than a {min_lr}-pixel patch)")
             continue
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp.npz")
-            np.savez(tmp, hr=hr, lr=lr)
-            tmp.replace(cached)
+        if cached is not None:  # a unique temporary name: two torchrun processes may write the same entry
+            buf = io.BytesIO()
+            np.savez(buf, hr=hr, lr=lr)
+            atomic_write_bytes(cached, buf.getvalue())
         pairs.append(SRPair(name, hr, lr))
     if converted:
         warnings.warn(f"converted {len(converted)} image(s): {'; '.join(converted)}", stacklevel=2)

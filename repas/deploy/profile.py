@@ -21,6 +21,7 @@ from tqdm import tqdm
 from repas.deploy.latency import cpu_name, time_calls
 from repas.deploy.micro_models import MicroModule, Part, onnx_bytes, random_inputs
 from repas.errors import RepasError
+from repas.json_files import read_json
 from repas.latency_table import OVERHEAD_KEY, LatencyTable, describe_key, net_parts, profile_grid
 from repas.spec import ArchSpec
 
@@ -208,19 +209,17 @@ def write_plan(plan: ProfilePlan, out: str | Path, pte: bool = False) -> list[Pa
 def table_from_device(folder: str | Path) -> LatencyTable:
     """The latency table from a folder that ``write_plan`` wrote and the device's timer
     (``scripts/time_micro_models.py``) filled with ``times.json``."""
-    import json
-
     folder = Path(folder)
     for name in ("plan.json", "times.json"):
         if not (folder / name).is_file():
             raise RepasError(f"{folder} has no {name}: export the micro-models with scripts/export_micro_models.py, "
                              "then time them on the device with scripts/time_micro_models.py")
     try:
-        saved = json.loads((folder / "plan.json").read_text())
-        measured = json.loads((folder / "times.json").read_text())
+        saved = read_json(folder / "plan.json", fix="export the micro-models again")
+        measured = read_json(folder / "times.json", fix="time the micro-models again")
         spec = ArchSpec.from_dict(saved["spec"])
         times, meta = measured["times_ms"], {k: str(v) for k, v in measured["meta"].items()}
         divisor = int(saved["divisor"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise RepasError(f"{folder}: plan.json or times.json is malformed ({e})") from None
     return assemble_table(plan_profile(spec, divisor), {k: float(v) for k, v in times.items()}, meta)

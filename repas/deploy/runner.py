@@ -4,7 +4,7 @@ A bundle is a directory with the model files and ``model.json`` (see ``repas.dep
 This module needs only numpy, pillow and onnxruntime (or ExecuTorch's runtime for a .pte),
 so it runs in a bare environment (``pip install --no-deps repas onnxruntime numpy pillow``);
 nothing here may import torch, yaml or the rest of repas beyond ``atomic``, ``colour``,
-``errors``, ``sr_geometry`` and ``deploy.quiet``.
+``errors``, ``json_files``, ``sr_geometry`` and ``deploy.quiet``.
 
 Every model file is checked against the SHA-256 that ``model.json`` records for it before it
 runs, and a file a runtime cannot load is one clear error, not the runtime's traceback.
@@ -13,7 +13,6 @@ runs, and a file a runtime cannot load is one clear error, not the runtime's tra
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from repas.atomic import atomic_write_bytes
 from repas.colour import to_rgb_u8, upscale_rgb
 from repas.deploy.quiet import native_reason, native_stderr, quiet_executorch
 from repas.errors import RepasError
+from repas.json_files import MAX_SIDE, Fields, check_number, read_json
 from repas.sr_geometry import upscale_tiled
 
 MANIFEST = "model.json"
@@ -33,34 +33,78 @@ Run = Callable[[np.ndarray], np.ndarray]  # (1, C, H, W) float32 -> model output
 RUNTIMES = {"onnx": "onnxruntime", "pte": "executorch"}
 
 
+TASKS = ("classification", "super-resolution", "denoising")
+_FIX = "re-export the bundle ('repas export RUN_DIR')"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def plain_file_name(name: Any, where: str) -> str:  # noqa: ANN401 (read from model.json)
+    """``name`` if it names a file directly inside a directory (no folder part, not . or ..);
+    otherwise a RepasError: a bundle may not point outside itself."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or \
+            "\0" in name or Path(name).name != name:
+        raise RepasError(f"{where} is {name!r:.80}, not the plain name of a file in the bundle: a bundle may not "
+                         f"point outside its directory; {_FIX}")
+    return name
+
+
 def read_manifest(bundle: str | Path) -> dict[str, Any]:
-    """The bundle's ``model.json``, checked for the fields the runner needs."""
+    """The bundle's ``model.json``, every field the runner uses checked (types, bounds, file
+    names inside the bundle, a SHA-256 for every model file); one RepasError line otherwise."""
     path = Path(bundle) / MANIFEST
     if not path.exists():
         raise RepasError(f"{bundle} is not a repas bundle: no {MANIFEST} (make one with 'repas export RUN_DIR')")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RepasError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
-    if manifest.get("bundle_format") != BUNDLE_FORMAT:
-        raise RepasError(f"{path}: bundle_format {manifest.get('bundle_format')!r}, this repas reads "
+    f = Fields(read_json(path, fix=_FIX), path, fix=_FIX)
+    if f.obj.get("bundle_format") != BUNDLE_FORMAT:
+        raise RepasError(f"{path}: bundle_format {f.obj.get('bundle_format')!r:.40}, this repas reads "
                          f"{BUNDLE_FORMAT}; re-export the bundle with this version")
-    missing = [k for k in ("task", "input", "files") if k not in manifest]
-    if missing:
-        raise RepasError(f"{path} lacks {', '.join(missing)}; re-export the bundle")
-    return manifest
+    task = f.str("task", TASKS)
+    spec = f.object("input")
+    shape = spec.shape("shape", 4)
+    if shape[0] != 1 or shape[1] > 4:
+        spec.fail(f"is {shape}; a bundle takes one image of 1 to 4 channels, [1, C, H, W]", "shape")
+    if task == "classification":
+        for key in ("mean", "std"):
+            values = spec.list(key)
+            if len(values) not in (1, shape[1]):
+                spec.fail(f"has {len(values)} values for {shape[1]} channels", key)
+            for i, v in enumerate(values):
+                check_number(v, f"{path}: input.{key}[{i}]", 1e-6 if key == "std" else -1e6, 1e6)
+        labels = f.list("labels", [])
+        if not all(isinstance(x, str) for x in labels):
+            f.fail("must be a list of strings", "labels")
+    else:
+        f.int("scale", 1, 8)
+        spec.int("overlap", 0, MAX_SIDE)
+        spec.str("colour", ("y", "rgb"))
+    files = f.object("files")
+    for fmt in files.obj:
+        names = files.object(fmt)
+        for precision in names.obj:
+            plain_file_name(names.obj[precision], f"{path}: files.{fmt}.{precision}")
+    hashes = f.object("sha256") if "sha256" in f.obj else None
+    for name, digest in (hashes.obj if hashes else {}).items():
+        plain_file_name(name, f"{path}: a name in sha256")
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            hashes.fail("must be 64 lowercase hex digits (a SHA-256)", name)
+    return f.obj
 
 
 def model_file(bundle: str | Path, manifest: dict[str, Any], fmt: str, precision: str) -> Path:
-    """The path of the bundle's ``fmt`` (onnx / pte) model at ``precision`` (float / int8)."""
+    """The path of the bundle's ``fmt`` (onnx / pte) model at ``precision`` (float / int8): a
+    regular file directly inside the bundle (not a link out of it)."""
     files = manifest["files"]
     if fmt not in files or precision not in files[fmt]:
         have = ", ".join(f"{f} {p}" for f, ps in files.items() for p in ps) or "none"
         raise RepasError(f"{bundle} has no {fmt} {precision} model (it has: {have}); export it with "
                          f"'repas export RUN_DIR --format {fmt}'" + (" --int8" if precision == "int8" else ""))
-    path = Path(bundle) / files[fmt][precision]
+    name = plain_file_name(files[fmt][precision], f"{MANIFEST}'s files.{fmt}.{precision}")
+    path = Path(bundle) / name
     if not path.exists():
         raise RepasError(f"{path} is listed in {MANIFEST} but missing; re-export the bundle")
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != Path(bundle).resolve():
+        raise RepasError(f"{path} is not a regular file inside the bundle (a link or a folder): a bundle may not "
+                         f"point outside its directory; {_FIX}")
     return path
 
 
@@ -75,12 +119,12 @@ def file_sha256(path: str | Path) -> str:
 
 def check_sha256(path: Path, manifest: dict[str, Any]) -> None:
     """Raise a RepasError unless ``path`` has the SHA-256 that ``model.json`` records for it.
-    A bundle written before hashes were recorded has none to compare: it is not checked."""
-    recorded = manifest.get("sha256") or {}
-    if not isinstance(recorded, dict):
-        raise RepasError(f"{MANIFEST} of {path.parent}: 'sha256' should map file names to hashes; "
-                         "re-export the bundle")
-    if path.name in recorded and file_sha256(path) != recorded[path.name]:
+    No hash, no load: a file without one is refused like a file that does not match."""
+    recorded = manifest.get("sha256")
+    if not isinstance(recorded, dict) or path.name not in recorded:
+        raise RepasError(f"{MANIFEST} of {path.parent} records no SHA-256 for {path.name}: repas runs only model "
+                         f"files whose hash it can check; {_FIX}")
+    if file_sha256(path) != recorded[path.name]:
         raise RepasError(f"{path} does not match the SHA-256 recorded in {MANIFEST}: the file was damaged or "
                          "replaced; re-export the bundle ('repas export RUN_DIR')")
 

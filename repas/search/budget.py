@@ -5,6 +5,7 @@ The cost is MACs or params (analytic) or latency (a ``LatencyModel`` over a meas
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,8 @@ class Budget:
     model: CostFn | None = None
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.target) or self.target <= 0:
+            raise RepasError(f"a {self.metric} budget must be a finite number > 0, got {self.target}")
         if self.model is None:
             if self.metric == "latency":
                 raise RepasError("a latency budget needs a latency model: Budget(..., model=LatencyModel(...))")
@@ -50,6 +53,8 @@ def resolve_target(spec: ArchSpec, metric: str = "macs", *, fraction: float | No
     if (fraction is None) == (absolute is None):
         raise RepasError("give exactly one budget: a fraction of dense (--target 0.5) "
                          f"or an absolute number (--target-{metric} {'1.5ms' if metric == 'latency' else '2.5M'})")
+    if fraction is not None and not math.isfinite(fraction):
+        raise RepasError(f"--target {fraction} must be a fraction of the dense cost in (0, 1]")
     if absolute is not None:
         target = parse_latency(absolute) if metric == "latency" else parse_quantity(absolute)
         what = f"target {metric} {format_cost(target, metric)}"

@@ -8,6 +8,7 @@ differentiable in the gate weights through the straight-through estimator.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -75,12 +76,17 @@ def format_cost(value: float, metric: str) -> str:
 
 
 def parse_quantity(text: str | float | int) -> float:
-    """'2.5M' -> 2.5e6; also K and G suffixes; plain numbers pass through."""
+    """'2.5M' -> 2.5e6; also K and G suffixes; plain numbers pass through. NaN and
+    infinities are refused."""
     if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip().upper().replace("_", "")
-    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(s[-1:], 1.0)
-    try:
-        return float(s[:-1] if scale != 1.0 else s) * scale
-    except ValueError:
-        raise RepasError(f"cannot read {text!r} as a number: write e.g. 2.5M, 800K or 1.2G") from None
+        value = float(text)
+    else:
+        s = str(text).strip().upper().replace("_", "")
+        scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(s[-1:], 1.0)
+        try:
+            value = float(s[:-1] if scale != 1.0 else s) * scale
+        except ValueError:
+            raise RepasError(f"cannot read {text!r} as a number: write e.g. 2.5M, 800K or 1.2G") from None
+    if not math.isfinite(value):
+        raise RepasError(f"{text!r} is not a finite number: write e.g. 2.5M, 800K or 1.2G")
+    return value

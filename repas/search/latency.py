@@ -17,6 +17,7 @@ layer and its producer.
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,6 +130,8 @@ def _bilinear_fit(xs: list[int], ys: list[int], z: list[list[float]]) -> tuple[f
 def parse_latency(text: str | float | int) -> float:
     """'1.5ms' -> 1.5, '800us' -> 0.8, '0.2s' -> 200; a plain number is in milliseconds."""
     if isinstance(text, (int, float)):
+        if not math.isfinite(text):
+            raise RepasError(f"latency {text!r} is not a finite number: write e.g. 1.5ms, 800us or 0.2s")
         return float(text)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|us|µs|s)?\s*", str(text).lower())
     if not m:

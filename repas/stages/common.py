@@ -4,7 +4,6 @@ facts a report records, and the checks that a model suits the stage's data."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import platform
 import time
@@ -18,6 +17,7 @@ from repas.atomic import atomic_write_json
 from repas.config import PipelineConfig
 from repas.deploy import cpu_name
 from repas.errors import Interrupted, RepasError
+from repas.json_files import read_json
 from repas.search import LatencyModel, analytic_cost, spec_cost
 from repas.search.cost import CostFn
 from repas.spec import ArchSpec
@@ -93,7 +93,7 @@ def environment() -> dict[str, Any]:
 
 
 def read_report(path: Path) -> dict[str, Any]:
-    return json.loads((path / "report.json").read_text())
+    return read_json(path / "report.json", fix="rerun the stage that wrote it")
 
 
 def record_config(out: Path, cfg: PipelineConfig) -> None:

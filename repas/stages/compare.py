@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from repas.config import PipelineConfig
+from repas.json_files import read_json
 from repas.stages.common import CONFIG_FILE, Resume, stage_dir
 from repas.stages.export import export_stage
 from repas.stages.extract import extract_stage
@@ -36,7 +37,7 @@ def method_run(cfg: PipelineConfig, dense: str | Path, *, resume: Resume = False
     export = stage_dir(cfg, "export")
     recorded = export / CONFIG_FILE
     if resume == "auto" and newer(export, Path(dense)) and recorded.exists() and \
-            json.loads(recorded.read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
+            read_json(recorded) == json.loads(json.dumps(dataclasses.asdict(cfg))):
         return export
     search_stage(cfg, source=dense, data=data)
     extract_stage(cfg)

@@ -15,6 +15,7 @@ from repas import distributed
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig
 from repas.deploy import onnx_latency_each
+from repas.json_files import read_json
 from repas.stages.common import CONFIG_FILE, STAGES, Resume, get_data, latency_table_path, read_report, stage_dir
 from repas.stages.compare import compare_runs
 from repas.stages.export import export_stage
@@ -37,7 +38,7 @@ def pipeline_complete(cfg: PipelineConfig) -> bool:
     summary, saved = run / SUMMARY, run / CONFIG_FILE
     if not (summary.exists() and saved.exists()):
         return False
-    if json.loads(saved.read_text()) != json.loads(json.dumps(dataclasses.asdict(cfg))):
+    if read_json(saved) != json.loads(json.dumps(dataclasses.asdict(cfg))):
         return False
     outputs = [run / s / "report.json" for s in (*STAGES, "dense-fuse", "dense-export")]
     return all(p.exists() and p.stat().st_mtime_ns <= summary.stat().st_mtime_ns for p in outputs)
@@ -51,7 +52,7 @@ def _unless_done(resume: Resume, out: Path, source: Path, cfg: PipelineConfig | 
     if cfg is None:
         return False
     recorded = out / CONFIG_FILE
-    return not recorded.exists() or json.loads(recorded.read_text()).get("export") != \
+    return not recorded.exists() or read_json(recorded).get("export") != \
         json.loads(json.dumps(dataclasses.asdict(cfg.export)))
 
 
@@ -66,7 +67,7 @@ def run_pipeline(cfg: PipelineConfig, *, resume: Resume = False) -> dict[str, An
     run = Path(cfg.run_dir)
     if resume == "auto" and pipeline_complete(cfg):
         log.info(f"pipeline: complete in {run}, nothing to do (--resume auto); the report is {run / 'report.md'}")
-        return json.loads((run / SUMMARY).read_text())
+        return read_json(run / SUMMARY)
     started = time.perf_counter()
     data = get_data(cfg)
     if cfg.search.metric == "latency" and not latency_table_path(cfg).exists() and distributed.is_main():

@@ -3,12 +3,12 @@ from micro-models timed on another device."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from repas.config import PipelineConfig
 from repas.deploy.profile import profile, table_from_device
+from repas.json_files import read_json
 from repas.spec import ArchSpec
 from repas.stages.common import get_data, latency_table_path, setup
 from repas.task_data import TaskData, shaped_spec
@@ -23,7 +23,7 @@ def profile_stage(cfg: PipelineConfig, out: str | Path | None = None, *, data: T
     setup(cfg)
     if from_device is not None:
         table = table_from_device(from_device)
-        spec = ArchSpec.from_dict(json.loads((Path(from_device) / "plan.json").read_text())["spec"])
+        spec = ArchSpec.from_dict(read_json(Path(from_device) / "plan.json")["spec"])
     else:
         data = data or get_data(cfg)
         spec = shaped_spec(cfg, data)

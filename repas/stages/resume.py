@@ -4,11 +4,11 @@ checkpoint, and which start over."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 from repas.config import PipelineConfig, TrainConfig
+from repas.json_files import read_json
 from repas.stages.common import Resume, stage_dir
 from repas.train import CHECKPOINT
 
@@ -32,7 +32,7 @@ def stage_complete(cfg: PipelineConfig, stage: str, tcfg: TrainConfig, source: P
         return False
     if source is not None and not newer(out, source):
         return False
-    saved = json.loads(report.read_text()).get("config", {})
+    saved = read_json(report).get("config", {})
     now = dataclasses.asdict(tcfg)
     # a key the report lacks was added since it was written: it ran at that key's default
     defaults = {f.name: f.default for f in dataclasses.fields(tcfg)}

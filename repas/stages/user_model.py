@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import PipelineConfig, TrainConfig
 from repas.errors import RepasError
 from repas.graph import GatedModel, fuse_model, save_pruned
-from repas.graph.files import build_from
+from repas.graph.builders import build_from
+from repas.json_files import read_json
 from repas.search import create_method
 from repas.stages.common import Resume, environment, get_data, record_config, setup
 from repas.stages.export import export_formats, write_bundle
@@ -60,13 +60,14 @@ def dense_model(cfg: PipelineConfig, data: TaskData, resume: Resume = False) -> 
     """The user's model, built by ``model.builder``, with ``model.weights`` or trained for
     ``train.epochs`` (its weights then saved in RUN_DIR/train; ``--resume auto`` keeps them)."""
     m = cfg.model
-    model = build_from(m.builder, m.kwargs or {})
+    model = build_from(m.builder, m.kwargs or {}, trust_builder=m.trust_builder,
+                       trusted_builders=m.trusted_builders or ())
     out = Path(cfg.run_dir) / "train"
     weights = m.weights or (str(out / "weights.safetensors") if resume == "auto" and
                             (out / "report.json").exists() else None)
     if weights:
         load_weights(model, read_weights(weights), f"{weights} (model.weights)")
-        report = json.loads((out / "report.json").read_text()) if not m.weights else {"weights": weights}
+        report = read_json(out / "report.json") if not m.weights else {"weights": weights}
         return model, report
     model, report = _train(model, cfg.train, out, data)
     save_weights(model, out / "weights.safetensors")
@@ -180,8 +181,8 @@ def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
              "", f"| method | group widths | MACs | cost / target | {key} (PyTorch) | {key} (ONNX) | latency |",
              "|---|---|---|---|---|---|---|"]
     for name, r in summary["methods"].items():
-        export = json.loads((Path(cfg.run_dir) / ("" if name == s.method else f"compare-{name}") / "export" /
-                             "report.json").read_text())
+        export = read_json(Path(cfg.run_dir) / ("" if name == s.method else f"compare-{name}") / "export" /
+                           "report.json")
         lines.append(f"| {name} | {'/'.join(map(str, r['widths']))} | {r['macs'] / 1e6:.2f} M | "
                      f"{r['cost_vs_target']:.3f} | {r['finetune']['test'].get(key, float('nan')):.2f} | "
                      f"{export['onnx_metrics'].get(key, float('nan')):.2f} | "
