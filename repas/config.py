@@ -240,6 +240,14 @@ class ExportConfig:
     calibration: int | None = None  # calibration inputs; null: 256 images (classification) or 16 tiles (SR, denoising)
     # SR models have a static input: this LR tile [height, width]; null: the spec's input size
     tile: list[int] | None = None
+    # int8 .pte by quantization-aware training of the fused net (measured best: docs/int8_fmnist.md)
+    # instead of post-training calibration: qat_epochs of SGD at qat_lr, observers frozen half way.
+    # The .pte is the trained net itself; the int8 .onnx is calibrated on its trained weights.
+    qat: bool = False
+    qat_epochs: float = 1.0
+    qat_lr: float = 0.001
+    # post-training activation observer: minmax, histogram (default), percentile or mse
+    observer: str = "histogram"
 
     def __post_init__(self) -> None:
         _at_least(self, "export", threads=1, warmup=0, runs=1)
@@ -250,6 +258,12 @@ class ExportConfig:
             raise RepasError(f"export calibration must be >= 1, got {self.calibration}")
         if self.tile is not None and (len(self.tile) != 2 or min(self.tile) < 1):
             raise RepasError(f"export tile must be [height, width] of positive integers, got {self.tile}")
+        if not 0 < self.qat_epochs <= 100 or self.qat_lr <= 0:
+            raise RepasError(f"export qat_epochs must lie in (0, 100] and qat_lr be > 0, got {self.qat_epochs} and "
+                             f"{self.qat_lr}")
+        from repas.deploy.qat import check_observer
+
+        check_observer(self.observer)
 
 
 @dataclass

@@ -149,6 +149,9 @@ def load_args_config(args: argparse.Namespace) -> PipelineConfig:
         values["export.formats"] = [f.strip() for f in args.format.split(",") if f.strip()]
     if getattr(args, "int8", None) is not None:
         values["export.int8"] = args.int8
+    for flag in ("qat", "observer"):
+        if getattr(args, flag, None) is not None:
+            values[f"export.{flag}"] = getattr(args, flag)
     if getattr(args, "tile", None) is not None:
         values["export.tile"] = _tile(args.tile)
     if getattr(args, "targets", None) is not None:

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--method", metavar="NAME", help="how widths are chosen: a registered pruning method: "
                             "uniform (default: measured best), eagleeye, pas, taylor, l1 ... ('repas methods' lists "
                             "them all)")
+            if name == "pipeline":
+                _int8_args(sp)
             sp.add_argument("--max-drop", type=float, metavar="D",
                             help="error-tolerance mode instead of a budget: the smallest net whose validation "
                             "top-1 (points) or PSNR (dB) is at most D below the dense net's (holds out "
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also int8 models, calibrated on training inputs (config: export.int8; default on)")
     sp.add_argument("--tile", metavar="HxW", help="SR: the static LR input of the exported files, e.g. 128x128 "
                     "(config: export.tile; default the spec's input size)")
+    _int8_args(sp)
     sp = sub.add_parser("predict", help="run an exported bundle on an image (needs only onnxruntime, numpy, "
                         "pillow)", description="run an exported bundle on an image: the top-5 labels of a "
                         "classifier, or the upscaled image of an SR model; needs only onnxruntime, numpy and "
@@ -125,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="list the registered pruning methods (search --method NAME)")
     sp.add_argument("--debug", action="store_true")
     return p
+
+
+def _int8_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--qat", action=argparse.BooleanOptionalAction, default=None,
+                    help="int8 .pte by quantization-aware training of the fused net (config: export.qat; "
+                    "export.qat_epochs, export.qat_lr) instead of post-training calibration; needs ExecuTorch")
+    sp.add_argument("--observer", choices=("minmax", "histogram", "percentile", "mse"),
+                    help="post-training int8 activation observer (config: export.observer; default histogram)")
 
 
 def _budget_args(sp: argparse.ArgumentParser) -> None:

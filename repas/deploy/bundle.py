@@ -62,12 +62,18 @@ def max_abs_diff(run: Run, model: nn.Module, shape: tuple[int, ...], *, trials: 
 
 
 def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], formats: Sequence[str], *,
-                  calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4) -> dict[str, Any]:
+                  calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4,
+                  observer: str = "histogram", qat: tuple[nn.Module, nn.Module] | None = None) -> dict[str, Any]:
     """Write ``model`` (fused, eval) at static input ``shape`` in each format, float and (with
     ``calibration`` inputs) int8. Every float file must equal PyTorch within ``tolerance``
     (max abs difference), and every .pte must run wholly on XNNPACK; either failure is a
-    RepasError. Returns {"files": {fmt: {precision: name}}, "checks": {...}}."""
+    RepasError. Returns {"files": {fmt: {precision: name}}, "checks": {...}}.
+
+    int8 is post-training, activations calibrated by ``observer`` (``repas.deploy.qat``),
+    unless ``qat`` = (the converted QAT graph, the float net with its trained weights): the
+    int8 .pte is then that graph, and the int8 .onnx is calibrated on the trained weights."""
     from repas.deploy.executorch_export import executorch_version, lower_program
+    from repas.deploy.qat import DEFAULT_OBSERVER, quantize_ptq
     from repas.deploy.quantize import quantize_onnx, quantize_pt2e
 
     unknown = [f for f in formats if f not in FORMATS]
@@ -95,14 +101,23 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
             raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> {tolerance:g}): please report")
         log.info(f"export: {path.name}, |onnxruntime - torch| = {diff:.1e}")
         if calibration:
-            quantize_onnx(path, add("onnx", "int8"), calibration)
+            source = path
+            if qat is not None:  # onnxruntime's quantizer calibrates the QAT-trained weights
+                source = export_onnx(qat[1].eval().to(memory_format=torch.contiguous_format), shape,
+                                     out / ".qat-float.onnx")
+            quantize_onnx(source, add("onnx", "int8"), calibration)
+            if source != path:
+                source.unlink()
             log.info(f"export: {FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} "
                      "calibration inputs)")
     if "pte" in formats:
         checks["executorch"] = executorch_version()
         variants = [("float", model)]
-        if calibration:
-            variants.append(("int8", quantize_pt2e(model, example, calibration)))
+        if qat is not None:
+            variants.append(("int8", qat[0]))
+        elif calibration:
+            variants.append(("int8", quantize_pt2e(model, example, calibration) if observer == DEFAULT_OBSERVER
+                             else quantize_ptq(model, example, calibration, observer)))
         for precision, m in variants:
             program, edge = lower_program(m, (example,))
             left = non_delegated_ops(edge)
@@ -120,7 +135,8 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
                                      "please report")
                 log.info(f"export: {path.name}, fully delegated to XNNPACK, |executorch - torch| = {diff:.1e}")
             else:
-                log.info(f"export: {path.name} (int8 PT2E), fully delegated to XNNPACK")
+                log.info(f"export: {path.name} (int8 PT2E, {'QAT' if qat is not None else observer}), fully "
+                         "delegated to XNNPACK")
     return {"files": files, "checks": checks}
 
 

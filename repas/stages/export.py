@@ -13,6 +13,7 @@ from repas.config import PipelineConfig
 from repas.deploy import cpu_name, export_models, latency_each, write_manifest
 from repas.deploy.bundle import bundle_directory
 from repas.deploy.runner import onnx_runner, pte_runner
+from repas.errors import RepasError
 from repas.spec import ArchSpec
 from repas.stages.common import (
     check_task,
@@ -82,8 +83,20 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
         from repas.deploy.executorch_export import set_executorch_threads
 
         set_executorch_threads(e.threads)
+    qat, qat_report = None, None
+    if int8 and e.qat:
+        if "pte" not in formats:
+            raise RepasError("export.qat trains the int8 .pte: add pte to export.formats (needs ExecuTorch)")
+        from repas.deploy.executorch_export import executorch_version
+        from repas.stages.qat import qat_int8
+
+        executorch_version()  # a clear error before minutes of training
+        int8_graph, trained, qat_report = qat_int8(cfg, model, data, spec)
+        qat = (int8_graph, trained)
     with bundle_directory(out) as staging:
-        made = export_models(model, staging, shape, formats, calibration=calibration)
+        made = export_models(model, staging, shape, formats, calibration=calibration, observer=e.observer, qat=qat)
+        if qat_report is not None:
+            made["checks"]["qat"] = qat_report
         runners = {}
         for fmt, files in made["files"].items():
             for precision, name in files.items():

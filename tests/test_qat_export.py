@@ -1,0 +1,91 @@
+"""``export.qat``: the int8 .pte of a bundle is the net quantization-aware training produced
+(no fresh calibration), and bad int8 options are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from repas.cli import main
+
+pytest.importorskip("executorch")
+
+
+@pytest.fixture(scope="module")
+def fused_run(tmp_path_factory):
+    from conftest import write_fake_fashion
+
+    tmp = tmp_path_factory.mktemp("qat")
+    data = write_fake_fashion(tmp / "data")
+    run = tmp / "run"
+    quick = ["--data", data, "--run-dir", run, "--threads", "2", "--set", "train.batch_size=64",
+             "--set", "search.batch_size=64", "--set", "finetune.batch_size=64"]
+    for stage in ("train", "search", "extract", "finetune", "fuse"):
+        epochs = ["--epochs", "1"] if stage in ("train", "search", "finetune") else []
+        assert main([stage, *map(str, quick + epochs)]) == 0
+    return run, data
+
+
+def test_the_int8_pte_is_the_trained_qat_net(fused_run, tmp_path):
+    from repas.config import load_config
+    from repas.deploy import export_models
+    from repas.deploy.runner import pte_runner
+    from repas.stages.common import get_data
+    from repas.stages.qat import qat_int8
+    from repas.supernet import load_model
+
+    run, data = fused_run
+    cfg = load_config(values={"data.root": str(data), "run_dir": str(run), "finetune.batch_size": 64,
+                              "export.qat_epochs": 0.5, "export.qat": True})
+    dataset = get_data(cfg)
+    model = load_model(run / "fuse").eval()
+    int8, trained, report = qat_int8(cfg, model, dataset, model.spec)
+    assert report["steps"] == 2 and report["observers_frozen_at_step"] == 1  # 256 images / 64 = 4 a epoch
+    changed = max(float((a - b).abs().max()) for a, b in zip(trained.state_dict().values(),
+                                                              model.state_dict().values()))
+    assert changed > 0  # the weights trained
+    shape = (1, 1, 28, 28)
+    calibration = dataset.calibration_inputs(shape, 16)
+    made = export_models(model, tmp_path, shape, ["pte", "onnx"], calibration=calibration, qat=(int8, trained))
+    assert made["files"]["pte"]["int8"] == "model-int8.pte" and (tmp_path / "model-int8.onnx").exists()
+    assert not (tmp_path / ".qat-float.onnx").exists()
+    run_pte = pte_runner(tmp_path / "model-int8.pte")
+    x = calibration[0][:8]
+    with torch.no_grad():
+        reference = torch.cat([int8(x[i:i + 1]) for i in range(8)])
+        fresh = export_models(model, tmp_path / "ptq", shape, ["pte"], calibration=calibration)
+    got = torch.from_numpy(__import__("numpy").concatenate([run_pte(x[i:i + 1].numpy()) for i in range(8)]))
+    spread = float(reference.abs().max())
+    # XNNPACK's int8 kernels round like PyTorch's reference within a few output steps (here 0.0011 each)
+    assert float((got - reference).abs().max()) <= 0.05 * spread
+    ptq = pte_runner(tmp_path / "ptq" / fresh["files"]["pte"]["int8"])
+    ptq_out = torch.from_numpy(__import__("numpy").concatenate([ptq(x[i:i + 1].numpy()) for i in range(8)]))
+    assert float((ptq_out - reference).abs().max()) > float((got - reference).abs().max())  # not a recalibration
+
+
+def test_repas_export_qat_writes_a_bundle_that_records_it(fused_run, tmp_path, capsys):
+    run, data = fused_run
+    out = tmp_path / "bundle"
+    code = main(["export", str(run / "fuse"), "--data", str(data), "--format", "onnx,pte", "--qat",
+                 "--set", "export.qat_epochs=0.5", "--set", "finetune.batch_size=64", "--set", "export.runs=5",
+                 "--set", "export.warmup=1", "--set", "export.calibration=16"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    manifest = json.loads((run / "export" / "model.json").read_text())
+    assert manifest["checks"]["qat"]["steps"] == 2 and "pte int8" in manifest["metrics"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "onnx", "--qat"], "export.qat trains the int8 .pte: add pte to export.formats"),
+    (["--set", "export.observer=median"], "unknown int8 observer 'median'"),
+    (["--set", "export.qat_lr=0"], "qat_lr be > 0"),
+    (["--set", "export.qat_epochs=.nan"], "not a finite number"),
+])
+def test_bad_int8_options_are_one_line(fused_run, argv, message, capsys):
+    run, data = fused_run
+    code = main(["export", str(run / "fuse"), "--data", str(data), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
