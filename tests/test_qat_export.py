@@ -75,6 +75,7 @@ def test_repas_export_qat_writes_a_bundle_that_records_it(fused_run, tmp_path, c
     assert code == 0, err
     manifest = json.loads((run / "export" / "model.json").read_text())
     assert manifest["checks"]["qat"]["steps"] == 2 and "pte int8" in manifest["metrics"]
+    assert set(manifest["recommended_precision"]) == set(manifest["latency_ms"]) == {"onnxruntime", "executorch"}
     assert not out.exists()
 
 
@@ -89,3 +90,12 @@ def test_bad_int8_options_are_one_line(fused_run, argv, message, capsys):
     code = main(["export", str(run / "fuse"), "--data", str(data), *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_bundle_recommends_int8_only_where_it_was_measured_faster():
+    from repas.stages.export import recommended_precision
+
+    got = recommended_precision({"onnxruntime": {"float": 0.346, "int8": 1.037}, "executorch": {"float": 0.1,
+                                                                                               "int8": 0.05},
+                                 "other": {"float": 0.2}})
+    assert got == {"onnxruntime": "float", "executorch": "int8", "other": "float"}

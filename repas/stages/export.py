@@ -32,6 +32,19 @@ log = logging.getLogger("repas.stages")
 RUNTIMES = {"onnx": "onnxruntime", "pte": "executorch"}
 
 
+def recommended_precision(latency_ms: dict[str, dict[str, float]]) -> dict[str, str]:
+    """For each runtime, the precision to ship: int8 where it was measured faster than
+    float, else float (onnxruntime's int8 is slower than its float on some CPUs and nets)."""
+    out = {}
+    for runtime, times in latency_ms.items():
+        faster = "int8" in times and "float" in times and times["int8"] < times["float"]
+        out[runtime] = "int8" if faster else "float"
+        if "int8" in times and not faster:
+            log.warning(f"export: int8 is not faster than float in {runtime} here ({times['int8']:.3f} ms against "
+                        f"{times['float']:.3f} ms): the bundle recommends float")
+    return out
+
+
 def export_formats(cfg: PipelineConfig) -> list[str]:
     """The configured formats; by default onnx, plus pte where ExecuTorch is installed."""
     if cfg.export.formats:
@@ -112,6 +125,7 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
         for k, v in times.items():
             fmt, precision = k.split()
             latency_ms.setdefault(RUNTIMES[fmt], {})[precision] = v
+        recommended = recommended_precision(latency_ms)
         manifest = {"task": spec.task, "name": spec.name, "input": data.bundle_input(spec, shape),
                     **({"scale": getattr(spec, "scale", 1),
                         "output": "image in [0, 1], scale x the input's height and width"}
@@ -119,6 +133,7 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
                        {"labels": data.labels(), "output": "logits, one per label (softmax for probabilities)"}),
                     "widths": facts["widths"], "macs": facts["macs"], "params": facts["params"],
                     "files": made["files"], "checks": made["checks"], "metrics": metrics, "latency_ms": latency_ms,
+                    "recommended_precision": recommended,
                     "latency_protocol": {"batch": 1, "input": list(shape), "threads": e.threads, "runs": e.runs,
                                          "warmup": e.warmup, "statistic": "lowest of 5 sessions' medians",
                                          "device": cpu_name()}}

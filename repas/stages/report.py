@@ -113,6 +113,12 @@ def summary_markdown(s: dict[str, Any]) -> str:
             text += (f"; the next round, at {format_cost(broke['cost'], s['cost_metric'])}, dropped "
                      f"{broke['drop']:.2f}")
         lines += ["", text + "."]
+    slow = [f"{runtime} ({t['int8']:.3f} ms against {t['float']:.3f} ms)"
+            for runtime, t in p.get("latency_ms", {}).items()
+            if "int8" in t and "float" in t and t["int8"] >= t["float"]]
+    if slow:
+        lines += ["", f"int8 is not faster than float in {', '.join(slow)} for the searched net: ship float there "
+                  "(model.json's recommended_precision says so)."]
     if s.get("warnings"):
         lines += ["", "**Warnings:**", ""] + [f"- {w}" for w in s["warnings"]]
     if s.get("baseline"):
