@@ -112,3 +112,36 @@ def test_a_user_model_with_a_budget_it_cannot_have_is_a_clear_error(user_run, ca
                  "--set", f"model.weights={run / 'pruned' / 'weights.safetensors'}"])
     err = capsys.readouterr().err
     assert code == 2 and "(model.weights) do not match ResNet: wrong shapes" in err
+
+
+def test_a_user_models_run_passes_through_info_export_and_predict(user_run, tmp_path, capsys):
+    """`repas info RUN`, `repas info RUN/pruned`, `repas export RUN` (no --config: the run's
+    recorded config) and `repas predict` on the bundle it writes, for a user model's run."""
+    import shutil
+
+    from repas.deploy.runner import load_runner
+    from repas.graph import load_pruned
+
+    run, data = user_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "compare-*"))
+    for target in (copy, copy / "pruned"):
+        assert main(["info", str(target)]) == 0
+        out = capsys.readouterr().out
+        assert "resnet18_small" in out and "total:" in out and "MACs" in out
+    code = main(["export", str(copy), "--data", str(data), "--format", "onnx", "--no-int8",
+                 "--set", "export.runs=5", "--set", "export.warmup=1"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    manifest = json.loads((copy / "export" / "model.json").read_text())
+    assert manifest["task"] == "classification" and manifest["input"]["shape"] == [1, 1, 28, 28]
+    model = load_pruned(copy / "pruned")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = np.concatenate([load_runner(copy / "export")(x[i:i + 1].numpy()) for i in range(2)])
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
+    assert main(["predict", str(copy / "export"), str(image)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 5

@@ -49,6 +49,9 @@ def resolve_directories(args: argparse.Namespace) -> None:
         name = "export" if model.name == "fuse" else model.name.replace("fuse", "export") \
             if "fuse" in model.name else f"{model.name}-export"
         args.out = str(model.parent / name)
+    elif (Path(run) / "pruned.json").exists() and getattr(args, "source", None) is None:
+        pruned = Path(run)  # a user model's RUN/pruned (or RUN/compare-M/pruned): the bundle goes beside it
+        args.source, args.run, args.out = run, str(pruned.parent), str(pruned.parent / "export")
 
 
 def recorded_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path] | None:
@@ -65,6 +68,8 @@ def recorded_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Pat
         run = Path(getattr(args, "run", None) or args.run_dir or (set_run[-1] if set_run else "runs/fmnist"))
         where = run / PREVIOUS[args.command]
     path = where / CONFIG_FILE
+    if not path.exists() and (where.parent / "pruned" / "pruned.json").exists():
+        path = where.parent / CONFIG_FILE  # a user model's run records its config at its top
     if not path.exists():
         return None
     data = read_json(path, fix="pass the run's config with --config")

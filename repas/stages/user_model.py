@@ -103,7 +103,7 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     report = {"method": method_name, **facts, "target": target, "cost_vs_target": facts[s.metric] / target,
               "dense_widths": gated.spec.widths, "dense_macs": float(gated.cost("macs", gated.spec.widths)),
               "finetune": tuned}
-    report.update(export_user_model(cfg, fuse_model(small.eval()), gated, facts, out / "export", data),
+    report.update(export_user_model(cfg, fuse_model(small.eval()), gated.spec, facts, out / "export", data),
                   seconds=time.perf_counter() - started)
     atomic_write_json(out / "report.json", report)
     log.info(f"{method_name}: widths {widths}, {facts['macs']:,.0f} MACs ({report['cost_vs_target']:.3f} x target), "
@@ -111,7 +111,7 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     return report
 
 
-def export_user_model(cfg: PipelineConfig, fused: nn.Module, gated: GatedModel, facts: dict[str, Any], out: Path,
+def export_user_model(cfg: PipelineConfig, fused: nn.Module, spec: Any, facts: dict[str, Any], out: Path,  # noqa: ANN401
                       data: TaskData) -> dict[str, Any]:
     """The bundle of a fused user model in the configured formats (float and, with
     ``export.int8``, int8). Where ExecuTorch was not asked for by name and cannot delegate
@@ -119,14 +119,14 @@ def export_user_model(cfg: PipelineConfig, fused: nn.Module, gated: GatedModel, 
     alone and the report says why; asked for by name, that is an error."""
     formats = export_formats(cfg)
     try:
-        write_bundle(cfg, fused, gated.spec, facts, out, data=data, formats=formats)
+        write_bundle(cfg, fused, spec, facts, out, data=data, formats=formats)
         return {"formats": formats}
     except RepasError as e:
         if cfg.export.formats or formats == ["onnx"]:
             raise
-        log.warning(f"export: no ExecuTorch files for {gated.spec.name}: {e}. The bundle is ONNX alone "
+        log.warning(f"export: no ExecuTorch files for {spec.name}: {e}. The bundle is ONNX alone "
                     "(set export.formats: [onnx] to skip the attempt)")
-        write_bundle(cfg, fused, gated.spec, facts, out, data=data, formats=["onnx"])
+        write_bundle(cfg, fused, spec, facts, out, data=data, formats=["onnx"])
         return {"formats": ["onnx"], "pte_skipped": str(e)}
 
 
@@ -188,3 +188,34 @@ def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
                      f"{export['onnx_metrics'].get(key, float('nan')):.2f} | "
                      f"{export['latency']['median_ms']:.3f} ms |")
     return "\n".join(lines) + "\n"
+
+
+def export_pruned_stage(cfg: PipelineConfig, pruned: Path, out: Path, data: TaskData | None = None) -> Path:
+    """``repas export`` of a user model's run (or any ``pruned/`` directory): the pruned model
+    rebuilt by its builder (``load_pruned``, trusted as ``model.trust_builder`` says), its
+    conv+BN folded, and the bundle written to ``out`` as the pipeline writes it."""
+    import math
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from repas.graph import GraphSpec, load_pruned
+    from repas.graph.files import read_pruned_record
+
+    setup(cfg)
+    record = read_pruned_record(pruned)
+    model = load_pruned(pruned, trust_builder=cfg.model.trust_builder,
+                        trusted_builders=cfg.model.trusted_builders or ()).eval()
+    data = data or get_data(cfg)
+    task = "classification" if record["task"] == "classification" else data.task_name
+    if data.task_name != task:
+        raise RepasError(f"{pruned} is a {record['task']} model but the config's data ({cfg.data.name}) is "
+                         f"{data.task_name}: pass the run's config with --config")
+    shape = tuple(record["input_shape"])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(shape))
+    widths = [len(g["keep"]) for g in record["groups"]]
+    facts = {"spec": record["builder"], "widths": widths, "macs": counter.get_total_flops() / 2,
+             "params": float(sum(math.prod(p.shape) for p in model.parameters()))}
+    spec = GraphSpec(name=record["builder"], layers=[], input_shape=shape, task=task)
+    export_user_model(cfg, fuse_model(model), spec, facts, out, data)
+    return out
