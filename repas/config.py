@@ -248,6 +248,12 @@ class ExportConfig:
     qat_lr: float = 0.001
     # post-training activation observer: minmax, histogram (default), percentile or mse
     observer: str = "histogram"
+    # mixed precision: these layers (names as model.named_modules() gives them, e.g. blocks.0.reparam_conv)
+    # stay float in the int8 .pte; XNNPACK runs both kinds in one delegate
+    float_layers: list[str] | None = None
+    # measure each layer's int8 sensitivity (the metric with only that layer int8, minus float's) into
+    # report.json and model.json's checks: one calibration and one test pass per layer
+    sensitivity: bool = False
 
     def __post_init__(self) -> None:
         _at_least(self, "export", threads=1, warmup=0, runs=1)

@@ -99,3 +99,50 @@ def test_a_bundle_recommends_int8_only_where_it_was_measured_faster():
                                                                                                "int8": 0.05},
                                  "other": {"float": 0.2}})
     assert got == {"onnxruntime": "float", "executorch": "int8", "other": "float"}
+
+
+def test_mixed_precision_keeps_the_named_layers_float_in_one_xnnpack_delegate(fused_run, tmp_path):
+    import numpy as np
+
+    from repas.deploy import export_models
+    from repas.deploy.mixed_precision import quantizable_layers, quantize_layers
+    from repas.deploy.runner import pte_runner
+    from repas.supernet import load_model
+
+    run, _ = fused_run
+    model = load_model(run / "fuse").eval()
+    layers = quantizable_layers(model)
+    first = layers[0]
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    mixed = quantize_layers(model, x[:1], [x], keep_float=[first])
+    full = quantize_layers(model, x[:1], [x])
+
+    def weights_int8(g) -> int:  # noqa: ANN001
+        return sum("dequantize_per_channel" in str(n.target) for n in g.graph.nodes)
+
+    assert weights_int8(full) == len(layers) and weights_int8(mixed) == len(layers) - 1
+    made = export_models(model, tmp_path, (1, 1, 28, 28), ["pte"], calibration=[x], float_layers=[first])
+    assert made["checks"]["pte_int8_float_layers"] == [first] and made["checks"]["pte_int8_non_delegated_ops"] == []
+    run_pte = pte_runner(tmp_path / "model-int8.pte")
+    with torch.no_grad():
+        reference = mixed(x[:4]).numpy()
+    got = np.concatenate([run_pte(x[i:i + 1].numpy()) for i in range(4)])
+    assert np.abs(got - reference).max() <= 0.05 * np.abs(reference).max()
+
+
+def test_sensitivity_and_float_layers_through_the_cli(fused_run, capsys):
+    from repas.deploy.mixed_precision import quantizable_layers
+    from repas.supernet import load_model
+
+    run, data = fused_run
+    layers = quantizable_layers(load_model(run / "fuse"))
+    code = main(["export", str(run / "fuse"), "--data", str(data), "--format", "onnx,pte", "--set",
+                 "export.sensitivity=true", "--set", f"export.float_layers=[{layers[0]}]", "--set", "export.runs=5",
+                 "--set", "export.warmup=1", "--set", "export.calibration=16"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    checks = json.loads((run / "export" / "model.json").read_text())["checks"]
+    assert list(checks["int8_sensitivity"]) == layers and checks["pte_int8_float_layers"] == [layers[0]]
+    code = main(["export", str(run / "fuse"), "--data", str(data), "--set", "export.float_layers=[nope]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "export.float_layers names 'nope', which the net does not have" in err

@@ -63,7 +63,8 @@ def max_abs_diff(run: Run, model: nn.Module, shape: tuple[int, ...], *, trials: 
 
 def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], formats: Sequence[str], *,
                   calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4,
-                  observer: str = "histogram", qat: tuple[nn.Module, nn.Module] | None = None) -> dict[str, Any]:
+                  observer: str = "histogram", qat: tuple[nn.Module, nn.Module] | None = None,
+                  float_layers: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``model`` (fused, eval) at static input ``shape`` in each format, float and (with
     ``calibration`` inputs) int8. Every float file must equal PyTorch within ``tolerance``
     (max abs difference), and every .pte must run wholly on XNNPACK; either failure is a
@@ -71,7 +72,8 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
 
     int8 is post-training, activations calibrated by ``observer`` (``repas.deploy.qat``),
     unless ``qat`` = (the converted QAT graph, the float net with its trained weights): the
-    int8 .pte is then that graph, and the int8 .onnx is calibrated on the trained weights."""
+    int8 .pte is then that graph, and the int8 .onnx is calibrated on the trained weights.
+    ``float_layers`` stay float in the post-training int8 .pte (mixed precision)."""
     from repas.deploy.executorch_export import executorch_version, lower_program
     from repas.deploy.qat import DEFAULT_OBSERVER, quantize_ptq
     from repas.deploy.quantize import quantize_onnx, quantize_pt2e
@@ -115,6 +117,12 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
         variants = [("float", model)]
         if qat is not None:
             variants.append(("int8", qat[0]))
+        elif calibration and float_layers:
+            from repas.deploy.mixed_precision import quantize_layers
+
+            variants.append(("int8", quantize_layers(model, example, calibration, keep_float=float_layers,
+                                                     observer=observer)))
+            checks["pte_int8_float_layers"] = list(float_layers)
         elif calibration:
             variants.append(("int8", quantize_pt2e(model, example, calibration) if observer == DEFAULT_OBSERVER
                              else quantize_ptq(model, example, calibration, observer)))

@@ -43,6 +43,27 @@ def _pruned_dir(cfg: PipelineConfig, source: str | Path | None) -> Path | None:
     return None
 
 
+def int8_sensitivity_of(cfg: PipelineConfig, model: nn.Module, spec: Any, data: TaskData,  # noqa: ANN401
+                        shape: tuple[int, ...], calibration: list[Any]) -> dict[str, float]:
+    """Each layer's int8 sensitivity: the test metric in PyTorch's int8 reference with only
+    that layer int8, minus float's (``repas.deploy.mixed_precision.int8_sensitivity``)."""
+    import torch
+
+    from repas.deploy.mixed_precision import int8_sensitivity
+
+    task, batches = data.task(cfg.finetune, spec), data.eval_batches(cfg.finetune)
+    primary = data.primary
+
+    def score(m: nn.Module) -> float:
+        return float(task.evaluate(m, batches)[primary])
+
+    got = int8_sensitivity(model, torch.zeros(*shape), calibration, score, observer=cfg.export.observer)
+    worst = sorted(got.items(), key=lambda kv: kv[1])[:3]
+    log.info("export: int8 sensitivity (" + primary + " with only that layer int8, minus float): " +
+             ", ".join(f"{k} {v:+.3f}" for k, v in worst) + (" ..." if len(got) > 3 else ""))
+    return got
+
+
 def recommended_precision(latency_ms: dict[str, dict[str, float]]) -> dict[str, str]:
     """For each runtime, the precision to ship: int8 where it was measured faster than
     float, else float (onnxruntime's int8 is slower than its float on some CPUs and nets)."""
@@ -122,10 +143,19 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
         executorch_version()  # a clear error before minutes of training
         int8_graph, trained, qat_report = qat_int8(cfg, model, data, spec)
         qat = (int8_graph, trained)
+    float_layers = e.float_layers or []
+    if float_layers:
+        from repas.deploy.mixed_precision import check_layers
+
+        check_layers(model, float_layers, "export.float_layers")
+    sensitivity = int8_sensitivity_of(cfg, model, spec, data, shape, calibration) if int8 and e.sensitivity else None
     with bundle_directory(out) as staging:
-        made = export_models(model, staging, shape, formats, calibration=calibration, observer=e.observer, qat=qat)
+        made = export_models(model, staging, shape, formats, calibration=calibration, observer=e.observer, qat=qat,
+                             float_layers=float_layers if qat is None else ())
         if qat_report is not None:
             made["checks"]["qat"] = qat_report
+        if sensitivity is not None:
+            made["checks"]["int8_sensitivity"] = sensitivity
         runners = {}
         for fmt, files in made["files"].items():
             for precision, name in files.items():
