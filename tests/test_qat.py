@@ -89,15 +89,19 @@ def test_observer_choice_changes_quantization_parameters():
     x[0, 0, 0, 0] = 40.0  # one outlier: min-max spends the whole range on it
     example = torch.zeros(1, 1, SIZE, SIZE)
 
-    def input_scale(observer: str) -> float:
-        int8 = qat.quantize_ptq(fused, example, x.split(128), observer)
-        q = next(n for n in int8.graph.nodes
-                 if n.target is torch.ops.quantized_decomposed.quantize_per_tensor.default)
-        return float(q.args[1])
-
-    minmax, percentile = input_scale("minmax"), input_scale("percentile")
-    assert minmax == pytest.approx((40.0 - float(x.min())) / 255, rel=1e-4)  # the observed range
-    assert percentile < 0.5 * minmax  # the outlier is clipped
+    int8 = qat.quantize_ptq(fused, example, x.split(128), "percentile")
+    q = next(n for n in int8.graph.nodes if n.target is torch.ops.quantized_decomposed.quantize_per_tensor.default)
+    minmax = (40.0 - float(x.min())) / 255  # what min-max gives the input: the whole observed range
+    assert float(q.args[1]) < 0.5 * minmax  # the percentile observer clips the outlier
+    observers = qat._observer_classes()
+    scales = {}
+    for name in qat.OBSERVERS:  # the same data through each observer alone: four different ranges
+        obs = observers[name](dtype=torch.int8, quant_min=-128, quant_max=127, eps=2 ** -12)
+        obs(x)
+        scales[name] = float(obs.calculate_qparams()[0])
+    assert scales["minmax"] == pytest.approx(minmax, rel=1e-4)
+    assert len(set(scales.values())) == len(scales), scales
+    assert scales["percentile"] < 0.5 * minmax and max(scales["histogram"], scales["mse"]) <= minmax, scales
 
 
 @needs_executorch
