@@ -215,7 +215,7 @@ class ExtractConfig:
 class ProfileConfig:
     """Latency tables (``repas profile``); threads come from the export section."""
 
-    backend: str = "onnxruntime"  # onnxruntime | torch | executorch
+    backend: str = "onnxruntime"  # onnxruntime | torch | executorch | executorch-int8 (int8 rows)
     divisor: int = 4  # channel counts measured: 1, the multiples of divisor, the full width
     # A new session runs its first few dozen calls slower (allocation, caches): small layers
     # need these counts; layers of tens of ms (SR at 640x360) are steady with far fewer.

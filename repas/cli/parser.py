@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --targets: also fine-tune, fuse and export each subnet and measure its latency")
     sp.add_argument("--epochs", type=int, help="with --finetune: fine-tuning epochs")
     sp = add("profile", "measure a latency table of the space's layer shapes on this machine")
-    sp.add_argument("--backend", choices=("onnxruntime", "torch", "executorch"),
-                    help="runtime to time (config: profile.backend; default onnxruntime)")
+    sp.add_argument("--backend", choices=("onnxruntime", "torch", "executorch", "executorch-int8"),
+                    help="runtime to time (config: profile.backend; default onnxruntime); executorch-int8: every "
+                    "layer in int8, as export's int8 .pte runs it")
     sp.add_argument("--divisor", type=_positive, help="channel counts measured: multiples of this (default 4)")
     sp.add_argument("-o", "--output", metavar="FILE",
                     help="table to write (default: search.latency_table, else RUN_DIR/latency.csv)")

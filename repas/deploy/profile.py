@@ -25,7 +25,7 @@ from repas.json_files import read_json
 from repas.latency_table import OVERHEAD_KEY, LatencyTable, describe_key, net_parts, profile_grid
 from repas.spec import ArchSpec
 
-BACKENDS = ("onnxruntime", "torch", "executorch")
+BACKENDS = ("onnxruntime", "torch", "executorch", "executorch-int8")
 Timer = Callable[[list[Part]], float]
 
 
@@ -77,7 +77,33 @@ def executorch_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
     return timer, f"executorch {version} XNNPACK"
 
 
-TIMERS = {"onnxruntime": onnx_timer, "torch": torch_timer, "executorch": executorch_timer}
+def executorch_int8_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
+    """ExecuTorch with every micro-model in int8, quantized as export quantizes a net (PT2E,
+    the XNNPACK quantizer, calibrated on the timing inputs): the rows of an int8 table."""
+    from repas.deploy.executorch_export import executorch_version, lower_to_pte, set_executorch_threads
+    from repas.deploy.qat import _pt2e, make_quantizer
+    from repas.deploy.quiet import quiet_executorch
+    from repas.deploy.runner import load_pte
+
+    version = executorch_version()
+    set_executorch_threads(threads)
+    names = _pt2e()
+
+    def timer(parts: list[Part]) -> float:
+        inputs = [torch.from_numpy(x) for x in random_inputs(parts)]
+        with quiet_executorch(), torch.no_grad():
+            graph = torch.export.export(MicroModule(parts).eval(), tuple(inputs)).module()
+            prepared = names["prepare"](graph, make_quantizer())
+            prepared(*inputs)
+            program = lower_to_pte(names["convert"](prepared), tuple(inputs))
+        method = load_pte(program)  # the runtime reads the program's bytes in place: keep them alive
+        return time_calls(lambda: method.execute(inputs), warmup, runs)["median_ms"]
+
+    return timer, f"executorch {version} XNNPACK int8"
+
+
+TIMERS = {"onnxruntime": onnx_timer, "torch": torch_timer, "executorch": executorch_timer,
+          "executorch-int8": executorch_int8_timer}
 
 
 def make_timer(backend: str, threads: int = 1, warmup: int = 10, runs: int = 50) -> tuple[Timer, str]:
