@@ -145,3 +145,12 @@ def test_a_user_models_run_passes_through_info_export_and_predict(user_run, tmp_
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
     assert main(["predict", str(copy / "export"), str(image)]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5
+
+
+def test_a_result_at_chance_or_with_a_sliver_of_a_group_warns():
+    from repas.stages.user_model import result_warnings
+
+    got = result_warnings("pas", {"top1": 10.0}, [64, 256, 32], [4, 200, 2], 10)
+    assert len(got) == 2 and "near chance" in got[0] and "group 0 at 4 of 64" in got[1] and "32" not in got[1]
+    assert result_warnings("uniform", {"top1": 85.0}, [64, 256], [32, 128], 10) == []
+    assert result_warnings("x", {"psnr": 30.0}, [64], [40], 0) == []

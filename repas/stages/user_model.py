@@ -105,10 +105,30 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
               "finetune": tuned}
     report.update(export_user_model(cfg, fuse_model(small.eval()), gated.spec, facts, out / "export", data),
                   seconds=time.perf_counter() - started)
+    report["warnings"] = result_warnings(method_name, tuned["test"], gated.spec.widths, widths,
+                                         len(data.labels()) if data.task_name == "classification" else 0)
+    for w in report["warnings"]:
+        log.warning(w)
     atomic_write_json(out / "report.json", report)
     log.info(f"{method_name}: widths {widths}, {facts['macs']:,.0f} MACs ({report['cost_vs_target']:.3f} x target), "
              f"test {tuned['test']}")
     return report
+
+
+def result_warnings(method: str, test: dict[str, float], dense_widths: list[int], widths: list[int],
+                    classes: int) -> list[str]:
+    """What makes a pruned result suspect, each in one sentence: top-1 near chance, or a
+    channel group cut to a sliver of its width (4 or fewer channels of 64 or more)."""
+    out = []
+    top1 = test.get("top1")
+    if classes and top1 is not None and top1 <= 1.5 * 100.0 / classes:
+        out.append(f"{method}: top-1 {top1:.2f}% is near chance ({100.0 / classes:.2f}% for {classes} classes): "
+                   "the pruned net learned little; check the widths, or train longer")
+    thin = [f"group {i} at {w} of {d}" for i, (w, d) in enumerate(zip(widths, dense_widths)) if w <= 4 and d >= 64]
+    if thin:
+        out.append(f"{method}: {len(thin)} channel group(s) cut to a sliver ({', '.join(thin[:4])}"
+                   f"{' ...' if len(thin) > 4 else ''}): such a layer chokes the net")
+    return out
 
 
 def export_user_model(cfg: PipelineConfig, fused: nn.Module, spec: Any, facts: dict[str, Any], out: Path,  # noqa: ANN401
@@ -187,6 +207,9 @@ def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
                      f"{r['cost_vs_target']:.3f} | {r['finetune']['test'].get(key, float('nan')):.2f} | "
                      f"{export['onnx_metrics'].get(key, float('nan')):.2f} | "
                      f"{export['latency']['median_ms']:.3f} ms |")
+    warnings = [w for r in summary["methods"].values() for w in r.get("warnings", [])]
+    if warnings:
+        lines += ["", "**Warnings:**", ""] + [f"- repas: warning: {w}" for w in warnings]
     return "\n".join(lines) + "\n"
 
 
