@@ -427,3 +427,15 @@ def test_every_shipped_config_loads_and_names_real_methods(path):
         method_class(name)  # a RepasError for an unknown name
     if cfg.model.builder:
         assert sum(p.numel() for p in build_from(cfg.model.builder, cfg.model.kwargs or {}).parameters()) > 0
+
+
+def test_rerunning_a_finished_stage_says_so_first(fake_fashion, tmp_path, capsys):
+    argv = ["train", "--data", fake_fashion, "--run-dir", tmp_path, "--epochs", "1", *QUICK,
+            "--set", "data.train_subset=128", "--set", "train.eval_every=0"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "holds a finished stage" not in out, err
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "repas: warning: train: " in out and "--resume auto" in out
+    assert out.index("holds a finished stage") < out.index("epoch")  # said before it trains, not after
+    code, out, err = run(capsys, *argv, "--resume", "auto")
+    assert code == 0 and "holds a finished stage" not in out and "skipped (--resume auto)" in out

@@ -45,6 +45,10 @@ def resolve_resume(resume: Resume, cfg: PipelineConfig, stage: str, tcfg: TrainC
     (skip it), True when its checkpoint can be continued, False to start it. A checkpoint
     older than the source stage's output was made from another net: the stage starts over."""
     if resume != "auto":
+        out = stage_dir(cfg, stage)
+        if not resume and (out / "report.json").exists() and (out / "weights.safetensors").exists():
+            log.warning(f"{stage}: {out} holds a finished stage, which this run replaces when it ends; "
+                        "rerun with --resume auto to keep finished stages")
         return bool(resume)
     if stage_complete(cfg, stage, tcfg, source):
         log.info(f"{stage}: complete in {stage_dir(cfg, stage)}, skipped (--resume auto)")
