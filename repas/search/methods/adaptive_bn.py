@@ -18,7 +18,9 @@ differ only in the allocation. Costs only forward passes (about ``candidates`` x
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +32,8 @@ from repas.search.allocation import fit_to_budget, round_width, top_k_mask
 from repas.search.methods.magnitude import l1_scores
 from repas.search.methods.registry import Masks, PruningMethod, register_method
 from repas.search.prunable import pruned_view
+
+log = logging.getLogger("repas.search")
 
 
 @register_method("eagleeye")
@@ -84,11 +88,18 @@ class AdaptiveBN(PruningMethod):
 
         n = len(spec.layers)
         uniform: list[int] | None = None  # candidate 0's widths bound the others'
+        trials_seen: list[int] = []
         # the fit to the budget compares channels across layers: raw filter norms would cut the
         # first layer (one input channel, the smallest norms) first, whatever its worth
         relative = [s / s.mean().clamp_min(1e-12) for s in scores]
 
+        total, started = self.candidates + self.mutations, time.perf_counter()
+
         def judge(ratios: torch.Tensor) -> tuple[float, Masks]:
+            done = len(trials_seen)
+            if done and done % 10 == 0:  # some minutes on a big net: say how far it is
+                log.info(f"search (eagleeye): {done}/{total} candidates judged ({time.perf_counter() - started:.0f} s)")
+            trials_seen.append(1)
             masks = [top_k_mask(s, w) for s, w in zip(scores, self.widths_for(ratios, uniform))]
             masks = fit_to_budget(spec, masks, relative, self.budget, step=self.step, tolerance=self.tolerance)
             widths = tuple(int(m.sum()) for m in masks)
@@ -107,6 +118,7 @@ class AdaptiveBN(PruningMethod):
             base = torch.tensor([math.log(max(int(m.sum()), 1) / len(m)) for m in parents[k % len(parents)][1]])
             trials.append(judge(self._ratios(base, self.spread / 2)))
         best = min(trials, key=lambda t: t[0])[1]
+        log.info(f"search (eagleeye): {len(trials)} candidates judged in {time.perf_counter() - started:.0f} s")
         return best, scores
 
     def _ratios(self, log_base: torch.Tensor, spread: float) -> torch.Tensor:
