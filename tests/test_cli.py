@@ -434,6 +434,7 @@ def test_rerunning_a_finished_stage_says_so_first(fake_fashion, tmp_path, capsys
             "--set", "data.train_subset=128", "--set", "train.eval_every=0"]
     code, out, err = run(capsys, *argv)
     assert code == 0 and "holds a finished stage" not in out, err
+    assert "train: epoch=1 " in out  # each progress line names its stage
     code, out, err = run(capsys, *argv)
     assert code == 0 and "repas: warning: train: " in out and "--resume auto" in out
     assert out.index("holds a finished stage") < out.index("epoch")  # said before it trains, not after

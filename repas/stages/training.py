@@ -41,7 +41,9 @@ def run_training(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConf
     train, test = data.train_loader(tcfg), data.eval_batches(tcfg)
     task = data.task(tcfg, model.spec)
     teacher = dense_teacher(cfg, stage) if tcfg.distill > 0 else None
-    trainer = Trainer(model, task, tcfg, stage_dir(cfg, stage), terms=terms, gate_lr=gate_lr, teacher=teacher)
+    label = stage if stage == "train" else f"{stage} ({cfg.search.method})"
+    trainer = Trainer(model, task, tcfg, stage_dir(cfg, stage), terms=terms, gate_lr=gate_lr, teacher=teacher,
+                      label=label)
     started = time.perf_counter()
     trainer.fit(train, test, resume=bool(resume))
     searching = any(getattr(t, "searches", True) for t in terms)  # a search keeps its gates, not an EMA net

@@ -47,7 +47,7 @@ def _train(model: nn.Module, tcfg: TrainConfig, out: Path, data: TaskData, **kwa
     if tcfg.sandwich:
         raise RepasError("train.sandwich trains the subnets of a repas supernet; a user model (model.builder) "
                          "trains ungated, so it has none: set train.sandwich: 0")
-    trainer = Trainer(model, data.task(tcfg, None), tcfg, out, **kwargs)
+    trainer = Trainer(model, data.task(tcfg, None), tcfg, out, **{"label": out.name, **kwargs})
     started = time.perf_counter()
     test = data.eval_batches(tcfg)
     trainer.fit(data.train_loader(tcfg), test)
@@ -89,14 +89,15 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
                            step=cfg.extract.round_to, tolerance=cfg.extract.tolerance, strength=s.strength,
                            updates_per_epoch=len(loader), epochs=s.epochs)
     if method.trains:
-        _train(gated, s, out / "search", data, terms=[method],
+        _train(gated, s, out / "search", data, terms=[method], label=f"search ({method_name})",
                gate_lr=s.gate_lr if method.learns_gates else None, teacher=_teacher(dense, s.distill))
     inputs = sample_inputs(gated, data, method.input_count) if method.needs_inputs else None
     small = method.extract(inputs)
     masks = gated.masks()
     widths = [int(k.sum()) for k in masks]
     tcfg = finetune_config(dataclasses.replace(cfg, search=dataclasses.replace(s, method=method_name)))
-    small, tuned = _train(small, tcfg, out / "finetune", data, teacher=_teacher(dense, tcfg.distill))
+    small, tuned = _train(small, tcfg, out / "finetune", data, teacher=_teacher(dense, tcfg.distill),
+                          label=f"finetune ({method_name})")
     save_pruned(small, out / "pruned", gated, builder=cfg.model.builder, kwargs=cfg.model.kwargs, masks=masks)
     facts = user_model_facts(gated, widths)
     target = float(method.budget.target)

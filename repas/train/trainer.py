@@ -87,8 +87,9 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, task: Any, cfg: TrainConfig, run_dir: str | Path, *,
                  terms: Sequence[LossTerm] = (), gate_lr: float | None = None, progress: bool | None = None,
-                 device: torch.device | None = None, teacher: torch.nn.Module | None = None) -> None:
+                 device: torch.device | None = None, teacher: torch.nn.Module | None = None, label: str = "") -> None:
         self.model, self.task, self.cfg, self.terms = model, task, cfg, list(terms)
+        self.label = f"{label}: " if label else ""  # which stage and method each progress line belongs to
         if cfg.distill > 0 and teacher is None:
             raise RepasError(f"distill {cfg.distill} needs a teacher: Trainer(..., teacher=the dense net)")
         # the teacher only predicts: eval mode, no gradients, on the training device
@@ -283,8 +284,8 @@ class Trainer:
                     writer.add_scalar(f"width/layer{i:02d}", w, epoch)
                 self.history.append(record)
                 self.save_checkpoint(epoch)
-                log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in record.items()))
+                log.info(self.label + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in record.items()))
                 if self.time_up:
                     log.info(f"{cfg.minutes:g} minutes: stopped after epoch {epoch + 1} of at most {cfg.epochs}")
                     break
