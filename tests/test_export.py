@@ -76,3 +76,18 @@ def test_a_model_trained_channels_last_exports_to_executorch_and_stays_as_it_was
     with torch.no_grad():
         assert np.abs(pte_runner(tmp_path / made["files"]["pte"]["float"])(x.numpy()) - net(x).numpy()).max() < 1e-5
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_an_op_xnnpack_does_not_take_is_named_in_words_and_nothing_is_left_half_written(tmp_path):
+    pytest.importorskip("executorch")
+    from torch import nn
+
+    from repas.deploy import export_models
+    from repas.errors import RepasError
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Upsample(scale_factor=2, mode="nearest"),
+                        nn.Conv2d(4, 1, 3, padding=1)).eval()
+    (tmp_path / "keep.txt").write_text("a file of the user's")
+    with pytest.raises(RepasError, match=r"nearest upsampling \(nn.Upsample / F.interpolate"):
+        export_models(net, tmp_path, (1, 1, 8, 8), ["onnx", "pte"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # model.onnx was written, then removed

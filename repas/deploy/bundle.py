@@ -49,6 +49,25 @@ def non_delegated_ops(edge: Any) -> list[str]:  # noqa: ANN401 (executorch EdgeP
                    and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)})
 
 
+# what a user can do about an op XNNPACK did not take, by a fragment of its name
+_OP_ADVICE = {"_to_dim_order_copy": "a memory-format copy (.contiguous() or .to(memory_format=...) in forward)",
+              "alloc": "a buffer the partitioner allocates around an op it did not take",
+              "upsample_nearest": "nearest upsampling (nn.Upsample / F.interpolate, mode='nearest')",
+              "upsample_bilinear": "bilinear upsampling",
+              "repeat": "Tensor.repeat (write it as a fixed 1x1 conv or a concatenation)",
+              "max_pool2d_with_indices": "max pooling that returns indices"}
+
+
+def describe_ops(ops: Sequence[str]) -> str:
+    """The ops left outside XNNPACK, each with what it is in a model's source where known."""
+    out = []
+    for op in ops:
+        name = op.split(" at 0x")[0].replace("<function ", "").rstrip(">")
+        hint = next((v for k, v in _OP_ADVICE.items() if k in name), None)
+        out.append(f"{name} ({hint})" if hint else name)
+    return "; ".join(out)
+
+
 def max_abs_diff(run: Run, model: nn.Module, shape: tuple[int, ...], *, trials: int = 3, seed: int = 0) -> float:
     """Largest |run(x) - model(x)| over random inputs of ``shape`` (inputs in [-1, 2] cover
     normalized images and [0, 1] pixels alike)."""
@@ -65,6 +84,23 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
                   calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4,
                   observer: str = "histogram", qat: tuple[nn.Module, nn.Module] | None = None,
                   float_layers: Sequence[str] = ()) -> dict[str, Any]:
+    """Write ``model`` (fused, eval) at static input ``shape`` in each format: see
+    ``_export_models``. A failure (a check, an op XNNPACK does not take, Ctrl-C) removes the
+    model files this call had written, so ``out`` never holds half a set."""
+    out = Path(out)
+    had = {name for name in FILES.values() if (out / name).exists()}
+    try:
+        return _export_models(model, out, shape, formats, calibration=calibration, tolerance=tolerance,
+                              observer=observer, qat=qat, float_layers=float_layers)
+    except BaseException:
+        for name in set(FILES.values()) - had:
+            (out / name).unlink(missing_ok=True)
+        raise
+
+
+def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats: Sequence[str], *,
+                   calibration: list[torch.Tensor] | None, tolerance: float, observer: str,
+                   qat: tuple[nn.Module, nn.Module] | None, float_layers: Sequence[str]) -> dict[str, Any]:
     """Write ``model`` (fused, eval) at static input ``shape`` in each format, float and (with
     ``calibration`` inputs) int8. Every float file must equal PyTorch within ``tolerance``
     (max abs difference), and every .pte must run wholly on XNNPACK; either failure is a
@@ -131,8 +167,9 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
             left = non_delegated_ops(edge)
             checks[f"pte_{precision}_non_delegated_ops"] = left
             if left:
-                raise RepasError(f"the {precision} .pte leaves ops outside XNNPACK: {', '.join(left)}; "
-                                 "they would run on slow portable kernels on a phone")
+                raise RepasError(f"the {precision} .pte leaves ops outside XNNPACK: {describe_ops(left)}; they "
+                                 "would run on slow portable kernels on a phone: rewrite them in the model, or "
+                                 "export ONNX alone (formats ['onnx'])")
             path = add("pte", precision)
             atomic_write_bytes(path, program)
             if precision == "float":
