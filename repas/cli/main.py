@@ -139,8 +139,12 @@ def _fuse(args: argparse.Namespace) -> Path | None:
 
 def _export(args: argparse.Namespace) -> Path | None:
     from repas.stages import export_stage
+    from repas.stages.user_export import export_pruned_stage, pruned_dir
 
     cfg = load_args_config(args)  # (resolves DIR: a run directory or a model directory)
+    pruned = pruned_dir(cfg, args.source)
+    if pruned is not None:  # a user model's run (model.builder): its pruned model, rebuilt by its builder
+        return export_pruned_stage(cfg, pruned, Path(getattr(args, "out", None) or pruned.parent / "export"))
     return export_stage(cfg, args.source, getattr(args, "out", None))
 
 

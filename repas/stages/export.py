@@ -32,17 +32,6 @@ log = logging.getLogger("repas.stages")
 RUNTIMES = {"onnx": "onnxruntime", "pte": "executorch"}
 
 
-def _pruned_dir(cfg: PipelineConfig, source: str | Path | None) -> Path | None:
-    """The pruned user model ``repas export`` reads, if it reads one: ``source`` holding a
-    pruned.json, or the run directory's ``pruned/`` when it has no fused repas net."""
-    if source is not None:
-        return Path(source) if (Path(source) / "pruned.json").exists() else None
-    run = Path(cfg.run_dir)
-    if (run / "pruned" / "pruned.json").exists() and not (stage_dir(cfg, "fuse") / "spec.json").exists():
-        return run / "pruned"
-    return None
-
-
 def int8_sensitivity_of(cfg: PipelineConfig, model: nn.Module, spec: Any, data: TaskData,  # noqa: ANN401
                         shape: tuple[int, ...], calibration: list[Any]) -> dict[str, float]:
     """Each layer's int8 sensitivity: the test metric in PyTorch's int8 reference with only
@@ -101,11 +90,6 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
     predict`` uses and timed on its runtime; ``model.json`` says how to use them. The
     bundle is built in a fresh directory that replaces ``out`` only when all of it is done."""
     setup(cfg)
-    pruned = _pruned_dir(cfg, source)
-    if pruned is not None:  # a user model's run (model.builder): its pruned model, rebuilt by its builder
-        from repas.stages.user_model import export_pruned_stage
-
-        return export_pruned_stage(cfg, pruned, Path(out or (pruned.parent / "export")), data)
     src = source_dir(cfg, "export", source)
     model = load_model(src).eval()
     data = data or get_data(cfg)

@@ -26,9 +26,9 @@ from repas.graph.builders import build_from
 from repas.json_files import read_json
 from repas.search import create_method
 from repas.stages.common import Resume, environment, get_data, record_config, setup
-from repas.stages.export import export_formats, write_bundle
 from repas.stages.methods import sample_inputs
 from repas.stages.training import finetune_config
+from repas.stages.user_export import export_user_model
 from repas.supernet.model_files import load_weights, read_weights, save_weights
 from repas.task_data import TaskData
 from repas.train import Trainer
@@ -132,25 +132,6 @@ def result_warnings(method: str, test: dict[str, float], dense_widths: list[int]
     return out
 
 
-def export_user_model(cfg: PipelineConfig, fused: nn.Module, spec: Any, facts: dict[str, Any], out: Path,  # noqa: ANN401
-                      data: TaskData) -> dict[str, Any]:
-    """The bundle of a fused user model in the configured formats (float and, with
-    ``export.int8``, int8). Where ExecuTorch was not asked for by name and cannot delegate
-    every op of the model to XNNPACK (a U-Net's nearest upsampling), the bundle is ONNX
-    alone and the report says why; asked for by name, that is an error."""
-    formats = export_formats(cfg)
-    try:
-        write_bundle(cfg, fused, spec, facts, out, data=data, formats=formats)
-        return {"formats": formats}
-    except RepasError as e:
-        if cfg.export.formats or formats == ["onnx"]:
-            raise
-        log.warning(f"export: no ExecuTorch files for {spec.name}: {e}. The bundle is ONNX alone "
-                    "(set export.formats: [onnx] to skip the attempt)")
-        write_bundle(cfg, fused, spec, facts, out, data=data, formats=["onnx"])
-        return {"formats": ["onnx"], "pte_skipped": str(e)}
-
-
 def _teacher(dense: nn.Module, distill: float) -> nn.Module | None:
     """The dense model, for ``search.distill`` / ``finetune.distill`` (None when off)."""
     return copy.deepcopy(dense).eval() if distill > 0 else None
@@ -212,34 +193,3 @@ def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
     if warnings:
         lines += ["", "**Warnings:**", ""] + [f"- repas: warning: {w}" for w in warnings]
     return "\n".join(lines) + "\n"
-
-
-def export_pruned_stage(cfg: PipelineConfig, pruned: Path, out: Path, data: TaskData | None = None) -> Path:
-    """``repas export`` of a user model's run (or any ``pruned/`` directory): the pruned model
-    rebuilt by its builder (``load_pruned``, trusted as ``model.trust_builder`` says), its
-    conv+BN folded, and the bundle written to ``out`` as the pipeline writes it."""
-    import math
-
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from repas.graph import GraphSpec, load_pruned
-    from repas.graph.files import read_pruned_record
-
-    setup(cfg)
-    record = read_pruned_record(pruned)
-    model = load_pruned(pruned, trust_builder=cfg.model.trust_builder,
-                        trusted_builders=cfg.model.trusted_builders or ()).eval()
-    data = data or get_data(cfg)
-    task = "classification" if record["task"] == "classification" else data.task_name
-    if data.task_name != task:
-        raise RepasError(f"{pruned} is a {record['task']} model but the config's data ({cfg.data.name}) is "
-                         f"{data.task_name}: pass the run's config with --config")
-    shape = tuple(record["input_shape"])
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(shape))
-    widths = [len(g["keep"]) for g in record["groups"]]
-    facts = {"spec": record["builder"], "widths": widths, "macs": counter.get_total_flops() / 2,
-             "params": float(sum(math.prod(p.shape) for p in model.parameters()))}
-    spec = GraphSpec(name=record["builder"], layers=[], input_shape=shape, task=task)
-    export_user_model(cfg, fuse_model(model), spec, facts, out, data)
-    return out
