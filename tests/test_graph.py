@@ -98,9 +98,18 @@ def test_a_layer_repas_cannot_cut_is_a_clear_error_naming_it():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 4, 3))
     with pytest.raises(RepasError, match=r"layer 1 \(GroupNorm\).*ignored_layers"):
         GatedModel(model, torch.randn(1, 3, 12, 12))
+
+
+def test_a_grouped_conv_keeps_its_groups_each_shrunk_evenly():
     grouped = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1))
-    with pytest.raises(RepasError, match="layer 2 is a grouped conv"):
-        GatedModel(grouped, torch.randn(1, 3, 12, 12))
+    x = torch.randn(2, 3, 12, 12)
+    g = GatedModel(grouped, x[:1])
+    assert [gr.size for gr in g.groups] == [4, 4]  # one gate per position in a conv group of 4
+    set_gates(g, [torch.tensor([True, False, True, False])] * 2)
+    sub = g.extract().eval()
+    assert (sub[2].groups, sub[2].in_channels, sub[2].out_channels) == (2, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(sub(x), g.eval()(x), atol=1e-6)
 
 
 def _search(g: GatedModel, x: torch.Tensor, method: str):

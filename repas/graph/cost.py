@@ -5,15 +5,23 @@ channel counts is fixed or follows the groups that cut it (a concatenation's con
 takes input channels from several groups, a depthwise conv's input and output follow one).
 Given the groups' gate counts (differentiable) the total is differentiable too; given
 integer widths it equals ``torch.utils.flop_counter`` (FLOPs / 2) on the extracted model.
-BatchNorm counts 2 parameters a channel; PReLU one.
+BatchNorm counts 2 parameters a channel; PReLU one. Layers whose channels no group cuts
+and whose weights are not a conv's or a linear layer's (``nn.MultiheadAttention``: its
+projections and the attention products; LayerNorm, GroupNorm) cost a fixed amount, and so
+does whatever else torch's flop counter finds in the traced forward pass (a layer called
+through its weights, as torchvision's Swin does, or attention products written as matmuls).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from repas.errors import RepasError
 from repas.graph.groups import ChannelGroup
@@ -38,7 +46,7 @@ class Channels:
 @dataclass
 class LayerCost:
     name: str
-    kind: str            # conv | depthwise | linear | bn | prelu
+    kind: str            # conv | depthwise | linear | bn | prelu | fixed (MACs per_channel, params params_per)
     per_channel: float   # MACs per (c_in x c_out) unit (conv, linear), or per channel (depthwise)
     c_in: Channels
     c_out: Channels
@@ -51,9 +59,11 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[Cha
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [m.register_forward_hook(_record(shapes, n)) for n, m in model.named_modules()
              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    hooks += [m.register_forward_hook(_record_attention(shapes, n), with_kwargs=True) for n, m in model.named_modules()
+              if isinstance(m, nn.MultiheadAttention)]
     was = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _plain_attention(), FlopCounterMode(display=False) as counter:
             model.eval()(example_inputs)
     finally:
         model.train(was)
@@ -79,10 +89,7 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[Cha
                 entries.append(LayerCost(name, "conv", k * spatial, c_in, c_out, k, m.bias is not None))
             elif m.groups == m.in_channels == m.out_channels:
                 entries.append(LayerCost(name, "depthwise", k * spatial, c_out, c_out, k, m.bias is not None))
-            else:
-                if name in out_of or name in in_of:
-                    raise RepasError(f"layer {name} is a grouped conv ({m.groups} groups, neither 1 nor depthwise): "
-                                     "repas cannot size it; add it and the layers that feed it to ignored_layers")
+            else:  # grouped: its groups stay, each shrinks evenly (repas.graph.groups ties the channels)
                 entries.append(LayerCost(name, "conv", k * spatial / m.groups, c_in, c_out, k / m.groups,
                                          m.bias is not None))
         elif isinstance(m, nn.Linear):
@@ -90,17 +97,61 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[Cha
                 continue
             tokens = torch.Size(shapes[name][:-1]).numel() / batch
             entries.append(LayerCost(name, "linear", tokens, c_in, c_out, 1.0, m.bias is not None))
+        elif isinstance(m, nn.MultiheadAttention):
+            if name in shapes:
+                entries.append(LayerCost(name, "fixed", _attention_macs(m, *shapes[name]) / batch, Channels(),
+                                         Channels(), float(sum(p.numel() for p in m.parameters()))))
+        elif isinstance(m, nn.LayerNorm | nn.GroupNorm):
+            entries.append(LayerCost(name, "fixed", 0.0, Channels(), Channels(),
+                                     float(sum(p.numel() for p in m.parameters(recurse=False)))))
         elif isinstance(m, nn.BatchNorm2d) and m.affine:
             entries.append(LayerCost(name, "bn", 0.0, c_out, c_out, 2.0))
         elif isinstance(m, nn.PReLU):
             entries.append(LayerCost(name, "prelu", 0.0, c_out, c_out, 1.0 if m.num_parameters > 1 else 0.0))
+    # what the layers above do not account for (a conv or linear layer called through its
+    # weights, attention products outside nn.MultiheadAttention): torch's count, fixed
+    rest = counter.get_total_flops() / 2 / batch - float(graph_cost(entries, [g.size for g in groups], "macs"))
+    if rest >= 1:  # whole MACs: below that it is rounding
+        entries.append(LayerCost("(operations outside layers)", "fixed", rest, Channels(), Channels(), 0.0))
     return entries
+
+
+@contextmanager
+def _plain_attention() -> Iterator[None]:
+    """Attention as plain matmuls, which torch's flop counter sees (not the fused CPU kernels)."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
 
 
 def _record(shapes: dict, name: str):
     def hook(module, inputs, output):
         shapes[name] = tuple(output.shape)
     return hook
+
+
+def _record_attention(shapes: dict, name: str):
+    def hook(module, args, kwargs, output):
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs.get("key", query)
+        shapes[name] = (tuple(query.shape), tuple(key.shape))
+    return hook
+
+
+def _attention_macs(m: nn.MultiheadAttention, query: tuple[int, ...], key: tuple[int, ...]) -> float:
+    """MACs of one call (the whole batch): q, k, v and output projections, q k^T and attention x v."""
+    batched = len(query) == 3
+    if batched and not m.batch_first:
+        query, key = (query[1], query[0], query[2]), (key[1], key[0], key[2])
+    n = query[0] if batched else 1
+    q_len, k_len = (query[1], key[1]) if batched else (query[0], key[0])
+    e = m.embed_dim
+    projections = q_len * e * e + k_len * m.kdim * e + k_len * m.vdim * e + q_len * e * e
+    return float(n * (projections + 2 * q_len * k_len * e))
 
 
 def _spatial(shape: tuple[int, ...], m: nn.Module, name: str) -> float:
@@ -141,11 +192,15 @@ def graph_cost(entries: list[LayerCost], widths: list, metric: str):
                 total = total + e.per_channel * cin * cout
             elif e.kind == "depthwise":
                 total = total + e.per_channel * cout
+            elif e.kind == "fixed":
+                total = total + e.per_channel
         else:
             if e.kind in ("conv", "linear"):
                 total = total + e.params_per * cin * cout + (cout if e.bias else 0)
             elif e.kind == "depthwise":
                 total = total + e.params_per * cout + (cout if e.bias else 0)
+            elif e.kind == "fixed":
+                total = total + e.params_per
             else:
                 total = total + e.params_per * cout
     return total

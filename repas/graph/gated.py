@@ -18,7 +18,7 @@ from torch import nn
 
 from repas.errors import RepasError
 from repas.graph.cost import LayerCost, graph_cost, layer_costs
-from repas.graph.groups import ChannelGroup, channel_groups, dependency_graph
+from repas.graph.groups import ChannelGroup, channel_groups, dependency_graph, torch_pruning_guards
 from repas.supernet.gate import BinaryGate
 
 
@@ -74,8 +74,10 @@ class GatedModel(nn.Module):
             for member in group.members:
                 if member.masked:
                     index = torch.tensor(member.group)  # the gate channel of each member channel
-                    self._hooks.append(modules[member.name].register_forward_hook(
-                        _Masker(gate, index, torch.tensor(member.channels))).id)
+                    layer = modules[member.name]
+                    dim = -1 if isinstance(layer, nn.Linear) else 1  # a Linear's features are its last dimension
+                    self._hooks.append(layer.register_forward_hook(
+                        _Masker(gate, index, torch.tensor(member.channels), dim)).id)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -147,17 +149,19 @@ class _Masker:
     object holding the gate, not a closure: a deep copy of the GatedModel (timm's EMA makes
     one) then masks with the copy's own gates."""
 
-    def __init__(self, gate: BinaryGate, group_index: torch.Tensor, channels: torch.Tensor) -> None:
-        self.gate, self.group_index, self.channels = gate, group_index, channels
+    def __init__(self, gate: BinaryGate, group_index: torch.Tensor, channels: torch.Tensor, dim: int = 1) -> None:
+        self.gate, self.group_index, self.channels, self.dim = gate, group_index, channels, dim
 
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
         b = self.gate.binary()
-        n = output.shape[1]
+        dim = getattr(self, "dim", 1) % output.dim()
+        n = output.shape[dim]
         if len(self.channels) == n and bool((self.channels == torch.arange(n)).all()):
             scale = b[self.group_index]
         else:
             scale = torch.ones(n, dtype=b.dtype, device=b.device).index_put((self.channels,), b[self.group_index])
-        shape = [1, n] + [1] * (output.dim() - 2)
+        shape = [1] * output.dim()
+        shape[dim] = n
         return output * scale.to(output.dtype).view(shape)
 
 
@@ -180,7 +184,8 @@ def prune_copy(model: nn.Module, example_inputs: torch.Tensor, groups: list[Chan
             raise RepasError(f"group {group.root} would lose every channel: keep at least one")
         root = modules[group.root]
         pruner = graph.get_pruner_of_module(root)
-        graph.get_pruning_group(root, pruner.prune_out_channels, idxs=off).prune()
+        with torch_pruning_guards():
+            graph.get_pruning_group(root, pruner.prune_out_channels, idxs=group.root_channels(off)).prune()
     for block, conv in followers:  # blocks that record their conv's groups (timm's RepVGG, MobileOne)
         block.groups = conv.groups
     return out

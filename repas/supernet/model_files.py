@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -72,4 +73,6 @@ def load_weights(model: nn.Module, tensors: dict, source: str) -> None:
         spec = getattr(model, "spec", None)
         what = f"spec {spec.name!r}" if spec is not None else type(model).__name__
         raise RepasError(f"weights {source} do not match {what}: " + "; ".join(parts))
-    model.load_state_dict(tensors)
+    state = OrderedDict(tensors)  # with the model's own per-module versions, which some modules require (MNASNet)
+    state._metadata = getattr(expected, "_metadata", None)
+    model.load_state_dict(state)
