@@ -139,21 +139,11 @@ def input_for(model, name: str):
 
 
 def flop_macs(model, x) -> float:
-    """torch's flop counter / 2, with nn.MultiheadAttention's fused fast path off and attention
-    computed by its plain matmuls (the counter does not see inside the fused kernels of a CPU:
-    it would count no attention at all, or no attention products)."""
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
+    """torch's flop counter / 2, attention computed by its plain matmuls (the counter does not
+    see inside the fused kernels of a CPU: it would count no attention at all)."""
+    from repas.graph.cost import counted_macs
 
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return counter.get_total_flops() / 2
+    return counted_macs(model, x)
 
 
 def rel_err(a, b) -> float:

@@ -70,3 +70,18 @@ def write_fake_fashion(root: Path, n_train: int = 256, n_test: int = 128, seed: 
 @pytest.fixture
 def fake_fashion(tmp_path: Path) -> Path:
     return write_fake_fashion(tmp_path / "fmnist")
+
+
+def run_to_fuse(tmp: Path) -> tuple[Path, Path]:
+    """A tiny run up to the fused net on fake Fashion-MNIST (one epoch a training stage):
+    (run directory, data directory)."""
+    from repas.cli import main
+
+    data = write_fake_fashion(tmp / "data")
+    run = tmp / "run"
+    quick = ["--data", data, "--run-dir", run, "--threads", "2", "--set", "train.batch_size=64",
+             "--set", "search.batch_size=64", "--set", "finetune.batch_size=64"]
+    for stage in ("train", "search", "extract", "finetune", "fuse"):
+        epochs = ["--epochs", "1"] if stage in ("train", "search", "finetune") else []
+        assert main([stage, *map(str, quick + epochs)]) == 0
+    return run, data

@@ -43,16 +43,9 @@ def bare_predict(*argv: object) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A tiny run up to the fused net, then `repas export RUN_DIR` with every format and int8."""
-    from conftest import write_fake_fashion
+    from conftest import run_to_fuse
 
-    tmp = tmp_path_factory.mktemp("bundle")
-    data = write_fake_fashion(tmp / "data")
-    run = tmp / "run"
-    quick = ["--data", data, "--run-dir", run, "--threads", "2", "--set", "train.batch_size=64",
-             "--set", "search.batch_size=64", "--set", "finetune.batch_size=64"]
-    for stage in ("train", "search", "extract", "finetune", "fuse"):
-        epochs = ["--epochs", "1"] if stage in ("train", "search", "finetune") else []
-        assert main([stage, *map(str, quick + epochs)]) == 0
+    run, data = run_to_fuse(tmp_path_factory.mktemp("bundle"))
     formats = "onnx,pte" if _has_executorch() else "onnx"
     assert main(["export", str(run), "--data", str(data), "--format", formats, "--set", "export.runs=10",
                  "--set", "export.warmup=1", "--set", "export.calibration=32"]) == 0

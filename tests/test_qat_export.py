@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,17 +16,9 @@ pytest.importorskip("executorch")
 
 @pytest.fixture(scope="module")
 def fused_run(tmp_path_factory):
-    from conftest import write_fake_fashion
+    from conftest import run_to_fuse
 
-    tmp = tmp_path_factory.mktemp("qat")
-    data = write_fake_fashion(tmp / "data")
-    run = tmp / "run"
-    quick = ["--data", data, "--run-dir", run, "--threads", "2", "--set", "train.batch_size=64",
-             "--set", "search.batch_size=64", "--set", "finetune.batch_size=64"]
-    for stage in ("train", "search", "extract", "finetune", "fuse"):
-        epochs = ["--epochs", "1"] if stage in ("train", "search", "finetune") else []
-        assert main([stage, *map(str, quick + epochs)]) == 0
-    return run, data
+    return run_to_fuse(tmp_path_factory.mktemp("qat"))
 
 
 def test_the_int8_pte_is_the_trained_qat_net(fused_run, tmp_path):
@@ -56,12 +49,12 @@ def test_the_int8_pte_is_the_trained_qat_net(fused_run, tmp_path):
     with torch.no_grad():
         reference = torch.cat([int8(x[i:i + 1]) for i in range(8)])
         fresh = export_models(model, tmp_path / "ptq", shape, ["pte"], calibration=calibration)
-    got = torch.from_numpy(__import__("numpy").concatenate([run_pte(x[i:i + 1].numpy()) for i in range(8)]))
+    got = torch.from_numpy(np.concatenate([run_pte(x[i:i + 1].numpy()) for i in range(8)]))
     spread = float(reference.abs().max())
     # XNNPACK's int8 kernels round like PyTorch's reference within a few output steps (here 0.0011 each)
     assert float((got - reference).abs().max()) <= 0.05 * spread
     ptq = pte_runner(tmp_path / "ptq" / fresh["files"]["pte"]["int8"])
-    ptq_out = torch.from_numpy(__import__("numpy").concatenate([ptq(x[i:i + 1].numpy()) for i in range(8)]))
+    ptq_out = torch.from_numpy(np.concatenate([ptq(x[i:i + 1].numpy()) for i in range(8)]))
     assert float((ptq_out - reference).abs().max()) > float((got - reference).abs().max())  # not a recalibration
 
 
@@ -102,8 +95,6 @@ def test_a_bundle_recommends_int8_only_where_it_was_measured_faster():
 
 
 def test_mixed_precision_keeps_the_named_layers_float_in_one_xnnpack_delegate(fused_run, tmp_path):
-    import numpy as np
-
     from repas.deploy import export_models
     from repas.deploy.mixed_precision import quantizable_layers, quantize_layers
     from repas.deploy.runner import pte_runner

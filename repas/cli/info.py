@@ -24,14 +24,13 @@ def model_dir(path: Path) -> Path:
 def pruned_info(path: Path, *, trust_builder: bool = False) -> None:
     """A pruned user model: its builder, input, channel groups (kept of dense), MACs and params."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from repas.graph.cost import counted_macs
     from repas.graph.files import load_pruned, read_pruned_record
 
     record = read_pruned_record(path)
     model = load_pruned(path, trust_builder=trust_builder)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(record["input_shape"]))
+    macs = counted_macs(model, torch.zeros(record["input_shape"]))
     kwargs = ", ".join(f"{k}={v!r}" for k, v in record["kwargs"].items())
     print(f"{record['builder']}({kwargs}), pruned: {record['task']}, input {'x'.join(map(str, record['input_shape']))}")
     print(f"{'group':>5} {'kept':>11}  root")
@@ -39,7 +38,7 @@ def pruned_info(path: Path, *, trust_builder: bool = False) -> None:
         kept = f"{len(g['keep'])}/{g['size']}"
         print(f"{i:>5} {kept:>11}  {g['root']}")
     params = sum(p.numel() for p in model.parameters())
-    print(f"total: {counter.get_total_flops() / 2:,.0f} MACs, {params:,.0f} params")
+    print(f"total: {macs:,.0f} MACs, {params:,.0f} params")
 
 
 def info(target: str, *, trust_builder: bool = False) -> None:

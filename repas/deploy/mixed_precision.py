@@ -10,15 +10,13 @@ keep in float. Layers are named as ``model.named_modules()`` names their convs a
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from repas.deploy.qat import DEFAULT_OBSERVER, _batches, _export_batched, _pt2e, make_quantizer
-from repas.deploy.quiet import quiet_executorch
+from repas.deploy.qat import DEFAULT_OBSERVER, quantize_ptq
 from repas.errors import RepasError
 
 
@@ -57,26 +55,16 @@ def _layer_filter(names: Sequence[str], inside: bool) -> Callable[[Any], bool]:
     return keep
 
 
-@torch.no_grad()
 def quantize_layers(model: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor], *,
                     keep_float: Sequence[str] = (), only: Sequence[str] | None = None,
                     observer: str = DEFAULT_OBSERVER) -> torch.fx.GraphModule:
     """``model`` (fused, eval) post-training int8 but for the layers in ``keep_float`` (or
-    int8 in the layers of ``only`` alone), calibrated on ``batches``. The result is
-    PyTorch's int8 reference and lowers to a .pte like ``quantize_ptq``'s."""
+    int8 in the layers of ``only`` alone), calibrated on ``batches``: ``quantize_ptq`` with
+    a node filter."""
     check_layers(model, [*keep_float, *(only or [])], "the int8 layer list")
-    quantizer = make_quantizer(observer)
-    if only is not None:
-        quantizer.set_filter_function(_layer_filter(list(only), inside=True))
-    elif keep_float:
-        quantizer.set_filter_function(_layer_filter(list(keep_float), inside=False))
-    names = _pt2e()
-    model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
-    prepared = names["prepare"](_export_batched(model, example), quantizer)
-    for x in _batches(batches):
-        prepared(x)
-    with quiet_executorch():
-        return names["convert"](prepared)
+    node_filter = (_layer_filter(list(only), inside=True) if only is not None else
+                   _layer_filter(list(keep_float), inside=False) if keep_float else None)
+    return quantize_ptq(model, example, batches, observer, node_filter=node_filter)
 
 
 def int8_sensitivity(model: nn.Module, example: torch.Tensor, batches: list[torch.Tensor],

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -182,11 +182,15 @@ def _batches(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
 
 @torch.no_grad()
 def quantize_ptq(model: nn.Module, example: torch.Tensor, batches: Iterable[torch.Tensor],
-                 observer: str = DEFAULT_OBSERVER, **observer_args: Any) -> torch.fx.GraphModule:
+                 observer: str = DEFAULT_OBSERVER, *, node_filter: Callable[[Any], bool] | None = None,
+                 **observer_args: Any) -> torch.fx.GraphModule:
     """``model`` (fused, eval) in int8, its activation ranges calibrated by ``observer`` on
     ``batches`` (any batch size). The result is PyTorch's int8 reference and lowers to a
-    .pte with ``repas.deploy.executorch_export.lower_program`` at a batch-1 example."""
+    .pte with ``repas.deploy.executorch_export.lower_program`` at a batch-1 example.
+    ``node_filter``: quantize only the graph nodes it accepts (``repas.deploy.mixed_precision``)."""
     quantizer = make_quantizer(observer, **observer_args)
+    if node_filter is not None:
+        quantizer.set_filter_function(node_filter)
     names = _pt2e()
     model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     prepared = names["prepare"](_export_batched(model, example), quantizer)

@@ -116,6 +116,14 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[Cha
     return entries
 
 
+def counted_macs(model: nn.Module, *inputs: torch.Tensor) -> float:
+    """The MACs torch's flop counter finds in one forward pass of ``model`` (its FLOPs / 2),
+    attention counted by its plain matmuls."""
+    with torch.no_grad(), _plain_attention(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return counter.get_total_flops() / 2
+
+
 @contextmanager
 def _plain_attention() -> Iterator[None]:
     """Attention as plain matmuls, which torch's flop counter sees (not the fused CPU kernels)."""

@@ -14,6 +14,7 @@ from torch import nn
 from repas.config import PipelineConfig
 from repas.errors import RepasError
 from repas.graph import GraphSpec, fuse_model, load_pruned
+from repas.graph.cost import counted_macs
 from repas.graph.files import read_pruned_record
 from repas.stages.common import get_data, setup, stage_dir
 from repas.stages.export import export_formats, write_bundle
@@ -56,8 +57,6 @@ def export_pruned_stage(cfg: PipelineConfig, pruned: Path, out: Path, data: Task
     """``repas export`` of a user model's run (or any ``pruned/`` directory): the pruned model
     rebuilt by its builder (``load_pruned``, trusted as ``model.trust_builder`` says), its
     conv+BN folded, and the bundle written to ``out`` as the pipeline writes it."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     setup(cfg)
     record = read_pruned_record(pruned)
     model = load_pruned(pruned, trust_builder=cfg.model.trust_builder,
@@ -68,10 +67,8 @@ def export_pruned_stage(cfg: PipelineConfig, pruned: Path, out: Path, data: Task
         raise RepasError(f"{pruned} is a {record['task']} model but the config's data ({cfg.data.name}) is "
                          f"{data.task_name}: pass the run's config with --config")
     shape = tuple(record["input_shape"])
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(shape))
     widths = [len(g["keep"]) for g in record["groups"]]
-    facts = {"spec": record["builder"], "widths": widths, "macs": counter.get_total_flops() / 2,
+    facts = {"spec": record["builder"], "widths": widths, "macs": counted_macs(model, torch.zeros(shape)),
              "params": float(sum(math.prod(p.shape) for p in model.parameters()))}
     spec = GraphSpec(name=record["builder"], layers=[], input_shape=shape, task=task)
     export_user_model(cfg, fuse_model(model), spec, facts, out, data)
