@@ -22,6 +22,7 @@ from typing import Any
 _EXPORTS = {
     "PipelineConfig": "repas.config", "load_config": "repas.config",
     "export_onnx": "repas.deploy", "onnx_latency": "repas.deploy", "export_models": "repas.deploy",
+    "export_bundle": "repas.deploy",
     "predict": "repas.deploy", "load_runner": "repas.deploy", "profile": "repas.deploy.profile",
     "RepasError": "repas.errors",
     "RepBlock": "repas.reparam",

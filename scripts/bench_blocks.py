@@ -24,7 +24,7 @@ from repas.config import load_config
 from repas.search import spec_cost
 from repas.spec import ArchSpec
 from repas.stages import get_data
-from repas.supernet import build, fuse_net, with_branches
+from repas.supernet import build, fuse_repnet, with_branches
 from repas.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -72,7 +72,7 @@ def main() -> None:
         started = time.perf_counter()
         trainer.fit(train)
         seconds = (time.perf_counter() - started) / args.epochs
-        top1 = task.evaluate(fuse_net(trainer.eval_model.eval()), test)["top1"]
+        top1 = task.evaluate(fuse_repnet(trainer.eval_model.eval()), test)["top1"]
         results[name] = {"top1": top1, "seconds_per_epoch": seconds}
         print(f"| {name} | {', '.join(BLOCKS[name])} | {top1:.2f}% | {seconds:.0f} |", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import torch
 from repas.deploy import export_onnx, onnx_session
 from repas.search import spec_cost
 from repas.spec import ArchSpec
-from repas.supernet import build, create_supernet_spec, fuse_net, with_branches
+from repas.supernet import build, create_supernet_spec, fuse_repnet, with_branches
 
 BLOCKS = {
     "RepVGG": ["conv", "conv1x1", "identity"],
@@ -74,7 +74,7 @@ def measure(spec: ArchSpec, threads: int, runs: int, tmp: Path) -> tuple[dict[st
     """Median ms of the four variants, timed round-robin, and the fused net's relative error."""
     torch.manual_seed(0)
     multi = build(spec).eval()
-    fused = fuse_net(multi)
+    fused = fuse_repnet(multi)
     shape = (1, spec.in_channels, *spec.input_size)
     x = torch.randn(*shape)
     with torch.no_grad():

@@ -25,7 +25,7 @@ from repas.atomic import atomic_write_json
 from repas.deploy import cpu_name, export_onnx, onnx_session, time_calls
 from repas.deploy.profile import assemble_table, make_timer, plan_profile, time_models
 from repas.search import LatencyModel, subnet_spec
-from repas.supernet import build, create_supernet_spec, fuse_net
+from repas.supernet import build, create_supernet_spec, fuse_repnet
 
 PASSES = 5
 SPACES = {"repvgg-fmnist": {"in_channels": 1, "input_size": (28, 28), "num_classes": 10},
@@ -90,7 +90,7 @@ def main() -> None:
         nets = []
         for w in widths:
             masks = [torch.arange(lay.out_channels) < c for lay, c in zip(spec.layers, w)]
-            nets.append(fuse_net(build(subnet_spec(spec, masks)).eval()))
+            nets.append(fuse_repnet(build(subnet_spec(spec, masks)).eval()))
         shape = (1, spec.in_channels, *spec.input_size)
         per_pass = max(1, runs // PASSES)
         jobs = net_jobs(nets, shape, args.backend, out / name, sr, args.threads, warmup, per_pass)

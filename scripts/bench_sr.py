@@ -28,7 +28,7 @@ from repas.config import load_config
 from repas.data.sr_images import eval_images, load_pairs, set7_pkg
 from repas.deploy import export_onnx, onnx_latency_interleaved
 from repas.search import spec_cost
-from repas.supernet import build, create_supernet_spec, fuse_net, load_model, save_model
+from repas.supernet import build, create_supernet_spec, fuse_repnet, load_model, save_model
 from repas.task_data import SuperResolutionData, bicubic_scores
 from repas.tasks.super_resolution import SuperResolutionTask
 from repas.train import Trainer
@@ -63,8 +63,8 @@ def main() -> None:
         print(f"fixed net trained: {total_epochs} epochs x {cfg.data.batches_per_epoch} steps in "
               f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
         save_model(model, fixed_dir)
-    nets = {"ECBSR-M4C16 (fixed)": fuse_net(load_model(fixed_dir).eval()),
-            "searched from M4C32": fuse_net(load_model(Path(args.searched) / "finetune").eval())}
+    nets = {"ECBSR-M4C16 (fixed)": fuse_repnet(load_model(fixed_dir).eval()),
+            "searched from M4C32": fuse_repnet(load_model(Path(args.searched) / "finetune").eval())}
 
     rows = {"bicubic": {"macs": None, **{f"{n} {k}": v for n, p in sets.items()
                                         for k, v in bicubic_scores(p, colour, scale).items()}}}

@@ -17,7 +17,7 @@ from repas.config import load_config
 from repas.deploy import cpu_name, export_onnx, onnx_latency_interleaved
 from repas.search import extract_subnet, fit_masks_to_budget, gate_masks, gate_scores, round_masks, spec_cost
 from repas.stages.search import search_budget
-from repas.supernet import fuse_net, load_model
+from repas.supernet import fuse_repnet, load_model
 
 
 def main() -> None:
@@ -34,13 +34,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     spec = supernet.spec
     shape = (1, spec.in_channels, *spec.input_size)
-    paths = {"dense": export_onnx(fuse_net(load_model(run / "train").eval()), shape, tmp / "dense.onnx")}
+    paths = {"dense": export_onnx(fuse_repnet(load_model(run / "train").eval()), shape, tmp / "dense.onnx")}
     facts = {"dense": (spec.widths, spec_cost(spec))}
     masks, scores = gate_masks(supernet), gate_scores(supernet)
     for r in (1, 4, 8):
         fitted = fit_masks_to_budget(spec, round_masks(masks, scores, r), scores, budget.target, metric=budget.metric,
                                      step=r, tolerance=cfg.extract.tolerance)
-        net = fuse_net(extract_subnet(supernet, fitted))
+        net = fuse_repnet(extract_subnet(supernet, fitted))
         name = f"round-to {r}"
         paths[name] = export_onnx(net, shape, tmp / f"r{r}.onnx")
         facts[name] = (net.spec.widths, spec_cost(net.spec))

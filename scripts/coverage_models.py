@@ -10,7 +10,7 @@ statistics, at a small input, and put through:
 - output equality of each extracted model with the gated one (relative error <= 1e-4);
 - its MACs against ``torch.utils.flop_counter`` (FLOPs / 2; within 1%);
 - ``save_pruned`` / ``load_pruned`` (the loaded model equals the saved one);
-- the fused ONNX export (``fuse_model`` + ``repas.deploy.export_models``, checked in onnxruntime);
+- the fused ONNX export (``fuse_user_model`` + ``repas.deploy.export_models``, checked in onnxruntime);
 
 and, on a fresh copy of the same model, Torch-Pruning's ``MetaPruner`` with magnitude
 importance at channel ratio 1 - sqrt(0.5) (about 0.5x MACs on a conv net), which must run
@@ -160,7 +160,7 @@ def output_layers(model, num_classes: int) -> list:
 def run_repas(source: str, name: str, out: dict) -> None:
     import torch
 
-    from repas.graph import GatedModel, fuse_model, load_pruned, save_pruned
+    from repas.graph import GatedModel, fuse_user_model, load_pruned, save_pruned
     from repas.search import create_method
 
     t0 = time.perf_counter()
@@ -210,7 +210,7 @@ def run_repas(source: str, name: str, out: dict) -> None:
                     step = "onnx"
                     from repas.deploy import export_models
 
-                    fused = fuse_model(sub)
+                    fused = fuse_user_model(sub)
                     with torch.no_grad():
                         ref = sub(x1)
                         out["fuse_rel_err"] = rel_err(ref, fused(x1))

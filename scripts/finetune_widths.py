@@ -36,7 +36,7 @@ from repas.search import create_method  # noqa: E402
 from repas.search.methods.magnitude import l1_scores  # noqa: E402
 from repas.stages.common import setup  # noqa: E402
 from repas.stages.export import export_shape  # noqa: E402
-from repas.supernet import fuse_net, load_model  # noqa: E402
+from repas.supernet import fuse_repnet, load_model  # noqa: E402
 
 
 def parse_widths(text: str) -> list[int]:
@@ -112,7 +112,7 @@ def main() -> None:
             net, curve = finetune_cut(dense, scores, widths, tcfg, data, out / f"seed-{seed}" / name, seed)
             onnx = out / f"seed-{seed}" / name / "model.onnx"
             shape = export_shape(cfg, net.spec)
-            export_onnx(fuse_net(net.eval()), shape, onnx)
+            export_onnx(fuse_repnet(net.eval()), shape, onnx)
             rows.append({"run": run, "seed": seed, "widths": widths, "epochs": args.epochs, "metric": data.primary,
                          "value": curve[-1], "shape": list(shape), "onnx": str(onnx),
                          "seconds": time.perf_counter() - started})

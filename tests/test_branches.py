@@ -15,7 +15,7 @@ from repas.errors import RepasError
 from repas.reparam import RepBlock
 from repas.search import extract_subnet, gated_copy
 from repas.spec import ArchSpec, LayerSpec
-from repas.supernet import build, fuse_net
+from repas.supernet import build, fuse_repnet
 
 ALL_BRANCHES = ["conv", "conv1x1", "conv1xk", "convkx1", "identity", "identity_plain", "conv1x1_kxk",
                 "conv1x1_avg", "sobel_x", "sobel_y", "laplacian", "expand_squeeze", "conv_x3"]
@@ -109,7 +109,7 @@ def test_extraction_and_fusion_with_rich_branches(branches):
     with torch.no_grad():
         ref = gated_copy(model, masks).eval()(x)
         assert float((sub(x) - ref).abs().max()) <= TOL * float(ref.abs().max())
-        assert float((fuse_net(sub)(x) - ref).abs().max()) <= TOL * float(ref.abs().max())
+        assert float((fuse_repnet(sub)(x) - ref).abs().max()) <= TOL * float(ref.abs().max())
 
 
 def test_pas_masks_fold_in_after_fusing_at_full_width():
@@ -118,7 +118,7 @@ def test_pas_masks_fold_in_after_fusing_at_full_width():
     randomize_bn(model, 3)
     masks = [torch.arange(w) % 2 == 0 for w in model.spec.widths]
     gated = gated_copy(model, masks).eval()
-    fused_full = fuse_net(gated)  # fuse the supernet first, gates still in place
+    fused_full = fuse_repnet(gated)  # fuse the supernet first, gates still in place
     sub = extract_subnet(fused_full, masks)  # then slice the fused kernels' rows and columns
     assert all(b.fused for b in sub.blocks)
     x = torch.randn(2, 3, 12, 12)

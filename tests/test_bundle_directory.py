@@ -1,4 +1,4 @@
-"""`bundle_directory`: a bundle is written in a fresh directory beside the old one, which it
+"""`staged_directory`: a bundle is written in a fresh directory beside the old one, which it
 replaces only when the block succeeds; a failure leaves the old bundle as it was."""
 
 import pytest
@@ -13,10 +13,10 @@ def old_bundle(tmp_path):
 
 
 def test_a_successful_block_replaces_the_directory_whole(tmp_path):
-    from repas.deploy.bundle import bundle_directory
+    from repas.atomic import staged_directory
 
     out = old_bundle(tmp_path)
-    with bundle_directory(out) as staging:
+    with staged_directory(out) as staging:
         assert staging.parent == out.parent and staging != out and list(staging.iterdir()) == []
         (staging / "model.onnx").write_bytes(b"new model")
         assert (out / "model.onnx").read_bytes() == b"old model"  # untouched until the block ends
@@ -25,22 +25,22 @@ def test_a_successful_block_replaces_the_directory_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # neither the new nor the old copy is left
 
 
-def test_a_new_bundle_directory_is_created(tmp_path):
-    from repas.deploy.bundle import bundle_directory
+def test_a_new_staged_directory_is_created(tmp_path):
+    from repas.atomic import staged_directory
 
     out = tmp_path / "runs" / "export"
-    with bundle_directory(out) as staging:
+    with staged_directory(out) as staging:
         (staging / "model.json").write_text("{}")
     assert (out / "model.json").read_text() == "{}" and [p.name for p in out.parent.iterdir()] == ["export"]
 
 
 @pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
 def test_a_failed_block_leaves_the_old_directory_and_no_temporary_one(tmp_path, error):
-    from repas.deploy.bundle import bundle_directory
+    from repas.atomic import staged_directory
 
     out = old_bundle(tmp_path)
     with pytest.raises(error):
-        with bundle_directory(out) as staging:
+        with staged_directory(out) as staging:
             (staging / "model.onnx").write_bytes(b"half a new model")
             raise error("export failed")
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "stale-int8.onnx"]

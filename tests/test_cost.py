@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from repas.errors import RepasError
 from repas.search import Budget, cost, extract_subnet, min_cost, parse_quantity, resolve_target, spec_cost
-from repas.supernet import build, create_supernet_spec, fuse_net
+from repas.supernet import build, create_supernet_spec, fuse_repnet
 
 
 def counted_macs(model, spec) -> int:
@@ -20,7 +20,7 @@ def counted_macs(model, spec) -> int:
 @pytest.mark.parametrize("space", ["repvgg-fmnist", "tiny"])
 def test_macs_equal_flop_counter_on_fused_net(space):
     spec = tiny_spec() if space == "tiny" else create_supernet_spec(space)
-    fused = fuse_net(build(spec).eval())
+    fused = fuse_repnet(build(spec).eval())
     assert spec_cost(spec, "macs") == counted_macs(fused, spec)
     deployed = sum(p.numel() for name, p in fused.named_parameters() if not name.startswith("gates."))
     assert spec_cost(spec, "params") == deployed
@@ -32,7 +32,7 @@ def test_macs_of_extracted_odd_widths_equal_flop_counter():
     masks = [torch.rand(lay.out_channels) > 0.4 for lay in model.spec.layers]
     for m in masks:
         m[0] = True
-    sub = fuse_net(extract_subnet(model, masks))
+    sub = fuse_repnet(extract_subnet(model, masks))
     assert spec_cost(sub.spec) == counted_macs(sub, sub.spec)
     assert spec_cost(sub.spec) == cost(model.spec, [int(m.sum()) for m in masks])
 

@@ -14,7 +14,7 @@ from repas.deploy.runner import onnx_runner, pte_runner, upscale_array  # noqa: 
 from repas.errors import RepasError  # noqa: E402
 from repas.search import extract_subnet  # noqa: E402
 from repas.sr_geometry import receptive_radius, tile_windows  # noqa: E402
-from repas.supernet import build, create_supernet_spec, fuse_net  # noqa: E402
+from repas.supernet import build, create_supernet_spec, fuse_repnet  # noqa: E402
 
 TOL = 1e-4  # max abs difference, float32: both runtimes sum the same products in another order
 
@@ -30,7 +30,7 @@ def default_subnet(space: str, seed: int = 0, **shape) -> torch.nn.Module:
              else torch.ones(lay.out_channels, dtype=bool) for lay in model.spec.layers]
     for m in masks:
         m[0] = True
-    fused = fuse_net(extract_subnet(model.eval(), masks)).eval()
+    fused = fuse_repnet(extract_subnet(model.eval(), masks)).eval()
     # Random BN statistics blow activations up layer by layer (SR outputs reach ~600); scale
     # each fused conv so that its output has unit spread, as in a trained net, so that a
     # 1e-4 tolerance means what it means for real outputs.

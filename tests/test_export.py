@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from repas.deploy import export_onnx, onnx_latency, onnx_session, run_onnx  # noqa: E402
 from repas.search import extract_subnet  # noqa: E402
-from repas.supernet import build, fuse_net  # noqa: E402
+from repas.supernet import build, fuse_repnet  # noqa: E402
 
 
 def test_fused_extracted_net_in_onnxruntime_equals_pytorch(tmp_path):
@@ -20,7 +20,7 @@ def test_fused_extracted_net_in_onnxruntime_equals_pytorch(tmp_path):
     model = build(tiny_spec())
     randomize_bn(model)
     masks = [torch.arange(lay.out_channels) % 3 != 0 for lay in model.spec.layers]
-    plain = fuse_net(extract_subnet(model.eval(), masks))
+    plain = fuse_repnet(extract_subnet(model.eval(), masks))
     path = export_onnx(plain, (1, 3, 12, 12), tmp_path / "m.onnx")
     session = onnx_session(path)
     for seed in range(3):

@@ -13,7 +13,7 @@ from repas.search import (
     round_masks,
     spec_cost,
 )
-from repas.supernet import build, create_supernet_spec, fuse_net, load_model, save_model
+from repas.supernet import build, create_supernet_spec, fuse_repnet, load_model, save_model
 
 ABS_TOL = 1e-5
 
@@ -42,7 +42,7 @@ def test_extracted_equals_gated_supernet(seed):
     with torch.no_grad():
         assert float((sub(x) - model(x)).abs().max()) <= ABS_TOL
         # and fused, the subnet is still the same function
-        assert float((fuse_net(sub)(x) - model(x)).abs().max()) <= ABS_TOL
+        assert float((fuse_repnet(sub)(x) - model(x)).abs().max()) <= ABS_TOL
 
 
 def test_extraction_composes_and_survives_save_load(tmp_path):

@@ -8,9 +8,9 @@ import torch
 from conftest import randomize_bn, tiny_spec
 from timm.utils import reparameterize_model
 
-from repas.reparam import RepBlock, fuse
+from repas.reparam import RepBlock, reparameterize_blocks
 from repas.reparam.fusion import fuse_conv_bn
-from repas.supernet import build, fuse_net, fused_spec, load_model, save_model
+from repas.supernet import build, fuse_repnet, fused_spec, load_model, save_model
 
 REL_TOL = 1e-5
 
@@ -76,7 +76,7 @@ def test_whole_net_fuses_and_reloads_from_spec(tmp_path):
     model.eval()
     x = torch.randn(4, 3, 12, 12)
     ref = model(x)
-    fused = fuse_net(model)
+    fused = fuse_repnet(model)
     assert fused.spec == fused_spec(model.spec)
     assert all(b.fused for b in fused.blocks)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
@@ -95,4 +95,4 @@ def test_timm_reparameterize_model_fuses_repas_nets():
     fused = reparameterize_model(model)
     assert all(b.fused for b in fused.blocks)
     assert rel_diff(fused(x), ref) <= REL_TOL
-    assert rel_diff(fuse(model)(x), ref) <= REL_TOL
+    assert rel_diff(reparameterize_blocks(model)(x), ref) <= REL_TOL

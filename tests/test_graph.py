@@ -189,12 +189,12 @@ def test_a_pruned_model_saves_without_pickles_and_loads_through_its_builder(name
 @pytest.mark.parametrize("name", ["resnet18", "unet", "mobileone_s0"])
 def test_the_pruned_model_fuses_and_exports_to_a_verified_onnx(name, tmp_path):
     from repas.deploy import export_models
-    from repas.graph import fuse_model
+    from repas.graph import fuse_user_model
 
     g, x = gated(name)
     set_gates(g, random_masks(g, 6))
     sub = g.extract().eval()
-    fused = fuse_model(sub)
+    fused = fuse_user_model(sub)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())  # every BN folded
     with torch.no_grad():
         expected = sub(x)

@@ -23,7 +23,7 @@ from repas.search import (
     threshold_masks,
 )
 from repas.spec import ArchSpec, LayerSpec
-from repas.supernet import build, create_supernet_spec, fuse_net
+from repas.supernet import build, create_supernet_spec, fuse_repnet
 
 
 def wide_spec(layers: int = 2):
@@ -60,7 +60,7 @@ def test_a_whole_net_chain_has_the_ops_the_exporter_writes(name, widths, tmp_pat
     spec = create_supernet_spec(name, **({"input_size": (10, 12)} if name.startswith("ecbsr") else
                                          {"in_channels": 1, "input_size": (28, 28), "num_classes": 10}))
     masks = [torch.arange(lay.out_channels) < w for lay, w in zip(spec.layers, widths)]
-    net = fuse_net(build(subnet_spec(spec, masks)).eval())
+    net = fuse_repnet(build(subnet_spec(spec, masks)).eval())
     shape = (1, spec.in_channels, *spec.input_size)
     exported = onnx.load(export_onnx(net, shape, tmp_path / "net.onnx"))
     chain = onnx.load_from_string(onnx_bytes(net_parts(spec, widths)))

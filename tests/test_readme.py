@@ -72,4 +72,10 @@ def test_readme_user_model_block_prunes_a_torchvision_model_and_round_trips(tmp_
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(again(x), small.eval()(x))
-    assert namespace["made"]["checks"]["onnx_float_max_abs_diff"] <= 1e-4
+    from repas.deploy.runner import load_runner, read_manifest
+
+    manifest = read_manifest(namespace["bundle"])  # the bundle repas predict reads, checked as it checks it
+    assert manifest["labels"] == list("0123456789") and manifest["checks"]["onnx_float_max_abs_diff"] <= 1e-4
+    with torch.no_grad():
+        expected = namespace["fuse_user_model"](small)(x[:1]).numpy()
+    assert abs(load_runner(namespace["bundle"])(x[:1].numpy()) - expected).max() <= 1e-4

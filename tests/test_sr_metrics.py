@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from repas.colour import rgb_to_cbcr, rgb_to_y, ycbcr_to_rgb
-from repas.supernet import build, create_supernet_spec, fuse_net
+from repas.supernet import build, create_supernet_spec, fuse_repnet
 from repas.tasks.super_resolution import crop_border, psnr, quantize, receptive_radius, sr_scores, ssim, upscale_tiled
 
 metrics = pytest.importorskip("skimage.metrics")
@@ -51,7 +51,7 @@ def test_scores_quantize_the_output_to_uint8():
 
 def test_tiled_inference_equals_untiled():
     torch.manual_seed(0)
-    model = fuse_net(build(create_supernet_spec("ecbsr-m4c16", scale=3)).eval())
+    model = fuse_repnet(build(create_supernet_spec("ecbsr-m4c16", scale=3)).eval())
     x = torch.rand(1, 1, 70, 53)
     with torch.no_grad():
         full = model(x)

@@ -8,7 +8,7 @@ from test_cost import counted_macs
 
 from repas.errors import RepasError
 from repas.search import extract_subnet, gated_copy, spec_cost
-from repas.supernet import build, create_supernet_spec, fuse_net
+from repas.supernet import build, create_supernet_spec, fuse_repnet
 
 
 def small_sr(scale=2, colours=1):
@@ -30,7 +30,7 @@ def test_zero_body_is_nearest_neighbour_upsampling(scale, colours):
 
 def test_sr_macs_equal_flop_counter_and_presets_scale():
     spec = small_sr()
-    assert spec_cost(spec) == counted_macs(fuse_net(build(spec)).eval(), spec)
+    assert spec_cost(spec) == counted_macs(fuse_repnet(build(spec)).eval(), spec)
     m4c16, m4c32 = (spec_cost(create_supernet_spec(n)) for n in ("ecbsr-m4c16", "ecbsr-m4c32"))
     assert 3.0 < m4c32 / m4c16 < 4.0  # body MACs grow with C^2
 
@@ -48,7 +48,7 @@ def test_sr_extraction_and_fusion_are_exact():
         ref = gated_copy(model, masks).eval()(x)
         scale = float(ref.abs().max())
         assert float((sub(x) - ref).abs().max()) <= 1e-5 * scale
-        assert float((fuse_net(sub)(x) - ref).abs().max()) <= 1e-5 * scale
+        assert float((fuse_repnet(sub)(x) - ref).abs().max()) <= 1e-5 * scale
 
 
 def test_bad_sr_scale_is_a_clear_error():

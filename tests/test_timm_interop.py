@@ -6,7 +6,7 @@ import torch
 from conftest import randomize_bn
 from timm.utils import reparameterize_model
 
-from repas.supernet import fuse_net
+from repas.supernet import fuse_repnet
 from repas.supernet.timm_weights import from_timm_repvgg
 
 
@@ -25,7 +25,7 @@ def test_repas_fused_equals_timm_fused(name):
     with torch.no_grad():
         timm_fused = reparameterize_model(tm)(x)
         repas_multi = rm(x)
-        repas_fused = fuse_net(rm)(x)
+        repas_fused = fuse_repnet(rm)(x)
         timm_multi = tm(x)
     assert timm_fused.abs().max() > 1e-2  # a non-trivial output
     assert float((repas_multi - timm_multi).abs().max()) <= 1e-5

@@ -12,7 +12,7 @@ from repas.config import load_config
 from repas.data.fashion_mnist import locate_fashion_mnist
 from repas.errors import RepasError
 from repas.search.tolerance import shrinking_targets, tolerance_search
-from repas.supernet import fuse_net, load_model
+from repas.supernet import fuse_repnet, load_model
 from repas.task_data import make_task_data
 
 
@@ -107,6 +107,6 @@ def test_tolerance_search_returns_the_smallest_net_within_the_drop(method, tmp_p
     assert sub.spec.widths == accepted["widths"]
     cfg = load_config(None, [f"data.root={root}", *(v for f, v in zip(common, common[1:]) if f == "--set")])
     task_data = make_task_data(cfg)
-    value = task_data.task(cfg.search, sub.spec).evaluate(fuse_net(sub), task_data.val_batches(cfg.search))["top1"]
+    value = task_data.task(cfg.search, sub.spec).evaluate(fuse_repnet(sub), task_data.val_batches(cfg.search))["top1"]
     assert value == pytest.approx(accepted["value"], abs=1e-9)
     assert tol["reference"] - value <= max_drop

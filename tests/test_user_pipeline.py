@@ -154,3 +154,58 @@ def test_a_result_at_chance_or_with_a_sliver_of_a_group_warns():
     assert len(got) == 2 and "near chance" in got[0] and "group 0 at 4 of 64" in got[1] and "32" not in got[1]
     assert result_warnings("uniform", {"top1": 85.0}, [64, 256], [32, 128], 10) == []
     assert result_warnings("x", {"psnr": 30.0}, [64], [40], 0) == []
+
+
+def test_repas_finetune_trains_a_user_models_pruned_model_in_place(user_run, tmp_path, capsys):
+    """`repas finetune --run-dir RUN` (no --config) on a user model's run trains RUN/pruned
+    further, by its builder, and writes it back whole: new weights, the same pruned.json, a
+    report with the test score; the model it holds is then what `repas export` bundles."""
+    import shutil
+
+    from repas.graph import load_pruned
+    from repas.supernet.model_files import read_weights
+
+    run, data = user_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "compare-*"))
+    before = read_weights(copy / "pruned" / "weights.safetensors")
+    record = (copy / "pruned" / "pruned.json").read_bytes()
+    code = main(["finetune", "--run-dir", str(copy), "--data", str(data), "--epochs", "1", "--threads", "2",
+                 "--set", "finetune.batch_size=64", "--set", "finetune.lr=0.05"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    after = read_weights(copy / "pruned" / "weights.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    assert (copy / "pruned" / "pruned.json").read_bytes() == record
+    report = json.loads((copy / "pruned" / "report.json").read_text())
+    assert report["stage"] == "finetune" and 0 <= report["test"]["top1"] <= 100
+    assert "finetune (repas.models:resnet18_small)" in printed.out  # progress names the stage and the model
+    model = load_pruned(copy / "pruned")  # it loads by its builder, with the new weights
+    assert torch.equal(model.state_dict()[next(iter(after))], after[next(iter(after))])
+
+
+def test_a_bundle_written_from_python_is_read_by_repas_predict(user_run, tmp_path, capsys):
+    """`repas.export_bundle` writes model.json as `repas export` does; `repas predict` runs it
+    and prints the given labels, and the ONNX file equals the fused model."""
+    import repas
+    from repas.deploy.runner import load_runner
+    from repas.graph import load_pruned
+
+    run, _ = user_run
+    model = repas.graph.fuse_user_model(load_pruned(run / "pruned"))
+    labels = [f"class-{i}" for i in range(10)]
+    out = repas.export_bundle(model, tmp_path / "bundle", (1, 1, 28, 28), labels=labels, mean=[0.5], std=[0.25])
+    x = torch.randn(1, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(load_runner(out)(x.numpy()) - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
+    assert main(["predict", str(out), str(image)]) == 0
+    shown = capsys.readouterr().out.strip().splitlines()
+    assert len(shown) == 5 and all(line.split()[-1] in labels or any(lab in line for lab in labels)
+                                   for line in shown)
+    with pytest.raises(repas.RepasError, match="3 labels for a model with 10 outputs"):
+        repas.export_bundle(model, tmp_path / "bad", (1, 1, 28, 28), labels=["a", "b", "c"])
+    assert not (tmp_path / "bad").exists()

@@ -108,8 +108,15 @@ def _search(args: argparse.Namespace) -> Path | None:
 
 def _finetune(args: argparse.Namespace) -> Path | None:
     from repas.stages import finetune_stage
+    from repas.stages.user_export import pruned_dir
 
-    return finetune_stage(load_args_config(args), args.source, resume=_resume(args))
+    cfg = load_args_config(args)
+    pruned = pruned_dir(cfg, args.source)
+    if pruned is not None:  # a user model's run (model.builder): its pruned model, trained further in place
+        from repas.stages.user_model import finetune_pruned_stage
+
+        return finetune_pruned_stage(cfg, pruned, resume=_resume(args))
+    return finetune_stage(cfg, args.source, resume=_resume(args))
 
 
 def _profile(args: argparse.Namespace) -> Path | None:

@@ -14,6 +14,7 @@ _EXPORTS = {
     "export_onnx": "repas.deploy.onnx_export", "onnx_session": "repas.deploy.onnx_export",
     "run_onnx": "repas.deploy.onnx_export",
     "export_models": "repas.deploy.bundle", "write_manifest": "repas.deploy.bundle",
+    "export_bundle": "repas.deploy.bundle",
     "predict": "repas.deploy.runner", "load_runner": "repas.deploy.runner", "read_manifest": "repas.deploy.runner",
 }
 

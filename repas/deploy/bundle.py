@@ -10,20 +10,16 @@ Layout of a bundle directory::
                                     sha256 (of each model file)
 
 ``model.json`` records the SHA-256 of every model file, which ``repas.deploy.runner``
-(``repas predict``, without PyTorch) checks before running one. ``bundle_directory`` lets a
-bundle be written whole or not at all.
+(``repas predict``, without PyTorch) checks before running one. A bundle is written whole or
+not at all (``repas.atomic.staged_directory``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import logging
-import os
-import shutil
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from repas.atomic import atomic_write_bytes, atomic_write_json
+from repas.atomic import atomic_write_bytes, atomic_write_json, staged_directory
 from repas.deploy.onnx_export import export_onnx
 from repas.deploy.runner import BUNDLE_FORMAT, MANIFEST, RUNTIMES, Run, file_sha256, onnx_runner, pte_runner
 from repas.errors import RepasError
@@ -201,40 +197,49 @@ def write_manifest(out: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def bundle_directory(out: str | Path) -> Iterator[Path]:
-    """A fresh, empty directory to write a bundle in, which replaces ``out`` when the block
-    ends without an error: a bundle is then whole or absent, never half old and half new.
 
-    The directory is made beside ``out`` (the same parent, so that renaming it is atomic).
-    When the block succeeds, an existing ``out`` is renamed aside, the new directory renamed
-    to ``out``, and the old one deleted, with everything in it. When the block raises (Ctrl-C
-    included), the new directory is deleted and ``out`` is left as it was. (Only a crash
-    between the two renames leaves no ``out``: the old bundle is then ``.NAME.*.old`` beside it.)::
 
-        with bundle_directory(run / "export") as staging:
-            export_models(model, staging, shape, ["onnx"])
-            write_manifest(staging, manifest)
+def export_bundle(model: nn.Module, out: str | Path, input_shape: Sequence[int], *, task: str = "classification",
+                  labels: Sequence[str] | None = None, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
+                  scale: int = 1, colour: str = "y", formats: Sequence[str] = ("onnx",),
+                  calibration: list[torch.Tensor] | None = None, name: str | None = None) -> Path:
+    """A whole bundle from Python, as ``repas export`` writes one: ``model`` (fused, eval;
+    fuse it first with ``repas.fuse``) as .onnx / .pte files, each checked against PyTorch
+    (and, with ``calibration`` inputs, int8 ones), and ``model.json`` with how an image
+    becomes the input, the labels and every file's SHA-256, so that ``repas predict`` (or
+    ``repas.load_runner``) runs it. Written whole or not at all.
+
+    Classification: an input pixel is ``(p / 255 - mean) / std`` per channel; ``labels``
+    name the outputs (default "0", "1", ...). Super-resolution and denoising
+    (``task``): a ``colour`` ("y" or "rgb") image in [0, 1], upscaled ``scale`` x.::
+
+        repas.export_bundle(repas.fuse(net), "bundle/", (1, 1, 28, 28), labels=classes,
+                            mean=[0.286], std=[0.353])
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
-    staging, old = (out.with_name(f".{out.name}.{token}.{kind}") for kind in ("new", "old"))
-    staging.mkdir()  # (not mkdtemp: its mode 0700 would stay with the bundle)
-    moved_aside = False
-    try:
-        yield staging
-        if os.path.lexists(out):
-            os.replace(out, old)
-            moved_aside = True
-        os.replace(staging, out)
-    except BaseException:
-        if moved_aside and not os.path.lexists(out):
-            os.replace(old, out)  # the new bundle could not take its place: the old one goes back
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if moved_aside:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+    from repas.deploy.runner import TASKS, read_manifest
+
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 4 or shape[0] != 1:
+        raise RepasError(f"input_shape {list(shape)}: a bundle takes one image, [1, C, H, W]")
+    if task not in TASKS:
+        raise RepasError(f"task {task!r}: one of {', '.join(TASKS)}")
+    model = model.eval()
+    if task == "classification":
+        with torch.no_grad():
+            outputs = int(model(torch.zeros(shape)).reshape(-1).numel())
+        labels = [str(i) for i in range(outputs)] if labels is None else [str(x) for x in labels]
+        if len(labels) != outputs:
+            raise RepasError(f"{len(labels)} labels for a model with {outputs} outputs: give one label per output")
+        head = {"input": {"shape": list(shape), "colour": "grayscale" if shape[1] == 1 else "rgb",
+                          "pixel_scale": 1 / 255, "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+                "labels": labels, "output": "logits, one per label (softmax for probabilities)"}
+    else:
+        head = {"input": {"shape": list(shape), "colour": colour, "pixel_scale": 1 / 255, "overlap": 0},
+                "scale": int(scale), "output": "image in [0, 1], scale x the input's height and width"}
+    params = float(sum(p.numel() for p in model.parameters()))
+    with staged_directory(out) as staging:
+        made = export_models(model, staging, shape, list(formats), calibration=calibration)
+        write_manifest(staging, {"task": task, "name": name or type(model).__name__, **head, "params": params,
+                                 "files": made["files"], "checks": made["checks"]})
+        read_manifest(staging)  # what predict will check, checked now: a bad argument fails before out changes
+    return Path(out)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repas.atomic import atomic_write_json
+from repas.atomic import atomic_write_json, staged_directory
 from repas.errors import RepasError
 from repas.graph.builders import build_from, split_builder
 from repas.graph.gated import GatedModel, prune_copy
@@ -36,14 +36,14 @@ def save_pruned(model: nn.Module, directory: str | Path, gated: GatedModel, *, b
     """Save ``model`` (extracted from ``gated`` at ``masks``, default: its gates; fine-tuned
     or not) so that ``load_pruned`` rebuilds it with ``builder(**kwargs)``."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     masks = gated.masks() if masks is None else masks
     record = {"format": FORMAT, "builder": builder, "kwargs": kwargs or {},
               "input_shape": list(gated.example_inputs.shape), "task": gated.spec.task, "ignored": gated.ignored,
               "groups": [{"root": g.root, "size": g.size, "keep": torch.nonzero(m).flatten().tolist()}
                          for g, m in zip(gated.groups, masks)]}
-    save_weights(model, directory / "weights.safetensors")
-    atomic_write_json(directory / "pruned.json", record)
+    with staged_directory(directory, carry=True) as staging:  # whole or not at all
+        save_weights(model, staging / "weights.safetensors")
+        atomic_write_json(staging / "pruned.json", record)
     return directory
 
 

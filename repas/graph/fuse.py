@@ -13,7 +13,7 @@ from torch import nn
 log = logging.getLogger("repas.graph")
 
 
-def fuse_model(model: nn.Module) -> nn.Module:
+def fuse_user_model(model: nn.Module) -> nn.Module:
     """A fused copy of ``model`` (eval mode); the model itself is left as it is. Where
     ``torch.fx`` cannot trace the model, its BatchNorms stay (onnxruntime folds them at load)."""
     model = copy.deepcopy(model).eval()

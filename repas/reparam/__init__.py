@@ -10,10 +10,10 @@ from repas.reparam.block import RepBlock
 from repas.reparam.branches import ConvBN, IdentityBN
 from repas.reparam.fusion import fuse_conv_bn, identity_kernel, pad_kernel
 
-__all__ = ["ConvBN", "IdentityBN", "RepBlock", "fuse", "fuse_conv_bn", "identity_kernel", "pad_kernel"]
+__all__ = ["ConvBN", "IdentityBN", "RepBlock", "reparameterize_blocks", "fuse_conv_bn", "identity_kernel", "pad_kernel"]
 
 
-def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+def reparameterize_blocks(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Reparameterize every block of ``model`` that has ``reparameterize()``; eval mode."""
     if not inplace:
         model = copy.deepcopy(model)

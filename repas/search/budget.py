@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from repas.errors import RepasError
 from repas.search.cost import CostFn, analytic_cost, format_cost, min_cost, parse_quantity, spec_cost
-from repas.search.latency import parse_latency
+from repas.search.latency import LatencyModel, parse_latency
 from repas.spec import ArchSpec
 
 
@@ -70,3 +71,21 @@ def resolve_target(spec: ArchSpec, metric: str = "macs", *, fraction: float | No
         raise RepasError(f"{what} is below the smallest reachable cost {format_cost(smallest, metric)} "
                          "(every gated layer at one channel); raise the target")
     return target
+
+
+def budget_cost_model(spec: ArchSpec, metric: str, latency_table: str | Path | None = None) -> CostFn:
+    """The cost of ``spec`` as a function of its widths: analytic MACs or params, or the
+    latency model over the measured ``latency_table``."""
+    if metric == "latency":
+        if latency_table is None:
+            raise RepasError("a latency budget needs a latency table (repas profile writes one)")
+        return LatencyModel.load(Path(latency_table), spec)
+    return analytic_cost(spec, metric)
+
+
+def width_multiple(round_to: int, model: CostFn) -> int:
+    """The multiple widths are rounded to: ``round_to``, or the latency table's divisor where
+    ``round_to`` is 1 and the cost is latency (its grid points are measured, not interpolated)."""
+    if round_to == 1 and isinstance(model, LatencyModel):
+        return model.divisor
+    return round_to

@@ -13,15 +13,17 @@ from typing import Any
 import torch
 
 from repas import distributed
-from repas.atomic import atomic_write_json
+from repas.atomic import atomic_write_json, staged_directory
 from repas.config import PipelineConfig
 from repas.deploy import cpu_name
 from repas.errors import Interrupted, RepasError
 from repas.json_files import read_json
-from repas.search import LatencyModel, analytic_cost, spec_cost
+from repas.search import spec_cost
+from repas.search.budget import budget_cost_model, width_multiple
 from repas.search.cost import CostFn
 from repas.spec import ArchSpec
-from repas.supernet import RepNet, save_model
+from repas.supernet import RepNet
+from repas.supernet.model_files import write_model_files
 from repas.task_data import TaskData, make_task_data
 
 log = logging.getLogger("repas.stages")
@@ -107,11 +109,20 @@ def save_stage(model: RepNet, out: Path, report: dict[str, Any], cfg: PipelineCo
     """Rank 0 saves a stage's model, report and config; every process waits for it. A stage
     that a signal reached in its last epoch is saved complete, and then the run stops."""
     if distributed.is_main():
-        save_model(model, out, report)
-        record_config(out, cfg)
+        write_stage(model, out, report, cfg)
     distributed.barrier()
     if report.get("stopped_by_signal"):
         raise Interrupted(report["stopped_by_signal"], f"after the {report['stage']} stage; its output is saved")
+    return out
+
+
+def write_stage(model: RepNet, out: Path, report: dict[str, Any], cfg: PipelineConfig) -> Path:
+    """A stage's model, report and config, written as one step (``staged_directory``): a
+    crash or kill mid-write leaves the stage's previous output whole; a training stage's
+    checkpoint and logs stay beside the new output."""
+    with staged_directory(out, carry=True) as staging:
+        write_model_files(model, staging, report)
+        record_config(staging, cfg)
     return out
 
 
@@ -120,17 +131,13 @@ def latency_table_path(cfg: PipelineConfig) -> Path:
 
 
 def cost_model(cfg: PipelineConfig, spec: ArchSpec, metric: str) -> CostFn:
-    """The cost of ``spec`` as a function of its widths: MACs, params, or the latency
-    model over the configured latency table."""
-    return LatencyModel.load(latency_table_path(cfg), spec) if metric == "latency" else analytic_cost(spec, metric)
+    """``budget_cost_model`` with the configured latency table."""
+    return budget_cost_model(spec, metric, latency_table_path(cfg))
 
 
 def width_step(cfg: PipelineConfig, model: CostFn) -> int:
-    """The multiple widths are rounded to: extract.round_to, or the latency table's divisor
-    where round_to is 1 and the cost is latency (its grid points are measured, not interpolated)."""
-    if cfg.extract.round_to == 1 and isinstance(model, LatencyModel):
-        return model.divisor
-    return cfg.extract.round_to
+    """``width_multiple`` of the configured ``extract.round_to``."""
+    return width_multiple(cfg.extract.round_to, model)
 
 
 def warn(report: dict[str, Any], message: str) -> None:

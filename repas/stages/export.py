@@ -8,10 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from repas.atomic import atomic_write_json, atomic_write_text
+from repas.atomic import atomic_write_json, atomic_write_text, staged_directory
 from repas.config import PipelineConfig
 from repas.deploy import cpu_name, export_models, latency_each, write_manifest
-from repas.deploy.bundle import bundle_directory
 from repas.deploy.runner import onnx_runner, pte_runner
 from repas.errors import RepasError
 from repas.spec import ArchSpec
@@ -133,7 +132,7 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
 
         check_layers(model, float_layers, "export.float_layers")
     sensitivity = int8_sensitivity_of(cfg, model, spec, data, shape, calibration) if int8 and e.sensitivity else None
-    with bundle_directory(out) as staging:
+    with staged_directory(out) as staging:
         made = export_models(model, staging, shape, formats, calibration=calibration, observer=e.observer, qat=qat,
                              float_layers=float_layers if qat is None else ())
         if qat_report is not None:

@@ -17,15 +17,15 @@ from repas.stages.common import (
     cost_model,
     model_facts,
     read_report,
-    record_config,
     setup,
     source_dir,
     stage_dir,
     warn,
     width_step,
+    write_stage,
 )
 from repas.stages.search import search_budget
-from repas.supernet import RepNet, load_model, save_model
+from repas.supernet import RepNet, load_model
 from repas.supernet.gating import was_searched
 
 log = logging.getLogger("repas.stages")
@@ -76,9 +76,7 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, *, targ
                      "the target or search with a smaller search.alpha")
     log.info(f"extract: widths {sub.spec.widths}, {budget.metric} {format_cost(cost, budget.metric)} = "
              f"{cost / budget.target:.3f} x target")
-    out = save_model(sub, stage_dir(cfg, "extract"), report)
-    record_config(out, cfg)
-    return out
+    return write_stage(sub, stage_dir(cfg, "extract"), report, cfg)
 
 
 def extract_checked(model: RepNet, masks: list[torch.Tensor]) -> tuple[RepNet, float]:

@@ -10,8 +10,8 @@ import torch
 
 from repas.config import PipelineConfig
 from repas.errors import RepasError
-from repas.stages.common import check_input, model_facts, record_config, setup, source_dir, stage_dir
-from repas.supernet import fuse, load_model, save_model
+from repas.stages.common import check_input, model_facts, setup, source_dir, stage_dir, write_stage
+from repas.supernet import fuse, load_model
 
 log = logging.getLogger("repas.stages")
 
@@ -29,6 +29,4 @@ def fuse_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str |
         raise RepasError(f"fused net differs from the multi-branch net by {rel:.2e} (relative): please report")
     report = {"stage": "fuse", **model_facts(fused), "max_rel_diff_vs_multibranch": rel}
     log.info(f"fuse: {len(fused.blocks)} plain convs, max relative difference {rel:.1e}")
-    path = save_model(fused, out or stage_dir(cfg, "fuse"), report)
-    record_config(path, cfg)
-    return path
+    return write_stage(fused, Path(out) if out else stage_dir(cfg, "fuse"), report, cfg)

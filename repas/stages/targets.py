@@ -23,17 +23,16 @@ from repas.stages.common import (
     latency_table_path,
     model_facts,
     read_report,
-    record_config,
     setup,
     source_dir,
     stage_dir,
     width_step,
+    write_stage,
 )
 from repas.stages.export import export_stage
 from repas.stages.extract import extract_checked, load_searched
 from repas.stages.fuse import fuse_stage
 from repas.stages.training import finetune_stage
-from repas.supernet import save_model
 from repas.task_data import TaskData
 
 log = logging.getLogger("repas.stages")
@@ -88,9 +87,8 @@ def targets_stage(cfg: PipelineConfig, targets: list[str], source: str | Path | 
         row = {"target": label, "metric": metric, "target_value": target, "allocation": cfg.extract.allocation,
                **model_facts(sub), f"predicted_{metric}": cost, "cost_vs_target": cost / target,
                "predicted_latency_ms": float(latency(sub.spec.widths)) if latency else None}
-        out = save_model(sub, stage_dir(sub_cfg, "extract"), {"stage": "extract", **row,
-                                                               "max_rel_diff_vs_gated_supernet": diff})
-        record_config(out, sub_cfg)
+        write_stage(sub, stage_dir(sub_cfg, "extract"), {"stage": "extract", **row,
+                                                         "max_rel_diff_vs_gated_supernet": diff}, sub_cfg)
         log.info(f"extract {label}: widths {sub.spec.widths}, {metric} {format_cost(cost, metric)} = "
                  f"{cost / target:.3f} x target")
         if finetune:

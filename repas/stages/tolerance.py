@@ -16,7 +16,7 @@ from repas.search.tolerance import shrinking_targets, tolerance_search
 from repas.stages.common import cost_model, environment, model_facts, stage_dir, width_step
 from repas.stages.methods import method_search
 from repas.stages.training import dense_teacher
-from repas.supernet import RepNet, apply_masks, fuse_net
+from repas.supernet import RepNet, apply_masks, fuse_repnet
 from repas.task_data import TaskData
 from repas.train import Trainer
 
@@ -44,7 +44,7 @@ def tolerance_search_stage(cfg: PipelineConfig, model: RepNet, data: TaskData
     teacher = dense_teacher(cfg, "search") if s.distill > 0 else None
 
     def validate(net: RepNet) -> float:
-        return task.evaluate(fuse_net(net.eval()), val)[data.primary]
+        return task.evaluate(fuse_repnet(net.eval()), val)[data.primary]
 
     def run_round(target: float) -> tuple[list[int], float, float, RepNet] | None:
         out = root / f"round-{len(rounds_run) + 1}"

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from repas.config import PipelineConfig, TrainConfig
 from repas.errors import RepasError
 from repas.search import method_class
@@ -30,27 +32,36 @@ from repas.task_data import TaskData, shaped_spec
 from repas.train import LossTerm, Trainer
 
 
-def run_training(cfg: PipelineConfig, stage: str, model: RepNet, tcfg: TrainConfig, resume: Resume, *,
-                 data: TaskData, terms: Sequence[LossTerm] = (), gate_lr: float | None = None
-                 ) -> tuple[RepNet, dict[str, Any]]:
-    """Train ``model`` for ``tcfg.epochs`` in ``<run_dir>/<stage>``; returns the net to keep
-    (the EMA net of a plain training run; a search keeps its own gates) and its report."""
+def run_training(cfg: PipelineConfig, stage: str, model: nn.Module, tcfg: TrainConfig, resume: Resume, *,
+                 data: TaskData, terms: Sequence[LossTerm] = (), gate_lr: float | None = None,
+                 out: Path | None = None, teacher: nn.Module | None = None, label: str | None = None
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``model`` for ``tcfg.epochs`` in ``out`` (default ``<run_dir>/<stage>``); returns
+    the net to keep (the EMA net of a plain training run; a search keeps its own gates) and
+    its report. Every training of every model runs here: repas's own supernets and subnets
+    (a RepNet) and a user's own CNN (``model.builder``; ``teacher`` is then its dense model)."""
     if tcfg.sandwich and stage != "train":
         raise RepasError(f"{stage}.sandwich: the sandwich rule trains the dense supernet's subnets; set it as "
                          "train.sandwich (the search and the fine-tune train at the widths they hold)")
+    own = isinstance(model, RepNet)
+    if tcfg.sandwich and not own:
+        raise RepasError("train.sandwich trains the subnets of a repas supernet; a user model (model.builder) "
+                         "trains ungated, so it has none: set train.sandwich: 0")
     train, test = data.train_loader(tcfg), data.eval_batches(tcfg)
-    task = data.task(tcfg, model.spec)
-    teacher = dense_teacher(cfg, stage) if tcfg.distill > 0 else None
-    label = stage if stage == "train" else f"{stage} ({cfg.search.method})"
-    trainer = Trainer(model, task, tcfg, stage_dir(cfg, stage), terms=terms, gate_lr=gate_lr, teacher=teacher,
-                      label=label)
+    task = data.task(tcfg, model.spec if own else None)
+    if teacher is None and tcfg.distill > 0:
+        teacher = dense_teacher(cfg, stage)
+    label = label or (stage if stage == "train" else f"{stage} ({cfg.search.method})")
+    trainer = Trainer(model, task, tcfg, out or stage_dir(cfg, stage), terms=terms, gate_lr=gate_lr,
+                      teacher=teacher if tcfg.distill > 0 else None, label=label)
     started = time.perf_counter()
     trainer.fit(train, test, resume=bool(resume))
     searching = any(getattr(t, "searches", True) for t in terms)  # a search keeps its gates, not an EMA net
     final = model if searching else trainer.eval_model
     metrics = trainer.evaluate(test, final)
     final.cpu()
-    report = {"stage": stage, **model_facts(final), "test": metrics, "seconds": time.perf_counter() - started,
+    report = {"stage": stage, **(model_facts(final) if own else {}), "test": metrics,
+              "seconds": time.perf_counter() - started, "epochs": tcfg.epochs,
               "history": trainer.history, "config": dataclasses.asdict(tcfg), "environment": environment(),
               "channels_last": trainer.channels_last}  # as trained: the trainer may refuse it (memory_format)
     if trainer.stopping():  # the signal came in the last epoch: the stage is saved, then the run stops

@@ -13,7 +13,7 @@ from torch import nn
 
 from repas.config import PipelineConfig
 from repas.errors import RepasError
-from repas.graph import GraphSpec, fuse_model, load_pruned
+from repas.graph import GraphSpec, fuse_user_model, load_pruned
 from repas.graph.cost import counted_macs
 from repas.graph.files import read_pruned_record
 from repas.stages.common import get_data, setup, stage_dir
@@ -71,5 +71,5 @@ def export_pruned_stage(cfg: PipelineConfig, pruned: Path, out: Path, data: Task
     facts = {"spec": record["builder"], "widths": widths, "macs": counted_macs(model, torch.zeros(shape)),
              "params": float(sum(math.prod(p.shape) for p in model.parameters()))}
     spec = GraphSpec(name=record["builder"], layers=[], input_shape=shape, task=task)
-    export_user_model(cfg, fuse_model(model), spec, facts, out, data)
+    export_user_model(cfg, fuse_user_model(model), spec, facts, out, data)
     return out

@@ -18,20 +18,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from repas.atomic import atomic_write_json, atomic_write_text
-from repas.config import PipelineConfig, TrainConfig
+from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, staged_directory
+from repas.config import PipelineConfig
 from repas.errors import RepasError
-from repas.graph import GatedModel, fuse_model, save_pruned
+from repas.graph import GatedModel, fuse_user_model, load_pruned, save_pruned
 from repas.graph.builders import build_from
+from repas.graph.files import read_pruned_record
 from repas.json_files import read_json
 from repas.search import create_method
-from repas.stages.common import Resume, environment, get_data, record_config, setup
+from repas.stages.common import Resume, environment, get_data, record_config, setup, stage_dir
 from repas.stages.methods import sample_inputs
-from repas.stages.training import finetune_config
+from repas.stages.resume import resolve_resume
+from repas.stages.training import finetune_config, run_training
 from repas.stages.user_export import export_user_model
 from repas.supernet.model_files import load_weights, read_weights, save_weights
 from repas.task_data import TaskData
-from repas.train import Trainer
 
 log = logging.getLogger("repas.stages")
 
@@ -42,37 +43,34 @@ def user_model_facts(gated: GatedModel, widths: list[int]) -> dict[str, Any]:
             "params": float(gated.cost("params", widths))}
 
 
-def _train(model: nn.Module, tcfg: TrainConfig, out: Path, data: TaskData, **kwargs: Any
-           ) -> tuple[nn.Module, dict[str, Any]]:
-    if tcfg.sandwich:
-        raise RepasError("train.sandwich trains the subnets of a repas supernet; a user model (model.builder) "
-                         "trains ungated, so it has none: set train.sandwich: 0")
-    trainer = Trainer(model, data.task(tcfg, None), tcfg, out, **{"label": out.name, **kwargs})
-    started = time.perf_counter()
-    test = data.eval_batches(tcfg)
-    trainer.fit(data.train_loader(tcfg), test)
-    final = trainer.eval_model if not kwargs.get("terms") else model
-    return final, {"test": trainer.evaluate(test, final), "seconds": time.perf_counter() - started,
-                   "epochs": tcfg.epochs}
-
-
 def dense_model(cfg: PipelineConfig, data: TaskData, resume: Resume = False) -> tuple[nn.Module, dict[str, Any]]:
     """The user's model, built by ``model.builder``, with ``model.weights`` or trained for
-    ``train.epochs`` (its weights then saved in RUN_DIR/train; ``--resume auto`` keeps them)."""
+    ``train.epochs`` in RUN_DIR/train by the stages' own training (``run_training``), and
+    saved there as one step; ``--resume auto`` keeps a complete one (the stages' resume rule)."""
     m = cfg.model
     model = build_from(m.builder, m.kwargs or {}, trust_builder=m.trust_builder,
                        trusted_builders=m.trusted_builders or ())
-    out = Path(cfg.run_dir) / "train"
-    weights = m.weights or (str(out / "weights.safetensors") if resume == "auto" and
-                            (out / "report.json").exists() else None)
-    if weights:
-        load_weights(model, read_weights(weights), f"{weights} (model.weights)")
-        report = read_json(out / "report.json") if not m.weights else {"weights": weights}
-        return model, report
-    model, report = _train(model, cfg.train, out, data)
-    save_weights(model, out / "weights.safetensors")
-    atomic_write_json(out / "report.json", {"stage": "train", **report})
+    if m.weights:
+        load_weights(model, read_weights(m.weights), f"{m.weights} (model.weights)")
+        return model, {"weights": m.weights}
+    out = stage_dir(cfg, "train")
+    resumed = resolve_resume(resume, cfg, "train", cfg.train, None)
+    if resumed is None:
+        load_weights(model, read_weights(out / "weights.safetensors"), str(out / "weights.safetensors"))
+        return model, read_json(out / "report.json")
+    model, report = run_training(cfg, "train", model, cfg.train, resumed, data=data)
+    write_user_stage(model, out, report, cfg)
     return model, report
+
+
+def write_user_stage(model: nn.Module, out: Path, report: dict[str, Any], cfg: PipelineConfig) -> Path:
+    """A user model's stage output (weights, report, config) as one step, as ``write_stage``
+    writes a RepNet's: a kill mid-write leaves the previous output whole."""
+    with staged_directory(out, carry=True) as staging:
+        save_weights(model, staging / "weights.safetensors")
+        atomic_write_json(staging / "report.json", report)
+        record_config(staging, cfg)
+    return out
 
 
 def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, out: Path, data: TaskData
@@ -89,22 +87,24 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
                            step=cfg.extract.round_to, tolerance=cfg.extract.tolerance, strength=s.strength,
                            updates_per_epoch=len(loader), epochs=s.epochs)
     if method.trains:
-        _train(gated, s, out / "search", data, terms=[method], label=f"search ({method_name})",
-               gate_lr=s.gate_lr if method.learns_gates else None, teacher=_teacher(dense, s.distill))
+        run_training(cfg, "search", gated, s, False, data=data, terms=[method], out=out / "search",
+                     label=f"search ({method_name})", gate_lr=s.gate_lr if method.learns_gates else None,
+                     teacher=_teacher(dense, s.distill))
     inputs = sample_inputs(gated, data, method.input_count) if method.needs_inputs else None
     small = method.extract(inputs)
     masks = gated.masks()
     widths = [int(k.sum()) for k in masks]
     tcfg = finetune_config(dataclasses.replace(cfg, search=dataclasses.replace(s, method=method_name)))
-    small, tuned = _train(small, tcfg, out / "finetune", data, teacher=_teacher(dense, tcfg.distill),
-                          label=f"finetune ({method_name})")
+    small, tuned = run_training(cfg, "finetune", small, tcfg, False, data=data, out=out / "finetune",
+                                teacher=_teacher(dense, tcfg.distill), label=f"finetune ({method_name})")
+    tuned = {k: tuned[k] for k in ("test", "seconds", "epochs")}
     save_pruned(small, out / "pruned", gated, builder=cfg.model.builder, kwargs=cfg.model.kwargs, masks=masks)
     facts = user_model_facts(gated, widths)
     target = float(method.budget.target)
     report = {"method": method_name, **facts, "target": target, "cost_vs_target": facts[s.metric] / target,
               "dense_widths": gated.spec.widths, "dense_macs": float(gated.cost("macs", gated.spec.widths)),
               "finetune": tuned}
-    report.update(export_user_model(cfg, fuse_model(small.eval()), gated.spec, facts, out / "export", data),
+    report.update(export_user_model(cfg, fuse_user_model(small.eval()), gated.spec, facts, out / "export", data),
                   seconds=time.perf_counter() - started)
     report["warnings"] = result_warnings(method_name, tuned["test"], gated.spec.widths, widths,
                                          len(data.labels()) if data.task_name == "classification" else 0)
@@ -193,3 +193,39 @@ def user_report_markdown(summary: dict[str, Any], cfg: PipelineConfig) -> str:
     if warnings:
         lines += ["", "**Warnings:**", ""] + [f"- repas: warning: {w}" for w in warnings]
     return "\n".join(lines) + "\n"
+
+
+def finetune_pruned_stage(cfg: PipelineConfig, pruned: Path, *, resume: Resume = False,
+                          data: TaskData | None = None) -> Path:
+    """``repas finetune`` of a user model's run (or any ``pruned/`` directory): the pruned
+    model rebuilt by its builder (trusted as ``model.trust_builder`` says), trained
+    ``finetune.epochs`` more by the stages' own training (checkpoints in RUN/finetune; with
+    ``finetune.distill``, the run's dense model in RUN/train teaches), and written back to
+    ``pruned`` as one step. ``repas export`` then bundles it."""
+    setup(cfg)
+    record = read_pruned_record(pruned)
+    trust = {"trust_builder": cfg.model.trust_builder, "trusted_builders": cfg.model.trusted_builders or ()}
+    model = load_pruned(pruned, **trust)
+    data = data or get_data(cfg)
+    task = "classification" if record["task"] == "classification" else data.task_name
+    if data.task_name != task:
+        raise RepasError(f"{pruned} is a {record['task']} model but the config's data ({cfg.data.name}) is "
+                         f"{data.task_name}: pass the run's config with --config")
+    out = pruned.parent / "finetune"
+    teacher = None
+    if cfg.finetune.distill > 0:
+        dense_dir = pruned.parent / "train"
+        if not (dense_dir / "weights.safetensors").exists():
+            raise RepasError(f"finetune.distill needs the run's dense model at {dense_dir} as its teacher")
+        teacher = build_from(record["builder"], record["kwargs"], **trust)
+        load_weights(teacher, read_weights(dense_dir / "weights.safetensors"), str(dense_dir))
+    # --resume continues this command's own checkpoint; the pipeline's fine-tune is finished, not resumed
+    model, report = run_training(cfg, "finetune", model, cfg.finetune, resume is True, data=data, out=out,
+                                 teacher=teacher, label=f"finetune ({record['builder']})")
+    raw = (pruned / "pruned.json").read_bytes()
+    with staged_directory(pruned, carry=True) as staging:
+        save_weights(model, staging / "weights.safetensors")
+        atomic_write_bytes(staging / "pruned.json", raw)
+        atomic_write_json(staging / "report.json", {**report, "source": str(pruned)})
+    log.info(f"finetune: {pruned} updated, test {report['test']}; 'repas export {pruned.parent}' bundles it")
+    return pruned

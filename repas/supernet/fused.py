@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from repas.reparam import fuse as fuse_blocks
+from repas.reparam import reparameterize_blocks
 from repas.spec import ArchSpec
 from repas.supernet.net import RepNet
 
@@ -24,14 +24,14 @@ def fused_spec(spec: ArchSpec) -> ArchSpec:
 
 
 @torch.no_grad()
-def fuse_net(model: RepNet, inplace: bool = False) -> RepNet:
+def fuse_repnet(model: RepNet, inplace: bool = False) -> RepNet:
     """The plain conv/act net equal to ``model`` in eval mode, rebuildable from its spec.
 
     Gates fold into the fused convs: with b in {0, 1} and act(0) = 0 (ReLU, PReLU,
     identity), ``act(conv(x)) * b == act((b * W) x + b * bias)``; a switched-off channel
     becomes an all-zero row, which extraction then removes.
     """
-    out = fuse_blocks(model, inplace=inplace)
+    out = reparameterize_blocks(model, inplace=inplace)
     for i, gate in enumerate(out.gate_modules()):
         if gate is not None:
             b = gate.mask().to(gate.weight.dtype)
@@ -44,9 +44,11 @@ def fuse_net(model: RepNet, inplace: bool = False) -> RepNet:
 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The deploy form of ``model`` in eval mode: a RepNet becomes its plain conv/act net
-    with gates folded in and a spec that says so (``save_model`` then ``load_model``
-    round-trips it); any other module has every block with ``reparameterize()`` fused."""
+    """The deploy form of ``model`` in eval mode, the one name a user needs: a RepNet
+    becomes its plain conv/act net (``fuse_repnet``: gates folded in, a spec that says so);
+    any other module has each of its blocks' branches fused (``reparameterize_blocks``).
+    A user's own CNN (``repas.graph``) has its conv + BatchNorm pairs folded by
+    ``repas.graph.fuse_user_model``."""
     if isinstance(model, RepNet):
-        return fuse_net(model, inplace=inplace)
-    return fuse_blocks(model, inplace=inplace)
+        return fuse_repnet(model, inplace=inplace)
+    return reparameterize_blocks(model, inplace=inplace)

@@ -10,7 +10,7 @@ import safetensors.torch
 from safetensors import SafetensorError
 from torch import nn
 
-from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, staged_directory
 from repas.errors import RepasError
 from repas.spec import ArchSpec
 from repas.supernet.net import RepNet, build
@@ -35,14 +35,21 @@ def read_weights(path: str | Path) -> dict:
 
 
 def save_model(model: RepNet, directory: str | Path, report: dict[str, Any] | None = None) -> Path:
-    """Write spec, weights and (optionally) report atomically; returns the directory."""
+    """Write spec, weights and (optionally) report as one atomic step (``staged_directory``:
+    a kill mid-write leaves the directory as it was; other files in it are kept); returns
+    the directory."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with staged_directory(directory, carry=True) as staging:
+        write_model_files(model, staging, report)
+    return directory
+
+
+def write_model_files(model: RepNet, directory: Path, report: dict[str, Any] | None = None) -> None:
+    """spec.json, weights.safetensors and (optionally) report.json into ``directory``."""
     save_weights(model, directory / "weights.safetensors")
     atomic_write_text(directory / "spec.json", model.spec.to_json() + "\n")
     if report is not None:
         atomic_write_json(directory / "report.json", report)
-    return directory
 
 
 def load_model(directory: str | Path) -> RepNet:

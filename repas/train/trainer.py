@@ -39,7 +39,7 @@ from repas import distributed
 from repas.atomic import atomic_torch_save
 from repas.config import TrainConfig
 from repas.errors import Interrupted, RepasError
-from repas.supernet.fused import fuse_net
+from repas.supernet.fused import fuse_repnet
 from repas.supernet.gating import gate_widths
 from repas.supernet.net import RepNet
 from repas.train.checkpoint import read_checkpoint
@@ -442,7 +442,7 @@ class Trainer:
         """The task's metrics of ``model`` (default: the eval model), computed on its fused
         copy where it is a RepNet (equal in eval mode, and several times faster)."""
         model = model if model is not None else self.eval_model
-        model = (fuse_net(model) if isinstance(model, RepNet) else model).eval()
+        model = (fuse_repnet(model) if isinstance(model, RepNet) else model).eval()
         if self.device.type == "cpu":
             return self.task.evaluate(model, loader)
         return self.task.evaluate(lambda x: model(x.to(self.device)).float().cpu(), loader)

@@ -20,7 +20,7 @@ from repas.search.allocation import fit_to_budget, full_scores
 from repas.search.budget import Budget
 from repas.search.importance import group_norms
 from repas.search.methods.registry import PruningMethod, register_method
-from repas.supernet.fused import fuse_net
+from repas.supernet.fused import fuse_repnet
 from repas.supernet.net import RepNet
 
 Masks = list[torch.Tensor]
@@ -37,7 +37,7 @@ def _torch_pruning():
 def plain_sequential(model: RepNet) -> tuple[nn.Sequential, list[str], list[nn.Module]]:
     """The fused net as Sequential(conv, act, ..., [pool, flatten, linear]): the conv names
     and the layers Torch-Pruning must not prune (ungated convs, the classifier)."""
-    fused = fuse_net(copy.deepcopy(model).eval())
+    fused = fuse_repnet(copy.deepcopy(model).eval())
     layers: list[nn.Module] = []
     names, ignored = [], []
     for block, lay in zip(fused.blocks, model.spec.layers):
