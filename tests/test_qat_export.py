@@ -134,6 +134,11 @@ def test_sensitivity_and_float_layers_through_the_cli(fused_run, capsys):
     assert code == 0, err
     checks = json.loads((run / "export" / "model.json").read_text())["checks"]
     assert list(checks["int8_sensitivity"]) == layers and checks["pte_int8_float_layers"] == [layers[0]]
+    assert checks["pte_int8_layer_precision"] == {n: "float" if n == layers[0] else "int8" for n in layers}
+    assert main(["info", str(run / "export")]) == 0  # the bundle shows what each layer runs in
+    shown = capsys.readouterr().out
+    assert f"int8 .pte precision per layer: {layers[0]} float, {layers[1]} int8" in shown
+    assert f"(float: {layers[0]})" in shown and "pte int8: top1" in shown
     code = main(["export", str(run / "fuse"), "--data", str(data), "--set", "export.float_layers=[nope]"])
     err = capsys.readouterr().err
     assert code == 2 and "export.float_layers names 'nope', which the net does not have" in err

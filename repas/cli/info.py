@@ -90,3 +90,28 @@ def info(target: str, *, trust_builder: bool = False) -> None:
         print(f"{'head':>5} {c_in:>5} {spec.num_classes:>5} {'':>2} {'':>2} {'':>3} {'1x1':>7} {'no':>5} "
               f"{macs[-1]:>12,.0f} {params[-1]:>10,.0f}  linear")
     print(f"total: {float(sum(macs)):,.0f} MACs, {float(sum(params)):,.0f} params")
+    if (path / "model.json").exists():
+        bundle_info(path)
+
+
+def bundle_info(path: Path) -> None:
+    """A bundle's files, what its int8 .pte runs each layer in, its scores and latencies, and
+    the precision it recommends per runtime."""
+    from repas.deploy.runner import read_manifest
+
+    m = read_manifest(path)
+    files = ", ".join(f"{fmt} {p}: {name}" for fmt, ps in m["files"].items() for p, name in ps.items())
+    print(f"bundle {path}: {files}")
+    layers = m.get("checks", {}).get("pte_int8_layer_precision")
+    if layers:
+        kept = [n for n, p in layers.items() if p == "float"]
+        print(f"int8 .pte precision per layer: {', '.join(f'{n} {p}' for n, p in layers.items())}"
+              + (f" (float: {', '.join(kept)})" if kept else " (every layer int8)"))
+    for key, metrics in (m.get("metrics") or {}).items():
+        fmt, precision = key.split()
+        runtime = {"onnx": "onnxruntime", "pte": "executorch"}.get(fmt, fmt)
+        ms = (m.get("latency_ms") or {}).get(runtime, {}).get(precision)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"  {key}: {shown}" + (f", {ms:.3f} ms" if ms is not None else ""))
+    if m.get("recommended_precision"):
+        print("recommended: " + ", ".join(f"{r} {p}" for r, p in m["recommended_precision"].items()))

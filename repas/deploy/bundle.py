@@ -158,6 +158,12 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
         elif calibration:
             variants.append(("int8", quantize_pt2e(model, example, calibration) if observer == DEFAULT_OBSERVER
                              else quantize_ptq(model, example, calibration, observer)))
+        if len(variants) > 1:  # what the int8 .pte runs each layer in (repas info and report.md show it)
+            from repas.deploy.mixed_precision import quantizable_layers
+
+            kept = set(float_layers) if qat is None else set()
+            checks["pte_int8_layer_precision"] = {n: "float" if n in kept else "int8"
+                                                  for n in quantizable_layers(model)}
         for precision, m in variants:
             program, edge = lower_program(m, (example,))
             left = non_delegated_ops(edge)

@@ -32,7 +32,8 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
                 "torch": trained["test"][primary], "onnx": export["onnx_metrics"][primary],
                 "onnx_ms": latency[which]["median_ms"], "predicted_ms": predicted,
                 "epochs": trained.get("config", {}).get("epochs"),
-                "metrics": export.get("metrics", {}), "latency_ms": export.get("latency_ms", {})}
+                "metrics": export.get("metrics", {}), "latency_ms": export.get("latency_ms", {}),
+                "layer_precision": export.get("checks", {}).get("pte_int8_layer_precision")}
 
     return {
         "run_dir": str(run), "seconds": seconds, "environment": environment(), "metric": primary,
@@ -113,6 +114,11 @@ def summary_markdown(s: dict[str, Any]) -> str:
             text += (f"; the next round, at {format_cost(broke['cost'], s['cost_metric'])}, dropped "
                      f"{broke['drop']:.2f}")
         lines += ["", text + "."]
+    layers = p.get("layer_precision")
+    if layers:
+        kept = [n for n, v in layers.items() if v == "float"]
+        lines += ["", f"The int8 .pte runs {len(layers) - len(kept)} of its {len(layers)} layers in int8" +
+                  (f"; in float: {', '.join(kept)}." if kept else " (every layer).")]
     slow = [f"{runtime} ({t['int8']:.3f} ms against {t['float']:.3f} ms)"
             for runtime, t in p.get("latency_ms", {}).items()
             if "int8" in t and "float" in t and t["int8"] >= t["float"]]
