@@ -145,7 +145,11 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
             log.info(f"export: {FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} "
                      "calibration inputs)")
     if "pte" in formats:
+        from repas.deploy.xnnpack_rewrites import rewrite_for_xnnpack
+
         checks["executorch"] = executorch_version()
+        reference = model  # every float file is checked against the net as given
+        model, checks["pte_rewritten_modules"] = rewrite_for_xnnpack(model, example)
         variants = [("float", model)]
         if qat is not None:
             variants.append(("int8", qat[0]))
@@ -175,7 +179,7 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
             path = add("pte", precision)
             atomic_write_bytes(path, program)
             if precision == "float":
-                diff = max_abs_diff(pte_runner(path), model, shape)
+                diff = max_abs_diff(pte_runner(path), reference, shape)
                 checks["pte_float_max_abs_diff"] = diff
                 if diff > tolerance:
                     raise RepasError(f"ExecuTorch output differs from PyTorch by {diff:.2e} (> {tolerance:g}): "

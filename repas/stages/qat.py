@@ -26,6 +26,7 @@ from torch import nn
 
 from repas.config import PipelineConfig
 from repas.deploy.qat import convert_qat, freeze_observers, prepare_qat
+from repas.deploy.xnnpack_rewrites import rewrite_for_xnnpack
 from repas.errors import RepasError
 from repas.task_data import TaskData
 
@@ -40,6 +41,7 @@ def qat_int8(cfg: PipelineConfig, fused: nn.Module, data: TaskData, spec: Any) -
     loader = data.train_loader(tcfg)
     steps = max(1, math.ceil(e.qat_epochs * len(loader)))
     x0, _ = next(iter(loader))
+    fused, _ = rewrite_for_xnnpack(fused, x0[:1])  # what the .pte runs: trained as it will be converted
     prepared = prepare_qat(fused, x0[:2])
     task = data.task(tcfg, spec)
     params = [p for p in prepared.parameters() if p.requires_grad]

@@ -38,7 +38,7 @@ def export_user_model(cfg: PipelineConfig, fused: nn.Module, spec: Any, facts: d
                       data: TaskData) -> dict[str, Any]:
     """The bundle of a fused user model in the configured formats (float and, with
     ``export.int8``, int8). Where ExecuTorch was not asked for by name and cannot delegate
-    every op of the model to XNNPACK (a U-Net's nearest upsampling), the bundle is ONNX
+    every op of the model to XNNPACK (after repas.deploy.xnnpack_rewrites), the bundle is ONNX
     alone and the report says why; asked for by name, that is an error."""
     formats = export_formats(cfg)
     try:
