@@ -14,6 +14,7 @@
     head,0,0,7,7,1,1,none,64,10,0.0031
     sr_tail,0,0,360,640,1,1,none,1,4,0.91
     overhead,0,0,0,0,1,1,none,0,0,0.0105
+    boundary,0,0,14,14,1,1,relu,32,32,0.0021
 
 ``conv``: one fused block (conv with bias, then ``act``: relu, prelu or identity) with an
 input of ``c_in`` x ``height`` x ``width``. ``head``: global average pool + linear from
@@ -21,7 +22,14 @@ input of ``c_in`` x ``height`` x ``width``. ``head``: global average pool + line
 residual (fixed 1x1 conv of the ``c_in``-channel LR input), the add and PixelShuffle to
 ``c_out / c_in`` = scale^2. ``overhead``: the constant term, counted once per inference: what
 whole nets measure beyond the sum of their rows (it may be negative: every row was timed
-with an empty model's time subtracted, which a whole net pays once). ``ms`` is in
+with an empty model's time subtracted, which a whole net pays once). ``boundary`` (optional;
+``repas profile`` measures them on ExecuTorch): what a row pays at its ends for a ``c_in`` x
+``height`` x ``width`` tensor (``c_out`` = ``c_in``) that a whole net keeps inside, between
+two of its parts: XNNPACK's layout changes, int8's quantize and dequantize, one delegate
+call. It is measured as two chained cheap parts (a 1x1 depthwise conv on that tensor, then
+``act``, the activation of the layer that makes the tensor: in int8 a PReLU stays float, and
+the tensor with it) against twice one of them; the latency model subtracts it at every
+tensor between two parts. ``ms`` is in
 milliseconds: a median over calls, the lowest over a few sessions. Lines
 starting with ``#`` carry metadata (``key: value``); unknown metadata keys are kept.
 """
@@ -42,7 +50,7 @@ from repas.spec import ArchSpec
 TABLE_FORMAT = "repas-latency-table"
 TABLE_VERSION = 1
 COLUMNS = ("op", "kernel", "stride", "height", "width", "groups", "dilation", "act", "c_in", "c_out", "ms")
-OPS = ("conv", "head", "sr_tail", "overhead")
+OPS = ("conv", "head", "sr_tail", "overhead", "boundary")
 ACTS = ("relu", "prelu", "identity", "none")
 
 # (op, kernel, stride, height, width, groups, dilation, act): rows with one key differ only in channels
@@ -64,13 +72,18 @@ def sr_tail_key(height: int, width: int) -> Key:
 OVERHEAD_KEY: Key = ("overhead", 0, 0, 0, 0, 1, 1, "none")
 
 
+def boundary_key(height: int, width: int, act: str = "none") -> Key:
+    """The boundary at a tensor of ``height`` x ``width`` that a part ending in ``act`` makes."""
+    return ("boundary", 0, 0, height, width, 1, 1, act)
+
+
 def describe_key(key: Key) -> str:
     op, k, s, h, w, g, d, act = key
     if op == "conv":
         extra = (f", groups {g}" if g != 1 else "") + (f", dilation {d}" if d != 1 else "")
         return f"{k}x{k} conv stride {s} + {act} at {h}x{w}{extra}"
     return {"head": f"pool + linear head at {h}x{w}", "sr_tail": f"SR residual + PixelShuffle at {h}x{w}",
-            "overhead": "per-call overhead"}[op]
+            "overhead": "per-call overhead", "boundary": f"boundary between two parts at {h}x{w}"}[op]
 
 
 @dataclass
@@ -82,6 +95,10 @@ class LatencyTable:
 
     def add(self, key: Key, c_in: int, c_out: int, ms: float) -> None:
         self.entries.setdefault(key, {})[(int(c_in), int(c_out))] = float(ms)
+
+    @property
+    def has_boundaries(self) -> bool:
+        return any(key[0] == "boundary" for key in self.entries)
 
     @property
     def overhead(self) -> float:
@@ -212,3 +229,20 @@ def profile_grid(spec: ArchSpec, divisor: int) -> dict[Key, tuple[list[int], lis
     else:
         grid[head_key(h, w)] = (values(len(spec.layers) - 1), {spec.num_classes})
     return {k: (sorted(a), sorted(b)) for k, (a, b) in grid.items()}
+
+
+def net_boundaries(spec: ArchSpec, widths: Sequence[Any]) -> list[tuple[Key, Any]]:
+    """``(key, channels)`` of every tensor a whole net passes between two of its parts: each
+    layer's output (the last one's feeds the head or the SR tail)."""
+    return [(boundary_key(*hw, lay.act or spec.act), c)
+            for lay, hw, c in zip(spec.layers, spec.feature_sizes(), widths)]
+
+
+def boundary_grid(spec: ArchSpec, divisor: int) -> dict[Key, list[int]]:
+    """For every boundary key of the spec: the channel counts to measure (those of
+    ``profile_grid`` for the layers whose outputs have that size)."""
+    grid: dict[Key, set[int]] = {}
+    for lay, hw in zip(spec.layers, spec.feature_sizes()):
+        values = set(channel_grid(lay.out_channels, divisor)) if lay.gated else {lay.out_channels}
+        grid.setdefault(boundary_key(*hw, lay.act or spec.act), set()).update(values)
+    return {k: sorted(v) for k, v in grid.items()}

@@ -8,21 +8,33 @@ overhead is calibrated on whole nets built from the same parts. Backends: onnxru
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from repas.deploy.latency import cpu_name, time_calls
 from repas.deploy.micro_models import MicroModule, Part, onnx_bytes, random_inputs
 from repas.errors import RepasError
 from repas.json_files import read_json
-from repas.latency_table import OVERHEAD_KEY, LatencyTable, describe_key, net_parts, profile_grid
+from repas.latency_table import (
+    OVERHEAD_KEY,
+    Key,
+    LatencyTable,
+    boundary_grid,
+    conv_key,
+    describe_key,
+    net_boundaries,
+    net_parts,
+    profile_grid,
+)
 from repas.spec import ArchSpec
 
 BACKENDS = ("onnxruntime", "torch", "executorch", "executorch-int8")
@@ -61,80 +73,140 @@ def torch_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
     return timer, f"torch {torch.__version__} eager CPU"
 
 
-def executorch_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
-    from repas.deploy.executorch_export import executorch_version, lower_to_pte, set_executorch_threads
-    from repas.deploy.runner import load_pte
+def pte_program(parts: list[Part], int8: bool = False) -> bytes:
+    """The .pte program of a chain of parts, XNNPACK-delegated; with ``int8``, quantized as
+    export quantizes a net (PT2E, the XNNPACK quantizer, calibrated on the timing inputs)."""
+    from repas.deploy.executorch_export import lower_to_pte
 
-    version = executorch_version()
-    set_executorch_threads(threads)
-
-    def timer(parts: list[Part]) -> float:
-        inputs = [torch.from_numpy(x) for x in random_inputs(parts)]
-        program = lower_to_pte(MicroModule(parts).eval(), tuple(inputs))
-        method = load_pte(program)  # the runtime reads the program's bytes in place: keep them alive
-        return time_calls(lambda: method.execute(inputs), warmup, runs)["median_ms"]
-
-    return timer, f"executorch {version} XNNPACK"
-
-
-def executorch_int8_timer(threads: int, warmup: int, runs: int) -> tuple[Timer, str]:
-    """ExecuTorch with every micro-model in int8, quantized as export quantizes a net (PT2E,
-    the XNNPACK quantizer, calibrated on the timing inputs): the rows of an int8 table."""
-    from repas.deploy.executorch_export import executorch_version, lower_to_pte, set_executorch_threads
+    inputs = tuple(torch.from_numpy(x) for x in random_inputs(parts))
+    module = _delegable(MicroModule(parts).eval())
+    if not int8:
+        return lower_to_pte(module, inputs)
     from repas.deploy.qat import _pt2e, make_quantizer
     from repas.deploy.quiet import quiet_executorch
+
+    names = _pt2e()
+    with quiet_executorch(), torch.no_grad():
+        graph = torch.export.export(module, inputs).module()
+        prepared = names["prepare"](graph, make_quantizer())
+        prepared(*inputs)
+        return lower_to_pte(names["convert"](prepared), inputs)
+
+
+def _delegable(module: MicroModule) -> MicroModule:
+    """``module`` with each PReLU slope stored flat, as ``nn.PReLU`` holds it. The micro-model
+    flattens its (1, C, 1, 1) slope in ``forward``: exported, that is an op on a weight, and
+    XNNPACK then leaves the PReLU out (portable ``gt`` + ``where`` kernels, measured 4x a whole
+    SR net's time at 360x640), where the exported fused net's PReLU runs in XNNPACK."""
+    for names in module.index:
+        if "slope" in names:
+            i = names["slope"]
+            module.params[i] = nn.Parameter(module.params[i].detach().flatten(), requires_grad=False)
+    return module
+
+
+def _pte_timer(int8: bool, threads: int, warmup: int, runs: int, cache_dir: str | Path | None) -> tuple[Timer, str]:
+    """Time programs made by ``pte_program``. Each distinct chain is lowered once (lowering
+    takes about a second, three in int8, and a table times hundreds of rows in several
+    rounds) and kept in memory, and under ``cache_dir`` when given (a rerun reuses it); every
+    round still loads a new method from the bytes."""
+    from repas.atomic import atomic_write_bytes
+    from repas.deploy.executorch_export import executorch_version, set_executorch_threads
     from repas.deploy.runner import load_pte
 
     version = executorch_version()
     set_executorch_threads(threads)
-    names = _pt2e()
+    programs: dict[str, bytes] = {}
+
+    def program(parts: list[Part]) -> bytes:
+        what = (version, int8, [tuple(p) for p in parts])
+        if any(key[7] == "prelu" for key, _, _ in parts):
+            what += ("flat prelu slope",)  # made by _delegable (programs made before it are not)
+        name = hashlib.sha256(repr(what).encode()).hexdigest()[:20]
+        if name not in programs:
+            path = Path(cache_dir) / f"{name}.pte" if cache_dir else None
+            if path is not None and path.is_file():
+                programs[name] = path.read_bytes()
+            else:
+                programs[name] = pte_program(parts, int8)
+                if path is not None:
+                    atomic_write_bytes(path, programs[name])
+        return programs[name]
 
     def timer(parts: list[Part]) -> float:
         inputs = [torch.from_numpy(x) for x in random_inputs(parts)]
-        with quiet_executorch(), torch.no_grad():
-            graph = torch.export.export(MicroModule(parts).eval(), tuple(inputs)).module()
-            prepared = names["prepare"](graph, make_quantizer())
-            prepared(*inputs)
-            program = lower_to_pte(names["convert"](prepared), tuple(inputs))
-        method = load_pte(program)  # the runtime reads the program's bytes in place: keep them alive
+        data = program(parts)
+        method = load_pte(data)  # the runtime reads the program's bytes in place: keep them alive
         return time_calls(lambda: method.execute(inputs), warmup, runs)["median_ms"]
 
-    return timer, f"executorch {version} XNNPACK int8"
+    return timer, f"executorch {version} XNNPACK" + (" int8" if int8 else "")
+
+
+def executorch_timer(threads: int, warmup: int, runs: int, cache_dir: str | Path | None = None) -> tuple[Timer, str]:
+    return _pte_timer(False, threads, warmup, runs, cache_dir)
+
+
+def executorch_int8_timer(threads: int, warmup: int, runs: int,
+                          cache_dir: str | Path | None = None) -> tuple[Timer, str]:
+    """ExecuTorch with every micro-model in int8, quantized as export quantizes a net (PT2E,
+    the XNNPACK quantizer, calibrated on the timing inputs): the rows of an int8 table."""
+    return _pte_timer(True, threads, warmup, runs, cache_dir)
 
 
 TIMERS = {"onnxruntime": onnx_timer, "torch": torch_timer, "executorch": executorch_timer,
           "executorch-int8": executorch_int8_timer}
 
 
-def make_timer(backend: str, threads: int = 1, warmup: int = 10, runs: int = 50) -> tuple[Timer, str]:
-    """A function timing a chain of parts on ``backend``, and the backend's description."""
+def make_timer(backend: str, threads: int = 1, warmup: int = 10, runs: int = 50, *,
+               cache_dir: str | Path | None = None) -> tuple[Timer, str]:
+    """A function timing a chain of parts on ``backend``, and the backend's description.
+    ExecuTorch backends keep the programs they lower under ``cache_dir`` when given."""
     if backend not in TIMERS:
         raise RepasError(f"unknown latency backend {backend!r}; expected one of {BACKENDS}")
+    if backend.startswith("executorch"):
+        return TIMERS[backend](threads, warmup, runs, cache_dir)
     return TIMERS[backend](threads, warmup, runs)
 
 
 @dataclass
 class ProfilePlan:
     """What a latency table measures: one micro-model per row, an empty model, and a few
-    whole nets (chains of the same parts) that calibrate the constant overhead."""
+    whole nets (chains of the same parts) that calibrate the constant overhead; optionally,
+    per boundary (a tensor between two parts, ``(key, channels)``), a cheap part on it alone
+    and two of them chained."""
 
     spec: ArchSpec
     divisor: int
     rows: list[Part]
     calibration: list[list[Part]]
+    boundaries: list[tuple[Key, int]] = field(default_factory=list)
 
     def models(self) -> dict[str, list[Part]]:
         """Every model to time, by a file-safe name."""
         out = {"empty": [(OVERHEAD_KEY, 1, 1)]}
         out.update({f"row{i:04d}": [part] for i, part in enumerate(self.rows)})
         out.update({f"net{i}": parts for i, parts in enumerate(self.calibration)})
+        for i, (key, c) in enumerate(self.boundaries):
+            out[f"join{i:04d}"] = [boundary_probe(key, c)]
+            out[f"pair{i:04d}"] = [boundary_probe(key, c)] * 2
         return out
 
 
-def plan_profile(spec: ArchSpec, divisor: int = 4) -> ProfilePlan:
+def boundary_probe(key: Key, channels: int) -> Part:
+    """The cheap part a boundary is measured with: a 1x1 depthwise conv on its tensor (one
+    that every backend delegates, in float and int8, and that keeps the tensor's shape),
+    then the activation of the layer that makes the tensor. The activation decides what
+    the tensor is between two parts of an int8 net: int8 after a ReLU (fused into the
+    conv) or none, float after a PReLU (which XNNPACK's quantizer leaves in float)."""
+    _, _, _, h, w, _, _, act = key
+    return conv_key(1, 1, h, w, channels, 1, "identity" if act == "none" else act), channels, channels
+
+
+def plan_profile(spec: ArchSpec, divisor: int = 4, boundaries: bool = False) -> ProfilePlan:
     """The rows for every layer shape of ``spec`` over a grid of channel counts (1, the
     multiples of ``divisor``, the full width), and three calibration nets: dense, the
-    smallest on the grid, and one in between."""
+    smallest on the grid, and one in between. With ``boundaries``, also every tensor
+    between two parts over the same grid (see ``assemble_table``)."""
     if divisor < 1:
         raise RepasError(f"divisor must be >= 1, got {divisor}")
     grid = profile_grid(spec, divisor)
@@ -143,7 +215,8 @@ def plan_profile(spec: ArchSpec, divisor: int = 4) -> ProfilePlan:
     small = [min(divisor, w) if lay.gated else w for lay, w in zip(spec.layers, dense)]
     middle = [max(s, w // 2 // divisor * divisor) for s, w in zip(small, dense)]
     calibration = [net_parts(spec, w) for w in (dense, middle, small)]
-    return ProfilePlan(spec, divisor, rows, calibration)
+    joins = [(key, c) for key, cs in boundary_grid(spec, divisor).items() for c in cs] if boundaries else []
+    return ProfilePlan(spec, divisor, rows, calibration, joins)
 
 
 def time_models(models: dict[str, list[Part]], timer: Timer, *, passes: int = 5, progress: bool = True,
@@ -176,7 +249,15 @@ def assemble_table(plan: ProfilePlan, times: dict[str, float], meta: dict[str, s
     """The table from measured times: each row minus the empty model's time, and a constant
     overhead such that the calibration nets are predicted right on average (the median of
     measured minus summed rows). The overhead absorbs what every part's own measurement
-    adds and a whole net does not (feeding and fetching its tensors, one call each)."""
+    adds and a whole net does not (feeding and fetching its tensors, one call each).
+
+    Where the plan has boundaries, each one's row is what a part pays at its ends for that
+    tensor and a chain does not: ``2 join - pair`` (each minus the empty model), that is
+    twice the probe alone minus two probes chained, kept between 0 and the probe's own time
+    (a difference of timings: noise could take it outside). On ExecuTorch that is the most of what
+    rows over-count, and it grows with the tensor: XNNPACK's NCHW <-> NHWC layout changes
+    and int8's quantize / dequantize, which a whole net does once at its ends; a constant
+    overhead cannot stand in for it. The calibration nets' residuals subtract it likewise."""
     missing = [name for name in plan.models() if name not in times]
     if missing:
         raise RepasError(f"no time for {len(missing)} models, e.g. {missing[0]}: time every model of the plan")
@@ -185,7 +266,16 @@ def assemble_table(plan: ProfilePlan, times: dict[str, float], meta: dict[str, s
                                "input_size": "x".join(map(str, plan.spec.input_size)), **meta})
     for i, (key, ci, co) in enumerate(plan.rows):
         table.add(key, ci, co, max(times[f"row{i:04d}"] - empty, 0.0))
-    residuals = [times[f"net{i}"] - sum(table.entries[k][(ci, co)] for k, ci, co in parts)
+    for i, (key, c) in enumerate(plan.boundaries):
+        # between 0 and the probe's own time: two probes chained take no less than one
+        probe = max(times[f"join{i:04d}"] - empty, 0.0)
+        table.add(key, c, c, min(max(2 * times[f"join{i:04d}"] - times[f"pair{i:04d}"] - empty, 0.0), probe))
+
+    def saved(parts: list[Part]) -> float:
+        if not plan.boundaries:
+            return 0.0
+        return sum(table.entries[k][(c, c)] for k, c in net_boundaries(plan.spec, [co for _, _, co in parts[:-1]]))
+    residuals = [times[f"net{i}"] - sum(table.entries[k][(ci, co)] for k, ci, co in parts) + saved(parts)
                  for i, parts in enumerate(plan.calibration)]
     table.add(OVERHEAD_KEY, 0, 0, float(np.median(residuals)))
     table.meta["empty_model_ms"] = f"{empty:.6g}"
@@ -193,11 +283,14 @@ def assemble_table(plan: ProfilePlan, times: dict[str, float], meta: dict[str, s
 
 
 def profile(spec: ArchSpec, backend: str = "onnxruntime", *, divisor: int = 4, threads: int = 1, warmup: int = 20,
-            runs: int = 200, passes: int = 5, progress: bool = True) -> LatencyTable:
+            runs: int = 200, passes: int = 5, progress: bool = True, boundaries: bool | None = None) -> LatencyTable:
     """Time every layer shape of ``spec`` over a grid of channel counts (multiples of
-    ``divisor``) on ``backend``, one micro-model at a time; ``runs`` timed calls per pass."""
+    ``divisor``) on ``backend``, one micro-model at a time; ``runs`` timed calls per pass.
+    ``boundaries`` (by default on ExecuTorch, where they matter): measure them too."""
     timer, description = make_timer(backend, threads, warmup, max(1, runs // passes))
-    plan = plan_profile(spec, divisor)
+    if boundaries is None:
+        boundaries = backend.startswith("executorch")
+    plan = plan_profile(spec, divisor, boundaries)
     started = time.perf_counter()
     times = time_models(plan.models(), timer, passes=passes, progress=progress)
     return assemble_table(plan, times, {
@@ -227,7 +320,7 @@ def write_plan(plan: ProfilePlan, out: str | Path, pte: bool = False) -> list[Pa
             atomic_write_bytes(out / f"{name}.pte", lower_to_pte(MicroModule(parts).eval(), example))
             written.append(out / f"{name}.pte")
     atomic_write_json(out / "plan.json", {"format": "repas-profile-plan", "version": 1, "divisor": plan.divisor,
-                                          "spec": plan.spec.to_dict(),
+                                          "boundaries": bool(plan.boundaries), "spec": plan.spec.to_dict(),
                                           "inputs": {n: input_shapes(p) for n, p in models.items()}})
     return written
 
@@ -246,6 +339,7 @@ def table_from_device(folder: str | Path) -> LatencyTable:
         spec = ArchSpec.from_dict(saved["spec"])
         times, meta = measured["times_ms"], {k: str(v) for k, v in measured["meta"].items()}
         divisor = int(saved["divisor"])
+        boundaries = bool(saved.get("boundaries", False))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise RepasError(f"{folder}: plan.json or times.json is malformed ({e})") from None
-    return assemble_table(plan_profile(spec, divisor), {k: float(v) for k, v in times.items()}, meta)
+    return assemble_table(plan_profile(spec, divisor, boundaries), {k: float(v) for k, v in times.items()}, meta)

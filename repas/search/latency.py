@@ -1,9 +1,13 @@
 """The latency model: a measured table, interpolated, as a cost differentiable in the widths.
 
-``latency(widths) = overhead + sum over parts of table(key, c_in, c_out)``, where each part
-(a fused layer, the head or the SR tail) is read off its table rows by bilinear
-interpolation in (c_in, c_out); at the grid's points (multiples of the table's divisor)
-the prediction is the measured value itself.
+``latency(widths) = overhead + sum over parts of table(key, c_in, c_out) - sum over
+boundaries of table(boundary key, c)``, where each part (a fused layer, the head or the SR
+tail) is read off its table rows by bilinear interpolation in (c_in, c_out); at the grid's
+points (multiples of the table's divisor) the prediction is the measured value itself. A
+boundary is a tensor between two parts: what a part timed alone pays at its ends for it
+(layout changes, int8's quantize / dequantize) and a whole net does not (tables measured
+on ExecuTorch have these rows; without them the term is zero). Layers may mix float and
+int8 rows (``precision``).
 
 The gradient comes from a smooth surrogate instead: per part, the least-squares fit
 ``a + b c_in + c c_out + d c_in c_out`` of its rows. Measured latency is a staircase in
@@ -25,23 +29,32 @@ from pathlib import Path
 import torch
 
 from repas.errors import RepasError
-from repas.latency_table import Key, LatencyTable, describe_key, net_parts, profile_grid
+from repas.latency_table import (
+    Key,
+    LatencyTable,
+    boundary_grid,
+    describe_key,
+    net_boundaries,
+    net_parts,
+    profile_grid,
+)
 from repas.spec import ArchSpec
 
 Width = torch.Tensor | int | float
 
 
-class LatencyModel:
-    """Predicted whole-net latency (ms) of ``spec`` at any widths, from ``table``."""
+PRECISIONS = ("float", "int8")
 
-    metric = "latency"
 
-    def __init__(self, table: LatencyTable, spec: ArchSpec, source: str = "the latency table") -> None:
-        self.table, self.spec = table, spec
-        self.overhead = table.overhead
-        self.divisor = int(table.meta.get("divisor", "1") or 1)
+class _Surface:
+    """One table's rows for a spec's parts: interpolated, with the gradient of a smooth fit;
+    and its boundaries, if it has them (else they cost nothing)."""
+
+    def __init__(self, table: LatencyTable, spec: ArchSpec, source: str) -> None:
+        self.table = table
         self._grids: dict[Key, tuple[list[int], list[int], list[list[float]]]] = {}
         self._fits: dict[Key, tuple[float, float, float, float]] = {}
+        self._lines: dict[Key, tuple[list[int], list[float], float]] = {}
         hint = "measure one for this spec with 'repas profile' (same config), or bring one that covers it"
         for key, (cins, couts) in profile_grid(spec, 10 ** 9).items():  # the ranges the widths can span
             rows = table.entries.get(key)
@@ -59,14 +72,17 @@ class LatencyModel:
                                  "every c_out for interpolation")
             self._grids[key] = (xs, ys, [[rows[(x, y)] for y in ys] for x in xs])
             self._fits[key] = _bilinear_fit(xs, ys, self._grids[key][2])
-
-    @classmethod
-    def load(cls, path: str | Path, spec: ArchSpec) -> LatencyModel:
-        return cls(LatencyTable.load(path), spec, str(path))
+        if table.has_boundaries:
+            for key, needed in boundary_grid(spec, 10 ** 9).items():
+                rows = table.entries.get(key, {})
+                cs = sorted(c for c, _ in rows)
+                if not cs or cs[0] > needed[0] or cs[-1] < needed[-1]:
+                    raise RepasError(f"{source} has boundary rows, but not for {needed[0]}..{needed[-1]} channels "
+                                     f"at the {describe_key(key)}: {hint}")
+                values = [rows[(c, c)] for c in cs]
+                self._lines[key] = (cs, values, _bilinear_fit(cs, [0], [[v] for v in values])[1])
 
     def part(self, key: Key, c_in: Width, c_out: Width) -> torch.Tensor | float:
-        """One part's latency by bilinear interpolation (exact at grid points), with the
-        gradient of the smooth fit where the widths are tensors."""
         xs, ys, z = self._grids[key]
         x, y = _value(c_in), _value(c_out)
         i, tx = _cell(xs, x)
@@ -80,17 +96,103 @@ class LatencyModel:
         smooth = b * c_in + c * c_out + d * c_in * c_out
         return smooth - _value(smooth) + exact  # the value of exact, the gradient of smooth
 
+    def boundary(self, key: Key, channels: Width) -> torch.Tensor | float:
+        """What rows over-count at a tensor of ``channels`` between two parts: linear
+        interpolation of the boundary rows (0 without them), the slope of their line fit."""
+        if key not in self._lines:
+            return 0.0
+        cs, values, slope = self._lines[key]
+        i, t = _cell(cs, _value(channels))
+        exact = (1 - t) * values[i] + t * values[min(i + 1, len(cs) - 1)]
+        if not isinstance(channels, torch.Tensor):
+            return exact
+        return slope * (channels - _value(channels)) + exact
+
+
+class LatencyModel:
+    """Predicted whole-net latency (ms) of ``spec`` at any widths, from ``table``.
+
+    ``latency = overhead + sum of the parts' rows - sum of the boundaries'``: a row is a part
+    timed alone, which pays at its ends what a whole net pays once (tables with boundary
+    rows say how much, for each tensor between two parts; see ``repas.latency_table``).
+
+    Mixed precision: ``precision`` gives each layer's precision, "float" or "int8" (and,
+    one longer, the head's or SR tail's; by default the last layer's). The int8 parts read
+    ``int8_table`` (``repas profile --backend executorch-int8``), the float ones ``table``.
+    A boundary between two int8 parts subtracts the int8 table's boundary row; any other one
+    the float table's: where the precision changes, the net still quantizes or dequantizes
+    the tensor (the int8 row's own conversion), and saves only the layout change and call
+    a float boundary saves. The overhead is that of the first layer's table. A table of
+    int8 rows passed as ``table`` alone predicts the all-int8 net."""
+
+    metric = "latency"
+
+    def __init__(self, table: LatencyTable, spec: ArchSpec, source: str = "the latency table", *,
+                 precision: Sequence[str] | None = None, int8_table: LatencyTable | None = None,
+                 int8_source: str = "the int8 latency table") -> None:
+        self.table, self.spec = table, spec
+        self.divisor = int(table.meta.get("divisor", "1") or 1)
+        self._surfaces = {"float": _Surface(table, spec, source)}
+        self.precision: list[str] | None = None
+        if precision is not None:
+            self.precision = _precisions(precision, len(spec.layers))
+            if "int8" in self.precision:
+                if int8_table is None:
+                    raise RepasError("a net with int8 layers needs the int8 latency table: measure one with "
+                                     "'repas profile --backend executorch-int8'")
+                self._surfaces["int8"] = _Surface(int8_table, spec, int8_source)
+        first = self._precision(0)
+        self.overhead = self._surfaces[first].table.overhead
+
+    @classmethod
+    def load(cls, path: str | Path, spec: ArchSpec, *, precision: Sequence[str] | None = None,
+             int8_table: str | Path | None = None) -> LatencyModel:
+        return cls(LatencyTable.load(path), spec, str(path), precision=precision,
+                   int8_table=LatencyTable.load(int8_table) if int8_table is not None else None,
+                   int8_source=str(int8_table))
+
+    def _precision(self, index: int) -> str:
+        """The surface part ``index`` reads: 'int8' or 'float' (the one table, by default)."""
+        return self.precision[index] if self.precision else "float"
+
+    def part(self, key: Key, c_in: Width, c_out: Width, precision: str = "float") -> torch.Tensor | float:
+        """One part's latency by bilinear interpolation (exact at grid points), with the
+        gradient of the smooth fit where the widths are tensors."""
+        return self._surfaces[precision].part(key, c_in, c_out)
+
     def parts(self, widths: Sequence[Width]) -> list[float]:
-        """Each part's predicted latency (layers, then the head or SR tail), in ms."""
-        return [float(self.part(*p)) for p in net_parts(self.spec, widths)]
+        """Each part's predicted latency (layers, then the head or SR tail), in ms, as timed
+        alone (the boundaries not subtracted)."""
+        return [float(self.part(*p, self._precision(i))) for i, p in enumerate(net_parts(self.spec, widths))]
+
+    def boundaries(self, widths: Sequence[Width]) -> list[float]:
+        """What the rows over-count at each tensor between two parts (each layer's output), in ms."""
+        out = []
+        for i, (key, c) in enumerate(net_boundaries(self.spec, widths)):
+            both = {self._precision(i), self._precision(i + 1)}
+            out.append(float(self._surfaces["int8" if both == {"int8"} else "float"].boundary(key, c)))
+        return out
 
     def __call__(self, widths: Sequence[Width]) -> torch.Tensor | float:
         if len(widths) != len(self.spec.layers):
             raise ValueError(f"{len(widths)} widths for {len(self.spec.layers)} layers")
         total: torch.Tensor | float = self.overhead
-        for p in net_parts(self.spec, widths):
-            total = total + self.part(*p)
+        for i, p in enumerate(net_parts(self.spec, widths)):
+            total = total + self.part(*p, self._precision(i))
+        for i, (key, c) in enumerate(net_boundaries(self.spec, widths)):
+            both = {self._precision(i), self._precision(i + 1)}
+            total = total - self._surfaces["int8" if both == {"int8"} else "float"].boundary(key, c)
         return total
+
+
+def _precisions(precision: Sequence[str], layers: int) -> list[str]:
+    """Per-part precisions: one per layer, then the head's (the last layer's by default)."""
+    out = [str(p) for p in precision]
+    bad = [p for p in out if p not in PRECISIONS]
+    if bad or len(out) not in (layers, layers + 1) or not out:
+        raise RepasError(f"a precision per layer ({layers}, or {layers + 1} with the head's), each one of "
+                         f"{', '.join(PRECISIONS)}; got {list(precision)}")
+    return out if len(out) == layers + 1 else [*out, out[-1]]
 
 
 def _value(v: Width) -> float:
