@@ -138,6 +138,9 @@ class TrainConfig:
                              f"{self.distill} and {self.distill_temperature}")
 
 
+PRECISIONS = ("float", "int8")
+
+
 @dataclass
 class SearchConfig(TrainConfig):
     """Training with gates and a budget: ``task + alpha * (cost / target - 1)^2``."""
@@ -168,9 +171,29 @@ class SearchConfig(TrainConfig):
     shrink: float = 0.85
     round_epochs: int = 1
     min_target: float = 0.05  # fraction of the dense cost where the rounds stop in any case
+    # The precision the searched net ships in: float, or int8 (its .pte trained by QAT, export.qat).
+    precision: str = "float"
+    # A latency budget measured, not modelled: the searched net's .pte (XNNPACK, 1 thread, batch
+    # 1, in `precision`) runs within this fraction of the dense float net's .pte, both timed on
+    # this machine. Uniform widths only; it replaces metric / target. A compare entry
+    # "method@float" or "method@int8" is held to the same budget in that precision.
+    pte_latency: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.precision not in PRECISIONS:
+            raise RepasError(f"search precision {self.precision!r}: one of {', '.join(PRECISIONS)}")
+        if self.pte_latency is not None:
+            if not 0.0 < self.pte_latency <= 1.0:
+                raise RepasError(f"search pte_latency must lie in (0, 1] (a fraction of the dense float net's .pte "
+                                 f"latency), got {self.pte_latency}")
+            if self.method != "uniform" or self.max_drop is not None:
+                raise RepasError("search.pte_latency measures uniform widths: set search.method: uniform (and no "
+                                 "max_drop), or give a modelled latency budget (search.metric: latency)")
+        for entry in self.compare or []:
+            if "@" in entry and entry.split("@", 1)[1] not in PRECISIONS:
+                raise RepasError(f"search.compare entry {entry!r}: after '@' comes a precision, one of "
+                                 f"{', '.join(PRECISIONS)}")
         if self.max_drop is not None and self.max_drop < 0:
             raise RepasError(f"search max_drop must be >= 0 (a drop in top-1 points or PSNR dB), got {self.max_drop}")
         if not 0.0 < self.shrink < 1.0 or not 0.0 < self.min_target < 1.0:
@@ -182,7 +205,7 @@ class SearchConfig(TrainConfig):
         from repas.search.methods import method_class  # the registry, with any method a user registered
 
         for method in [self.method, *(self.compare or [])]:
-            method_class(method)
+            method_class(method.split("@", 1)[0])
         if self.alpha < 0 or self.gate_lr <= 0:
             raise RepasError(f"search alpha must be >= 0 and gate_lr > 0, got {self.alpha} and {self.gate_lr}")
         if self.metric not in COST_METRICS:

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from repas.config import PipelineConfig
 from repas.json_files import read_json
@@ -29,7 +30,8 @@ def method_config(cfg: PipelineConfig, method: str, out: str | Path, **search: o
     return dataclasses.replace(cfg, run_dir=str(out), search=dataclasses.replace(cfg.search, method=method, **search))
 
 
-def method_run(cfg: PipelineConfig, dense: str | Path, *, resume: Resume = False, data: TaskData | None = None) -> Path:
+def method_run(cfg: PipelineConfig, dense: str | Path, *, resume: Resume = False, data: TaskData | None = None,
+               precision: str | None = None) -> Path:
     """Every stage after dense training for ``cfg`` (its own run directory), from the dense
     supernet in ``dense``; the fine-tune gets the search's epochs when the method spends
     none (``finetune_config``), so every method trains the same total epochs. Returns the
@@ -43,15 +45,25 @@ def method_run(cfg: PipelineConfig, dense: str | Path, *, resume: Resume = False
     extract_stage(cfg)
     finetune_stage(cfg, data=data)
     fuse_stage(cfg)
-    return export_stage(cfg, data=data, formats=["onnx"], int8=False)
+    if precision is None:
+        return export_stage(cfg, data=data, formats=["onnx"], int8=False)
+    return export_stage(cfg, data=data, formats=["onnx", "pte"], int8=precision == "int8")
 
 
-def compare_runs(cfg: PipelineConfig, *, resume: Resume = False, data: TaskData | None = None) -> dict[str, Path]:
-    """The methods of ``search.compare``, each in RUN_DIR/compare-<method>: their export directories."""
+def compare_runs(cfg: PipelineConfig, *, resume: Resume = False, data: TaskData | None = None,
+                 fit: dict[str, Any] | None = None) -> dict[str, Path]:
+    """The methods of ``search.compare``, each in RUN_DIR/compare-<entry>: their export
+    directories. An entry ``method@precision`` ships in that precision (its .pte), held to
+    the measured latency budget ``fit`` where there is one (``search.pte_latency``)."""
+    from repas.stages.measured_latency import at_precision
+
     run = Path(cfg.run_dir)
     out = {}
-    for method in cfg.search.compare or []:
-        log.info(f"compare: {method} at the same budget and total epochs, from {run / 'train'}")
-        sub = method_config(cfg, method, run / f"compare-{method}")
-        out[method] = method_run(sub, run / "train", resume=resume, data=data)
+    for entry in cfg.search.compare or []:
+        method, _, precision = entry.partition("@")
+        log.info(f"compare: {entry} at the same {'measured latency' if fit else 'budget'} and total epochs, from "
+                 f"{run / 'train'}")
+        base = at_precision(cfg, fit, precision) if precision else cfg
+        sub = method_config(base, method, run / f"compare-{entry}")
+        out[entry] = method_run(sub, run / "train", resume=resume, data=data, precision=precision or None)
     return out

@@ -52,7 +52,7 @@ def qat_int8(cfg: PipelineConfig, fused: nn.Module, data: TaskData, spec: Any) -
     while step < steps:
         loader.set_epoch(epoch)
         for x, y in loader:
-            if step == steps // 2:
+            if step == max(1, steps // 2):  # (not at step 0: a frozen observer that saw nothing has no range)
                 freeze_observers(prepared)  # the ranges settle; the weights train on under them
             loss = task.loss(prepared(x), y)
             if not torch.isfinite(loss):

@@ -70,6 +70,24 @@ def _compared_markdown(s: dict[str, Any], metric: str) -> str:
     return "\n".join(lines)
 
 
+def _pte_latency_markdown(b: dict[str, Any], key: str, metric: str) -> str:
+    """Under ``search.pte_latency``: the shipped .pte files at the measured budget, float
+    against int8, timed interleaved."""
+    cal = b["calibration"]
+    lines = [f"Latency budget: {b['fraction']:g} x the dense float net's .pte ({cal['budget_ms']:.4f} ms of "
+             f"{cal['dense_float_ms']:.4f} ms, measured before the subnets trained; uniform widths at "
+             f"{', '.join(f'{v:g} x the MACs in {p}' for p, v in cal['choice'].items())}). The shipped .pte "
+             "files, timed now, interleaved in one process:", "",
+             f"| net | precision | widths | {metric}, .pte | .pte latency | x dense float |",
+             "|---|---|---|---|---|---|"]
+    for name, n in b["nets"].items():
+        score = n["metrics"].get(key)
+        lines.append(f"| {'**' + name + ' (shipped)**' if name == 'searched' else name} | {n['precision']} | "
+                     f"{' / '.join(map(str, n['widths'] or []))} | {'-' if score is None else f'{score:.2f}'} | "
+                     f"{n['ms']:.4f} ms | {n['vs_dense_float']:.2f} |")
+    return "\n".join(lines)
+
+
 def summary_markdown(s: dict[str, Any]) -> str:
     d, p = s["dense"], s["searched"]
     metric = {"top1": "top-1 (%)", "psnr": "PSNR (dB, Y)"}.get(s["metric"], s["metric"])
@@ -99,6 +117,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
              "",
              "| | dense | searched |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if s.get("pte_latency"):
+        lines += ["", _pte_latency_markdown(s["pte_latency"], s["metric"], metric)]
     if s.get("compared"):
         lines += ["", _compared_markdown(s, metric)]
     t = s.get("tolerance")

@@ -1,0 +1,253 @@
+"""Accuracy at equal measured latency: the best float net against the int8 net (issue 31,
+acceptance 3), on the phone runtime (ExecuTorch .pte, XNNPACK, 1 thread, batch 1).
+
+1. **Latency calibration** (once): from seed 0's trained dense net, ``repas search`` +
+   ``repas extract`` with ``uniform`` at a grid of MACs targets, each net fused and exported as
+   float and int8 .pte, all timed interleaved in one process (``latency_each``). For each
+   ``--fractions`` f of the dense float .pte latency, the float candidate is the largest grid
+   net whose float .pte is at most f x dense, the int8 candidate the largest whose int8 .pte is.
+2. **Each candidate, each seed**, runs the real pipeline (``repas pipeline``) from that seed's
+   dense net (copied, so ``--resume auto`` skips training) at its MACs target with equal
+   epochs: the float net fine-tunes one epoch longer, the int8 net spends that epoch on QAT
+   (``--qat``). Top-1 is the bundle's own .pte run in ExecuTorch's runtime on all 10k images.
+3. **Timing**: every seed's bundles (the .pte files the pipeline shipped) and the dense float
+   .pte, timed interleaved in one process; latency is reported as a ratio to the dense float.
+
+Rows go to OUT.json atomically as they finish; a rerun skips what is done (resumable).
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/bench_equal_latency.py --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP threads sleep
+
+import argparse
+import json
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repas.atomic import atomic_write_json, atomic_write_text
+from repas.config import load_config
+from repas.deploy import cpu_name, export_models, latency_each
+from repas.deploy.executorch_export import executorch_version, set_executorch_threads
+from repas.deploy.runner import pte_runner
+from repas.stages import extract_stage, search_stage
+from repas.supernet import fuse, load_model
+
+GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.17, 0.14, 0.12, 0.1, 0.08, 0.06, 0.04)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def save(out: Path, doc: dict[str, Any]) -> None:
+    atomic_write_json(out.with_suffix(".json"), doc)
+    atomic_write_text(out.with_suffix(".md"), table(doc))
+
+
+def pte_files(model: torch.nn.Module, where: Path, shape: tuple[int, ...]) -> dict[str, Path]:
+    made = export_models(model, where, shape, ["pte"], calibration=[torch.randn(64, *shape[1:])])
+    return {k: where / name for k, name in made["files"]["pte"].items()}
+
+
+def time_ptes(paths: dict[str, Path], shape: tuple[int, ...], runs: int) -> dict[str, float]:
+    return latency_each({k: (lambda p=p: pte_runner(p)) for k, p in paths.items()}, shape,
+                        warmup=30, runs=runs, passes=5)
+
+
+def calibrate(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """Phase 1: the MACs target of each (fraction, precision) candidate, by measured latency."""
+    root = Path(args.run_root) / "calibration"
+    dense_train = Path(args.run_root) / "seed-0" / "train"
+    ensure_dense(0, args)
+    nets: dict[str, torch.nn.Module] = {}
+    for t in GRID:
+        run = root / f"t{t:g}"
+        if not (run / "train").exists():
+            shutil.copytree(dense_train, run / "train")
+        cfg = config_for(args, 0, run, [f"search.target={t}", "search.compare=[]", "search.pte_latency=null"])
+        search_stage(cfg, resume="auto")
+        nets[f"{t:g}"] = fuse(load_model(extract_stage(cfg))).eval()
+        log(f"calibration: target {t:g}: widths {nets[f'{t:g}'].spec.widths}")
+    spec = nets["1"].spec
+    shape = (1, spec.in_channels, *spec.input_size)
+    paths: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for t, net in nets.items():
+            for prec, p in pte_files(net, Path(tmp) / t, shape).items():
+                paths[f"{t} {prec}"] = p
+        times = time_ptes(paths, shape, args.runs)
+    dense = times["1 float"]
+    grid = [{"target": float(t), "widths": list(nets[t].spec.widths), "float_ms": times[f"{t} float"],
+             "int8_ms": times[f"{t} int8"]} for t in nets]
+    choice = {}
+    for f in args.fractions:
+        for prec in ("float", "int8"):
+            fits = [g for g in grid if g[f"{prec}_ms"] <= f * dense]
+            best = max(fits, key=lambda g: g["target"]) if fits else min(grid, key=lambda g: g[f"{prec}_ms"])
+            choice[f"{f:g} {prec}"] = best["target"]
+    doc["calibration"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dense_float_ms": dense, "grid": grid,
+                          "choice": choice}
+    log(f"calibration: dense float {dense:.4f} ms; candidates {choice}")
+
+
+def config_for(args: argparse.Namespace, seed: int, run: Path, overrides: list[str]) -> Any:  # noqa: ANN401
+    return load_config(args.config, overrides=list(args.set) + overrides,
+                       values={"run_dir": str(run), "seed": seed, "threads": 1})
+
+
+def ensure_dense(seed: int, args: argparse.Namespace) -> Path:
+    """The seed's dense net (``repas train`` with the config), trained once and reused."""
+    run = Path(args.run_root) / f"seed-{seed}"
+    if not (run / "train" / "report.json").exists():
+        log(f"seed {seed}: training the dense net in {run}/train")
+        repas(["train", "--config", args.config, "--run-dir", str(run), "--seed", str(seed), "--threads", "1",
+               "--resume", "auto", *sum((["--set", s] for s in args.set), [])])
+    return run / "train"
+
+
+def repas(argv: list[str]) -> None:
+    cmd = [sys.executable, "-m", "repas", *argv]
+    log("  $ " + " ".join(shlex.quote(a) for a in cmd[1:]))
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def run_candidate(seed: int, key: str, target: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Phase 2: the pipeline at ``target`` from the seed's dense net, equal epochs."""
+    fraction, prec = key.split()
+    run = Path(args.run_root) / f"seed-{seed}" / f"f{fraction}-{prec}"
+    if not (run / "train").exists():
+        shutil.copytree(ensure_dense(seed, args), run / "train")
+    cfg = load_config(args.config, overrides=list(args.set))
+    longer = cfg.finetune.epochs + round(cfg.export.qat_epochs)  # the float net trains QAT's epoch too
+    extra = (["--qat", "--set", "export.int8=true"] if prec == "int8" else
+             ["--set", "export.int8=false", "--set", f"finetune.epochs={longer}"])
+    started = time.perf_counter()
+    repas(["pipeline", "--config", args.config, "--run-dir", str(run), "--seed", str(seed), "--threads", "1",
+           "--resume", "auto", "--target", f"{target:g}", "--set", "search.compare=[]",
+           "--set", "export.formats=[onnx,pte]", "--set", "export.threads=1", "--set", "search.method=uniform",
+           "--set", "search.pte_latency=null", "--set", "search.precision=float",  # the budget is set here
+           *sum((["--set", s] for s in args.set), []), *extra])  # extra last: it overrides --set
+    report = json.loads((run / "export" / "report.json").read_text())
+    spec = json.loads((run / "export" / "model.json").read_text()) if (run / "export" / "model.json").exists() else {}
+    ft = json.loads((run / "finetune" / "report.json").read_text())
+    return {"seed": seed, "fraction": float(fraction), "precision": prec, "target": target,
+            "widths": ft.get("widths"), "macs": ft.get("macs"), "top1": report["metrics"][f"pte {prec}"]["top1"],
+            "top1_float_pte": report["metrics"].get("pte float", {}).get("top1"),
+            "top1_onnx": report["metrics"].get(f"onnx {prec}", {}).get("top1"),
+            "pte": str(run / "export" / spec["files"]["pte"][prec]), "qat": spec.get("checks", {}).get("qat"),
+            "seconds": time.perf_counter() - started, "model_json": bool(spec),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def time_seed(seed: int, rows: list[dict[str, Any]], doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Phase 3: the seed's shipped .pte files and the dense float .pte, in one process."""
+    dense = fuse(load_model(ensure_dense(seed, args))).eval()
+    shape = (1, dense.spec.in_channels, *dense.spec.input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"dense float": pte_files(dense, Path(tmp), shape)["float"]}
+        paths.update({f"{r['fraction']:g} {r['precision']}": Path(r["pte"]) for r in rows})
+        times = time_ptes(paths, shape, args.runs)
+    return {"seed": seed, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "ms": times,
+            "ratio": {k: v / times["dense float"] for k, v in times.items()}}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}" if values else "-"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(doc: dict[str, Any]) -> str:
+    meta, cal = doc["meta"], doc.get("calibration", {})
+    lines = ["# Accuracy at equal measured latency: float against int8 (`scripts/bench_equal_latency.py`)", "",
+             f"Last run {meta['runs'][-1]['date']} on {meta['runs'][-1]['cpu']}, torch {meta['torch']}, "
+             f"ExecuTorch {meta['executorch']}, 1 thread, batch 1. Command: `{meta['runs'][-1]['command']}`", "",
+             f"Config `{meta['config']}`; every candidate is `uniform` widths from the seed's dense net, "
+             "fine-tuned with equal epochs (float: one more fine-tune epoch; int8: that epoch is QAT). "
+             "Top-1 of the bundle's own .pte in ExecuTorch's runtime on the 10k test images.", ""]
+    if cal:
+        lines += [f"Calibration (seed 0's nets, interleaved): dense float .pte {cal['dense_float_ms']:.4f} ms.", "",
+                  "| MACs target | widths | float ms | int8 ms | int8 speed-up |", "|---|---|---|---|---|"]
+        for g in cal["grid"]:
+            lines.append(f"| {g['target']:g} | {'/'.join(map(str, g['widths']))} | {g['float_ms']:.4f} | "
+                         f"{g['int8_ms']:.4f} | {g['float_ms'] / g['int8_ms']:.2f}x |")
+        lines.append("")
+    lines += ["| latency budget (x dense float .pte) | precision | MACs target | seeds | top-1 .pte | "
+              "measured latency (x dense float, per seed) |", "|---|---|---|---|---|---|"]
+    timing = {t["seed"]: t for t in doc.get("timing", [])}
+    keys = sorted({(r["fraction"], r["precision"]) for r in doc["rows"]}, key=lambda k: (-k[0], k[1]))
+    for f, prec in keys:
+        rs = [r for r in doc["rows"] if (r["fraction"], r["precision"]) == (f, prec)]
+        ratios = [timing[r["seed"]]["ratio"].get(f"{f:g} {prec}") for r in rs if r["seed"] in timing]
+        shown = ", ".join(f"{x:.2f}" for x in ratios if x is not None) or "-"
+        lines.append(f"| {f:g} | {prec} | {rs[0]['target']:g} | {len(rs)} | {mean_std([r['top1'] for r in rs])} | "
+                     f"{shown} |")
+    lines += ["", "int8 minus float at each budget, per seed, then mean ± std:", ""]
+    for f in sorted({k[0] for k in keys}, reverse=True):
+        fl = {r["seed"]: r["top1"] for r in doc["rows"] if r["fraction"] == f and r["precision"] == "float"}
+        i8 = {r["seed"]: r["top1"] for r in doc["rows"] if r["fraction"] == f and r["precision"] == "int8"}
+        d = [i8[s] - fl[s] for s in sorted(fl) if s in i8]
+        if d:
+            lines.append(f"- {f:g}x: {mean_std(d)} points ({', '.join(f'{x:+.2f}' for x in d)})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="configs/fmnist.yaml")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--fractions", default="0.5,0.25", help="latency budgets, fractions of the dense float .pte")
+    p.add_argument("--run-root", default="runs/int8", help="seed S's dense net is RUN_ROOT/seed-S/train")
+    p.add_argument("--out", default="docs/equal_latency_fmnist")
+    p.add_argument("--runs", type=int, default=500, help="timed calls per model")
+    p.add_argument("--set", action="append", default=[], help="config override, as repas --set")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.fractions = [float(f) for f in args.fractions.split(",")]
+    torch.set_num_threads(1)
+    set_executorch_threads(1)
+    out = Path(args.out)
+    doc = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {
+        "meta": {}, "rows": [], "timing": []}
+    doc["meta"].update(config=args.config, set=args.set, torch=torch.__version__, executorch=executorch_version())
+    doc["meta"].setdefault("runs", []).append({
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(),
+        "command": "OMP_WAIT_POLICY=PASSIVE python " + " ".join(shlex.quote(a) for a in sys.argv)})
+    if "calibration" not in doc:
+        calibrate(args, doc)
+        save(out, doc)
+    for seed in seeds:
+        for key, target in doc["calibration"]["choice"].items():
+            if float(key.split()[0]) not in args.fractions:
+                continue
+            if any(r["seed"] == seed and f"{r['fraction']:g} {r['precision']}" == key for r in doc["rows"]):
+                continue
+            log(f"seed {seed}: {key} at MACs target {target:g}")
+            row = run_candidate(seed, key, target, args)
+            doc["rows"].append(row)
+            save(out, doc)
+            log(f"seed {seed}: {key}: .pte top-1 {row['top1']:.2f} ({row['seconds']:.0f} s)")
+        rows = [r for r in doc["rows"] if r["seed"] == seed]
+        if not any(t["seed"] == seed for t in doc["timing"]):
+            doc["timing"].append(time_seed(seed, rows, doc, args))
+            save(out, doc)
+            log(f"seed {seed}: latency vs dense float {doc['timing'][-1]['ratio']}")
+    log(f"done: {out}.md")
+
+
+if __name__ == "__main__":
+    main()
