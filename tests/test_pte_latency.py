@@ -59,3 +59,10 @@ def test_bad_precision_settings_are_one_line(sets, message):
 
     with pytest.raises(RepasError, match=message.replace("(", r"\(").replace("]", r"\]").replace("[", r"\[")):
         load_config(None, sets)
+
+
+def test_a_measured_budget_outside_the_pipeline_is_one_line(tmp_path, capsys):
+    code = main(["search", "--run-dir", str(tmp_path / "run"), "--set", "search.pte_latency=0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "search.pte_latency is a budget 'repas pipeline' measures" in err
+    assert not (tmp_path / "run" / "search").exists()

@@ -43,6 +43,9 @@ def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
 def search_stage(cfg: PipelineConfig, source: str | Path | None = None, *, resume: Resume = False,
                  data: TaskData | None = None) -> Path:
     """Choose the widths of a (trained) supernet under the budget with ``search.method``."""
+    if cfg.search.pte_latency is not None:
+        raise RepasError("search.pte_latency is a budget 'repas pipeline' measures (it times the nets it chooses "
+                         "from): run the pipeline, or set search.pte_latency: null and give --target")
     opened = open_stage(cfg, "search", source, cfg.search, resume, data)
     if opened is None:
         return stage_dir(cfg, "search")

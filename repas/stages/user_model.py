@@ -141,6 +141,9 @@ def run_user_pipeline(cfg: PipelineConfig, *, resume: Resume = False, data: Task
                       ) -> dict[str, Any]:
     """Dense model, then the search and each ``search.compare`` method from it (RUN_DIR,
     RUN_DIR/compare-<method>); writes report.json and report.md."""
+    if cfg.search.pte_latency is not None or cfg.search.precision != "float":
+        raise RepasError("search.pte_latency and search.precision are for repas's own search spaces for now; for a "
+                         "user model set export.qat: true to ship a QAT int8 .pte at a macs or params budget")
     if cfg.search.metric not in ("macs", "params"):
         raise RepasError(f"search.metric={cfg.search.metric}: a user model's budget is macs or params for now "
                          "(latency tables are measured for repas's own layer shapes)")
