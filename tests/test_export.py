@@ -85,7 +85,8 @@ def test_an_op_xnnpack_does_not_take_is_named_in_words_and_nothing_is_left_half_
     from repas.deploy import export_models
     from repas.errors import RepasError
 
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Upsample(scale_factor=2, mode="nearest"),
+    # (an integer factor is rewritten into convs XNNPACK takes, repas.deploy.xnnpack_rewrites; 1.5 is not)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Upsample(scale_factor=1.5, mode="nearest"),
                         nn.Conv2d(4, 1, 3, padding=1)).eval()
     (tmp_path / "keep.txt").write_text("a file of the user's")
     with pytest.raises(RepasError, match=r"nearest upsampling \(nn.Upsample / F.interpolate"):

@@ -198,12 +198,12 @@ def test_ranked_allocation_spends_the_budget_where_channels_are_cheap():
 def test_profile_on_executorch_xnnpack():
     pytest.importorskip("executorch")  # CI installs it with the deploy extra
     spec = wide_spec(layers=1)
-    table = profile(spec, "executorch", divisor=16, threads=1, warmup=1, runs=3, passes=1, progress=False)
-    plan = plan_profile(spec, 16, boundaries=True)  # ExecuTorch tables measure boundaries by default
+    table = profile(spec, "executorch", divisor=32, threads=1, warmup=1, runs=3, passes=1, progress=False)
+    plan = plan_profile(spec, 32, boundaries=True)  # ExecuTorch tables measure boundaries by default
     assert "XNNPACK" in table.meta["backend"] and len(table) == len(plan.rows) + len(plan.boundaries) + 1
     assert table.has_boundaries
-    model = LatencyModel(table, spec)
-    assert float(model([32])) > float(model([1]))
+    model = LatencyModel(table, spec)  # (3 noisy runs: the rows' order; a whole net subtracts noisy boundaries)
+    assert sum(model.parts([32])) > sum(model.parts([1]))
 
 
 def test_profile_int8_rows_on_executorch_xnnpack():
@@ -211,9 +211,11 @@ def test_profile_int8_rows_on_executorch_xnnpack():
     from repas.deploy.profile import TIMERS
 
     spec = wide_spec(layers=1)
-    table = profile(spec, "executorch-int8", divisor=16, threads=1, warmup=1, runs=3, passes=1, progress=False)
-    plan = plan_profile(spec, 16, boundaries=True)
-    assert table.meta["backend"].endswith("XNNPACK int8") and len(table) == len(plan.rows) + len(plan.boundaries) + 1
+    # boundary rows are measured as in the float test above (and modelled in test_latency_int8.py): not twice
+    table = profile(spec, "executorch-int8", divisor=32, threads=1, warmup=1, runs=3, passes=1, progress=False,
+                    boundaries=False)
+    plan = plan_profile(spec, 32)
+    assert table.meta["backend"].endswith("XNNPACK int8") and len(table) == len(plan.rows) + 1
     model = LatencyModel(table, spec)  # (a few noisy runs: the rows' order, not the boundaries')
     assert sum(model.parts([32])) > sum(model.parts([1]))
     # the rows really are int8: the widest conv runs faster than in float (2.3x measured at 32 channels)
