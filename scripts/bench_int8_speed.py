@@ -49,7 +49,7 @@ def config_net(path: str) -> tuple[nn.Module, tuple[int, ...], str]:
         net = build_from(cfg.model.builder, cfg.model.kwargs or {}).eval()
         channels = 1 if cfg.data.name.startswith(("fashion", "denoise")) else 3
         size = tuple(cfg.export.tile) if cfg.export.tile else (28, 28)
-        return fuse_user_model(net), (1, channels, *size), cfg.model.kwargs.get("model_name", cfg.model.builder)
+        return fuse_user_model(net), (1, channels, *size), (cfg.model.kwargs or {}).get("model_name", cfg.model.builder)
     sr = cfg.model.space.startswith("ecbsr")
     spec = create_supernet_spec(cfg.model.space, **({"input_size": SR_SHAPE} if sr else
                                                      {"in_channels": 1, "input_size": (28, 28), "num_classes": 10}))

@@ -53,23 +53,33 @@ def export_user_model(cfg: PipelineConfig, fused: nn.Module, spec: Any, facts: d
         return {"formats": ["onnx"], "pte_skipped": str(e)}
 
 
-def export_pruned_stage(cfg: PipelineConfig, pruned: Path, out: Path, data: TaskData | None = None) -> Path:
-    """``repas export`` of a user model's run (or any ``pruned/`` directory): the pruned model
-    rebuilt by its builder (``load_pruned``, trusted as ``model.trust_builder`` says), its
-    conv+BN folded, and the bundle written to ``out`` as the pipeline writes it."""
-    setup(cfg)
+def open_pruned(cfg: PipelineConfig, pruned: Path, data: TaskData | None = None
+                ) -> tuple[dict[str, Any], nn.Module, TaskData]:
+    """A ``pruned/`` directory's checked record, its model rebuilt by its builder (trusted as
+    ``model.trust_builder`` / ``model.trusted_builders`` say) and the configured data,
+    checked to be of the model's task."""
     record = read_pruned_record(pruned)
     model = load_pruned(pruned, trust_builder=cfg.model.trust_builder,
-                        trusted_builders=cfg.model.trusted_builders or ()).eval()
+                        trusted_builders=cfg.model.trusted_builders or ())
     data = data or get_data(cfg)
     task = "classification" if record["task"] == "classification" else data.task_name
     if data.task_name != task:
         raise RepasError(f"{pruned} is a {record['task']} model but the config's data ({cfg.data.name}) is "
                          f"{data.task_name}: pass the run's config with --config")
+    return record, model, data
+
+
+def export_pruned_stage(cfg: PipelineConfig, pruned: Path, out: Path, data: TaskData | None = None) -> Path:
+    """``repas export`` of a user model's run (or any ``pruned/`` directory): the pruned model
+    rebuilt by its builder (``load_pruned``, trusted as ``model.trust_builder`` says), its
+    conv+BN folded, and the bundle written to ``out`` as the pipeline writes it."""
+    setup(cfg)
+    record, model, data = open_pruned(cfg, pruned, data)
+    model.eval()
     shape = tuple(record["input_shape"])
     widths = [len(g["keep"]) for g in record["groups"]]
     facts = {"spec": record["builder"], "widths": widths, "macs": counted_macs(model, torch.zeros(shape)),
              "params": float(sum(math.prod(p.shape) for p in model.parameters()))}
-    spec = GraphSpec(name=record["builder"], layers=[], input_shape=shape, task=task)
+    spec = GraphSpec(name=record["builder"], layers=[], input_shape=shape, task=data.task_name)
     export_user_model(cfg, fuse_user_model(model), spec, facts, out, data)
     return out

@@ -21,16 +21,15 @@ from torch import nn
 from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, staged_directory
 from repas.config import PipelineConfig
 from repas.errors import RepasError
-from repas.graph import GatedModel, fuse_user_model, load_pruned, save_pruned
+from repas.graph import GatedModel, fuse_user_model, save_pruned
 from repas.graph.builders import build_from
-from repas.graph.files import read_pruned_record
 from repas.json_files import read_json
 from repas.search import create_method
 from repas.stages.common import Resume, environment, get_data, record_config, setup, stage_dir
 from repas.stages.methods import sample_inputs
 from repas.stages.resume import resolve_resume
 from repas.stages.training import finetune_config, run_training
-from repas.stages.user_export import export_user_model
+from repas.stages.user_export import export_user_model, open_pruned
 from repas.supernet.model_files import load_weights, read_weights, save_weights
 from repas.task_data import TaskData
 
@@ -206,14 +205,8 @@ def finetune_pruned_stage(cfg: PipelineConfig, pruned: Path, *, resume: Resume =
     ``finetune.distill``, the run's dense model in RUN/train teaches), and written back to
     ``pruned`` as one step. ``repas export`` then bundles it."""
     setup(cfg)
-    record = read_pruned_record(pruned)
+    record, model, data = open_pruned(cfg, pruned, data)
     trust = {"trust_builder": cfg.model.trust_builder, "trusted_builders": cfg.model.trusted_builders or ()}
-    model = load_pruned(pruned, **trust)
-    data = data or get_data(cfg)
-    task = "classification" if record["task"] == "classification" else data.task_name
-    if data.task_name != task:
-        raise RepasError(f"{pruned} is a {record['task']} model but the config's data ({cfg.data.name}) is "
-                         f"{data.task_name}: pass the run's config with --config")
     out = pruned.parent / "finetune"
     teacher = None
     if cfg.finetune.distill > 0:
