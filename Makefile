@@ -27,12 +27,17 @@ demo: data
 demo-sr: install
 	$(PY) -m repas pipeline --config configs/sr_x2.yaml
 
+# Two pytest-xdist workers, one thread each (tests/conftest.py): most tests wait on
+# subprocesses and single-thread runtimes, so two in parallel take 0.6x the time of one.
+# A module's tests stay on one worker (loadfile), so its fixtures are built once.
+TEST_WORKERS ?= 2
+
 # The data steps are tried so that the tests on the real data run; they skip cleanly
 # (and say why) where the packages cannot be installed.
 test: install
 	-$(PY) -m repas data
 	-$(PY) -m repas data --set data.name=sr-photos
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	$(PY) -m ruff check repas tests scripts
 
 lint: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from torch import nn
 
 from repas.spec import ArchSpec, LayerSpec
 
-torch.set_num_threads(2)
+# Under pytest-xdist (make test runs two workers on two cores) each worker takes one core.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def tiny_spec(in_channels: int = 3, size: int = 12, num_classes: int = 5) -> ArchSpec:
