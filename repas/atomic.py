@@ -11,6 +11,7 @@ read by others.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -74,7 +75,8 @@ def staged_directory(out: str | Path, *, carry: bool = False) -> Iterator[Path]:
     renamed aside, the new directory renamed to ``out``, and the old one deleted. When the
     block raises (Ctrl-C included), or the process is killed, ``out`` is left as it was.
     (Only a crash between the two renames leaves no ``out``: the old one is then
-    ``.NAME.*.old`` beside it.)::
+    ``.NAME.*.old`` beside it.) A staging directory left by a killed writer (its name holds
+    the writer's process id) is deleted by the next writer of ``out``::
 
         with staged_directory(run / "export") as staging:
             export_models(model, staging, shape, ["onnx"])
@@ -82,7 +84,8 @@ def staged_directory(out: str | Path, *, carry: bool = False) -> Iterator[Path]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
+    _remove_dead_staging(out)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     staging, old = (out.with_name(f".{out.name}.{token}.{kind}") for kind in ("new", "old"))
     moved_aside = False
     try:
@@ -105,6 +108,26 @@ def staged_directory(out: str | Path, *, carry: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink()
+
+
+def _remove_dead_staging(out: Path) -> None:
+    """Delete ``out``'s staging directories whose writer process is gone (killed mid-write);
+    a live writer's, or one whose name does not parse, is left alone."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*-*.new"):
+        pid = path.name[len(out.name) + 2:].split("-", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or no such pid to ask about: not ours to judge
+    return True
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -5,6 +5,7 @@ and a training stage's checkpoint and logs stay beside its new output."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -72,6 +73,13 @@ def test_a_stage_killed_mid_write_leaves_its_previous_output_whole(tmp_path, wri
     assert child.returncode == -9, child.stderr  # killed by SIGKILL, after writing new weights
     assert digest(out) == before  # every file of the previous output, byte for byte
     assert '"old": true' in (out / "report.json").read_text()
+    left = [p.name for p in out.parent.iterdir() if p.name != "finetune"]
+    assert len(left) == 1 and left[0].startswith(".finetune.") and left[0].endswith(".new"), left
+    # the next write deletes the dead writer's staging directory, not a live writer's
+    live = out.parent / f".finetune.{os.getpid()}-0123456789ab.new"
+    live.mkdir()
+    write_stage(torch_seed_model, out, {"stage": "finetune", "next": True}, PipelineConfig())
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["finetune", live.name])
 
 
 def test_a_finished_write_replaces_the_outputs_and_keeps_the_checkpoint_and_logs(tmp_path):
