@@ -25,10 +25,16 @@ SPEC_VERSION = 1
 # conv1xk / convkx1 with a literal k), each with a _plain suffix for a conv with bias and no
 # BN; identity(_plain): the input with(out) BN;
 # conv1x1_kxk, conv1x1_avg: DBB; sobel_x, sobel_y, laplacian, expand_squeeze: ECB;
-# conv_xN: N parallel k x k conv+BN (MobileOne-style).
+# conv_xN: N parallel k x k conv+BN (MobileOne-style). post_bn is not a branch: a BatchNorm
+# after the sum (QARepVGG's block is [conv, conv1x1_plain, identity_plain, post_bn]).
 BRANCH_HELP = ("conv, conv1x1, conv3x3, conv1xk, convkx1 (each also as *_plain: bias, no BN), identity, "
                "identity_plain, conv1x1_kxk, "
-               "conv1x1_avg, sobel_x, sobel_y, laplacian, expand_squeeze, conv_xN, fused")
+               "conv1x1_avg, sobel_x, sobel_y, laplacian, expand_squeeze, conv_xN, fused; and post_bn (a BN "
+               "after the sum)")
+POST_BN = "post_bn"
+# QARepVGG (Chu et al., AAAI 2024): no BN on the 1x1 and identity branches, one BN after the sum,
+# so that the fused kernel's channels and the block's outputs have ranges int8 can hold.
+QAREPVGG_BRANCHES = ["conv", "conv1x1_plain", "identity_plain", POST_BN]
 EDGE_BRANCHES = ("sobel_x", "sobel_y", "laplacian")
 TASKS = ("classification", "super-resolution")
 SR_SCALES = (2, 3, 4)
@@ -44,15 +50,6 @@ def parse_branch(name: str, kernel: int) -> tuple[str, object]:
         return "conv", (kernel, kernel, bn)
     if name in ("identity", "identity_plain"):
         return "identity", name == "identity"
-    if not bn:
-        raise ValueError(f"branch {name!r}_plain: only convs take the _plain suffix; known: {BRANCH_HELP}")
-    if name in ("conv1x1_kxk", "conv1x1_avg", "expand_squeeze", "fused"):
-        return name, None
-    if name in EDGE_BRANCHES:
-        return "edge", name
-    m = re.fullmatch(r"conv_x(\d+)", name)
-    if m and int(m.group(1)) >= 1:
-        return "parallel", int(m.group(1))
     m = re.fullmatch(r"conv(\d+|k)x(\d+|k)", name)
     if m:
         kh, kw = (kernel if g == "k" else int(g) for g in m.groups())
@@ -60,6 +57,15 @@ def parse_branch(name: str, kernel: int) -> tuple[str, object]:
             return "conv", (kh, kw, bn)
         raise ValueError(f"branch {name!r}: a {kh}x{kw} conv must have odd sides and fit the {kernel}x{kernel} "
                          "layer kernel")
+    if not bn:
+        raise ValueError(f"branch {name!r}_plain: only convs take the _plain suffix; known: {BRANCH_HELP}")
+    if name in ("conv1x1_kxk", "conv1x1_avg", "expand_squeeze", "fused", POST_BN):
+        return name, None
+    if name in EDGE_BRANCHES:
+        return "edge", name
+    m = re.fullmatch(r"conv_x(\d+)", name)
+    if m and int(m.group(1)) >= 1:
+        return "parallel", int(m.group(1))
     raise ValueError(f"unknown branch {name!r}; known: {BRANCH_HELP}")
 
 
@@ -182,6 +188,9 @@ class ArchSpec:
                 raise RepasError(f"{where}: no branches; known: {BRANCH_HELP}")
             if "fused" in lay.branches and len(lay.branches) > 1:
                 raise RepasError(f"{where}: 'fused' is a whole deploy-form layer and stands alone")
+            if lay.branches.count(POST_BN) > 1 or lay.branches == [POST_BN]:
+                raise RepasError(f"{where}: {POST_BN} (a BatchNorm after the sum) comes once, beside at least "
+                                 f"one branch, e.g. {QAREPVGG_BRANCHES}")
             for name in lay.branches:
                 try:
                     parse_branch(name, lay.kernel)

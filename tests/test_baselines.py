@@ -9,6 +9,7 @@ import torch
 from conftest import randomize_bn
 
 from repas.errors import RepasError
+from repas.reparam import RepBlock
 from repas.search import (
     Budget,
     create_method,
@@ -21,7 +22,7 @@ from repas.search import (
 )
 from repas.search.importance import bn_scales, gated_layers, group_norms
 from repas.search.methods.lasso import reconstruct, write_kernel
-from repas.spec import ArchSpec, LayerSpec
+from repas.spec import QAREPVGG_BRANCHES, ArchSpec, LayerSpec
 from repas.supernet import build
 
 REP = ["conv", "conv1x1", "identity"]
@@ -165,6 +166,12 @@ def test_lasso_writes_kernels_exactly_and_reconstruction_helps():
     write_kernel(block, new_k, new_b, 2)
     k2, b2 = block.equivalent_kernel_bias()
     assert torch.allclose(k2, new_k, atol=1e-5) and torch.allclose(b2, new_b, atol=1e-5)
+    qa = RepBlock(24, 24, 3, 1, QAREPVGG_BRANCHES)  # a BN after the sum scales what the branch adds
+    randomize_bn(qa, 3)
+    qa.eval()
+    write_kernel(qa, new_k, new_b, 2)
+    k3, b3 = qa.equivalent_kernel_bias()
+    assert torch.allclose(k3, new_k, atol=1e-5) and torch.allclose(b3, new_b, atol=1e-5)
 
     model = supernet().eval()
     x = inputs(64)

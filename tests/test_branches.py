@@ -14,10 +14,10 @@ from conftest import randomize_bn, tiny_spec
 from repas.errors import RepasError
 from repas.reparam import RepBlock
 from repas.search import extract_subnet, gated_copy
-from repas.spec import ArchSpec, LayerSpec
-from repas.supernet import build, fuse_repnet
+from repas.spec import QAREPVGG_BRANCHES, ArchSpec, LayerSpec
+from repas.supernet import build, create_model, fuse_repnet
 
-ALL_BRANCHES = ["conv", "conv1x1", "conv1xk", "convkx1", "identity", "identity_plain", "conv1x1_kxk",
+ALL_BRANCHES = ["conv", "conv1x1", "conv1x1_plain", "conv1xk", "convkx1", "identity", "identity_plain", "conv1x1_kxk",
                 "conv1x1_avg", "sobel_x", "sobel_y", "laplacian", "expand_squeeze", "conv_x3"]
 TOL = 1e-5
 
@@ -40,8 +40,8 @@ def test_each_branch_alone_fuses_exactly(name):
 
 
 def test_randomized_sweep_over_combinations():
-    rng = random.Random(1234)
-    tried = rejected = 0
+    rng, post_rng = random.Random(1234), random.Random(4321)
+    tried = rejected = post_bn = 0
     for trial in range(160):
         kernel = rng.choice([1, 3, 5])
         stride = rng.choice([1, 1, 2])
@@ -50,7 +50,7 @@ def test_randomized_sweep_over_combinations():
         c = rng.choice([4, 6, 8])
         c_out = c if (groups == "dw" or rng.random() < 0.6) else 2 * c
         g = c if groups == "dw" else groups
-        branches = rng.sample(ALL_BRANCHES, rng.randint(1, 4))
+        branches = rng.sample(ALL_BRANCHES, rng.randint(1, 4)) + (["post_bn"] if post_rng.random() < 0.3 else [])
         torch.manual_seed(trial)
         try:
             block = RepBlock(c, c_out, kernel, stride, branches, act=rng.choice(["relu", "identity"]), groups=g,
@@ -64,7 +64,9 @@ def test_randomized_sweep_over_combinations():
         err = fused_error(block, x)
         assert err <= TOL, (branches, kernel, stride, g, dilation, err)
         tried += 1
+        post_bn += "post_bn" in branches
     assert tried >= 60 and rejected >= 5  # the sweep really covers both outcomes
+    assert post_bn >= 15  # and QARepVGG's BN after the sum, over many combinations
 
 
 @pytest.mark.parametrize("branches,kwargs,message", [
@@ -75,6 +77,7 @@ def test_randomized_sweep_over_combinations():
     (["expand_squeeze"], dict(groups=2), "groups=1"),
     (["conv5x5"], dict(kernel=3), "fit"),
     (["conv7"], dict(), "unknown branch"),
+    (["post_bn"], dict(), "beside at least one branch"),
 ])
 def test_unsupported_options_are_clear_errors(branches, kwargs, message):
     args = dict(kernel=3, stride=1, groups=1, dilation=1) | kwargs
@@ -91,7 +94,8 @@ def test_spec_rejects_bad_branch_names_with_the_known_list():
 
 @pytest.mark.parametrize("branches", [["conv", "conv1x1_kxk", "conv1x1_avg", "identity"],
                                       ["conv", "expand_squeeze", "sobel_x", "sobel_y", "laplacian"],
-                                      ["conv_x3", "conv1x1", "conv1xk", "convkx1", "identity_plain"]])
+                                      ["conv_x3", "conv1x1", "conv1xk", "convkx1", "identity_plain"],
+                                      QAREPVGG_BRANCHES])
 def test_extraction_and_fusion_with_rich_branches(branches):
     spec = tiny_spec()
     d = spec.to_dict()
@@ -125,3 +129,25 @@ def test_pas_masks_fold_in_after_fusing_at_full_width():
     with torch.no_grad():
         ref = gated(x)
         assert float((sub(x) - ref).abs().max()) <= TOL * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("space", ["repvgg-fmnist", "repvgg-a0", "ecbsr-m4c16"])
+def test_qarepvgg_block_in_a_space_extracts_and_fuses_exactly(space):
+    """QARepVGG's block (no BN on the 1x1 and identity branches, a BN after the sum) replaces a
+    space's blocks, SR included; gated extraction and fusion stay equalities."""
+    torch.manual_seed(0)
+    model = create_model(space, branches=QAREPVGG_BRANCHES)
+    assert all(b.post_bn is not None and "conv1x1_plain" in b.branches for b in model.blocks)
+    randomize_bn(model, 2)
+    masks = [torch.arange(w) % 4 != 1 if lay.gated else torch.ones(w, dtype=torch.bool)
+             for w, lay in zip(model.spec.widths, model.spec.layers)]
+    model.eval()
+    x = torch.randn(2, model.spec.in_channels, 16, 16)
+    with torch.no_grad():
+        ref = gated_copy(model, masks).eval()(x)
+        sub = extract_subnet(model, masks)
+        fused = fuse_repnet(sub)
+        assert all(lay.branches == ["fused"] for lay in fused.spec.layers)
+        scale = float(ref.abs().max())
+        assert float((sub(x) - ref).abs().max()) <= TOL * scale
+        assert float((fused(x) - ref).abs().max()) <= TOL * scale

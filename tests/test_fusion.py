@@ -23,9 +23,11 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 CASES = [
     (branches, kernel, stride)
     for branches, kernel, stride in itertools.product(
-        [["conv"], ["conv", "conv1x1"], ["conv", "identity"], ["conv", "conv1x1", "identity"], ["conv1x1"]],
+        [["conv"], ["conv", "conv1x1"], ["conv", "identity"], ["conv", "conv1x1", "identity"], ["conv1x1"],
+         ["conv", "conv1x1_plain", "identity_plain", "post_bn"]],  # the last: QARepVGG's block
         [1, 3, 5], [1, 2])
-    if not ("identity" in branches and stride != 1) and not (kernel == 1 and branches == ["conv1x1"])
+    if not (any(b.startswith("identity") for b in branches) and stride != 1)
+    and not (kernel == 1 and branches == ["conv1x1"])
 ]
 
 

@@ -14,9 +14,11 @@ from repas.reparam.branches import (
     ExpandSqueeze,
     IdentityBN,
     ParallelConvBN,
+    copy_bn,
     scaled_conv,
 )
-from repas.spec import parse_branch
+from repas.reparam.fusion import fuse_conv_bn
+from repas.spec import POST_BN, parse_branch
 
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "identity": nn.Identity}
 
@@ -60,6 +62,8 @@ class RepBlock(nn.Module):
     ``_plain`` (a conv with a bias, no BN, as in ECB), ``identity`` /
     ``identity_plain``, ``conv1x1_kxk`` / ``conv1x1_avg`` (DBB), ``sobel_x`` / ``sobel_y`` /
     ``laplacian`` / ``expand_squeeze`` (ECB), ``conv_xN`` (N parallel k x k, MobileOne).
+    ``post_bn`` is not a branch but a BatchNorm after the sum (QARepVGG:
+    ``[conv, conv1x1_plain, identity_plain, post_bn]``), folded into the fused conv as well.
     ``["fused"]`` builds the deploy form directly. ``reparameterize()`` switches a block to
     its deploy form in place and returns the fused conv; the name lets
     ``timm.utils.reparameterize_model`` fuse repas nets too.
@@ -75,11 +79,16 @@ class RepBlock(nn.Module):
         self.act = make_activation(act, out_channels)
         self.branches = nn.ModuleDict()
         self.reparam_conv: nn.Conv2d | None = None
+        self.post_bn: nn.BatchNorm2d | None = nn.BatchNorm2d(out_channels) if POST_BN in branches else None
         if list(branches) == ["fused"]:
             self.reparam_conv = self._plain_conv()
             return
+        if POST_BN in branches and (len(branches) < 2 or list(branches).count(POST_BN) > 1):
+            raise ValueError(f"{POST_BN} (a BatchNorm after the sum) comes once, beside at least one branch")
         mids = mid_channels or {}
         for name in branches:
+            if name == POST_BN:
+                continue
             self.branches[name] = make_branch(name, in_channels, out_channels, kernel, stride, groups, dilation,
                                               identity_map, mids.get(name))
 
@@ -100,6 +109,8 @@ class RepBlock(nn.Module):
         out = next(branches)(x, in_scale)
         for branch in branches:
             out = out + branch(x, in_scale)
+        if self.post_bn is not None:
+            out = self.post_bn(out)
         return self.act(out)
 
     def equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,11 +118,29 @@ class RepBlock(nn.Module):
         if self.reparam_conv is not None:
             return self.reparam_conv.weight, self.reparam_conv.bias
         parts = [b.equivalent_kernel_bias(self.kernel) for b in self.branches.values()]
-        return sum(k for k, _ in parts), sum(b for _, b in parts)
+        kernel, bias = sum(k for k, _ in parts), sum(b for _, b in parts)
+        if self.post_bn is not None:  # bn(conv(x) + bias) = conv'(x) + bias'
+            scale, shift = fuse_conv_bn(None, self.post_bn)
+            kernel, bias = kernel * scale.reshape(-1, 1, 1, 1), bias * scale + shift
+        return kernel, bias
 
     def mid_channels(self) -> dict[str, int]:
         """Intermediate widths of two-stage branches (kept as they are by extraction)."""
         return {name: b.mid_channels for name, b in self.branches.items() if hasattr(b, "mid_channels")}
+
+    @torch.no_grad()
+    def load_sliced(self, src: RepBlock, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
+        """Copy a wider block's weights of the same kind, keeping output channels ``out_idx``
+        and input channels ``in_idx`` (extraction)."""
+        for name, branch in src.branches.items():
+            self.branches[name].load_sliced(branch, out_idx, in_idx)
+        if src.post_bn is not None:
+            copy_bn(self.post_bn, src.post_bn, out_idx)
+        if hasattr(src.act, "weight"):  # PReLU: one slope per channel
+            self.act.weight.copy_(src.act.weight[out_idx])
+        if src.reparam_conv is not None:
+            self.reparam_conv.weight.copy_(src.reparam_conv.weight[out_idx][:, in_idx])
+            self.reparam_conv.bias.copy_(src.reparam_conv.bias[out_idx])
 
     @torch.no_grad()
     def reparameterize(self) -> nn.Conv2d:
@@ -123,6 +152,7 @@ class RepBlock(nn.Module):
             conv.bias.copy_(bias)
             self.reparam_conv = conv
             self.branches = nn.ModuleDict()
+            self.post_bn = None
         return self.reparam_conv
 
 

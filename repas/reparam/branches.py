@@ -31,7 +31,8 @@ def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
              f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
 
 
-def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx: torch.Tensor) -> None:
+def copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx: torch.Tensor) -> None:
+    """Copy the channels ``idx`` of ``src`` (affine parameters and running statistics)."""
     with torch.no_grad():
         dst.weight.copy_(src.weight[idx])
         dst.bias.copy_(src.bias[idx])
@@ -113,7 +114,7 @@ class ConvBN(nn.Module):
     def load_sliced(self, src: ConvBN, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
         _slice_conv(self.conv, src.conv, out_idx, in_idx)
         if self.bn is not None:
-            _copy_bn(self.bn, src.bn, out_idx)
+            copy_bn(self.bn, src.bn, out_idx)
 
 
 class ParallelConvBN(nn.Module):
@@ -198,7 +199,7 @@ class IdentityBN(nn.Module):
 
     def load_sliced(self, src: IdentityBN, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
         if self.bn is not None:
-            _copy_bn(self.bn, src.bn, out_idx)
+            copy_bn(self.bn, src.bn, out_idx)
 
 
 class BiasPad(nn.Module):
@@ -243,9 +244,9 @@ class Conv1x1KxK(nn.Module):
 
     def load_sliced(self, src: Conv1x1KxK, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
         _slice_conv(self.conv1, src.conv1, None, in_idx)
-        _copy_bn(self.bn1, src.bn1, torch.arange(src.bn1.num_features))
+        copy_bn(self.bn1, src.bn1, torch.arange(src.bn1.num_features))
         _slice_conv(self.conv2, src.conv2, out_idx, None)
-        _copy_bn(self.bn2, src.bn2, out_idx)
+        copy_bn(self.bn2, src.bn2, out_idx)
 
 
 class Conv1x1AvgPool(nn.Module):
@@ -275,8 +276,8 @@ class Conv1x1AvgPool(nn.Module):
 
     def load_sliced(self, src: Conv1x1AvgPool, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
         _slice_conv(self.conv, src.conv, out_idx, in_idx)
-        _copy_bn(self.bn1, src.bn1, out_idx)
-        _copy_bn(self.bn2, src.bn2, out_idx)
+        copy_bn(self.bn1, src.bn1, out_idx)
+        copy_bn(self.bn2, src.bn2, out_idx)
 
 
 EDGE_FILTERS = {

@@ -48,13 +48,7 @@ def extract_subnet(model: RepNet, masks: list[torch.Tensor] | None = None) -> Re
     in_idx = torch.arange(model.spec.in_channels)
     for big, small, m in zip(model.blocks, sub.blocks, masks):
         out_idx = torch.nonzero(m).flatten()
-        for name, branch in big.branches.items():
-            small.branches[name].load_sliced(branch, out_idx, in_idx)
-        if hasattr(big.act, "weight"):  # PReLU: one slope per channel
-            small.act.weight.copy_(big.act.weight[out_idx])
-        if big.fused:
-            small.reparam_conv.weight.copy_(big.reparam_conv.weight[out_idx][:, in_idx])
-            small.reparam_conv.bias.copy_(big.reparam_conv.bias[out_idx])
+        small.load_sliced(big, out_idx, in_idx)
         in_idx = out_idx
     if not sub.super_resolution:
         sub.head.weight.copy_(model.head.weight[:, in_idx])

@@ -86,9 +86,11 @@ def _branch_scale(branch: nn.Module, kernel: int) -> torch.Tensor:
 
 
 def bn_scales(model: RepNet) -> list[torch.Tensor]:
-    """Network slimming's channel scale, summed over a block's branches: |gamma| of each
-    branch's output BN (the filter norm for a branch without one). Differentiable."""
-    return [sum(_branch_scale(b, block.kernel) for b in block.branches.values()) for block in model.blocks]
+    """Network slimming's channel scale: |gamma| of the block's BN after the sum where it has
+    one (QARepVGG), else summed over its branches: |gamma| of each branch's output BN (the
+    filter norm for a branch without one). Differentiable."""
+    return [block.post_bn.weight.abs() if block.post_bn is not None else
+            sum(_branch_scale(b, block.kernel) for b in block.branches.values()) for block in model.blocks]
 
 
 def filter_correlation(kernel: torch.Tensor) -> torch.Tensor:

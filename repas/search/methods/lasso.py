@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from repas.errors import RepasError
 from repas.reparam import RepBlock
 from repas.reparam.branches import ConvBN
+from repas.reparam.fusion import fuse_conv_bn
 from repas.search.allocation import global_masks
 from repas.search.budget import Budget
 from repas.search.importance import gated_layers
@@ -119,14 +120,22 @@ def write_kernel(block: RepBlock, kernel: torch.Tensor, bias: torch.Tensor, laye
     k x k conv+BN branch only (exact in eval mode)."""
     old_k, old_b = block.equivalent_kernel_bias()
     branch = _main_branch(block, layer)
+    d_kernel, d_bias = kernel - old_k, bias - old_b
+    if block.post_bn is not None:  # the change goes in before the BN after the sum scales it
+        post, _ = fuse_conv_bn(None, block.post_bn)
+        post = _nonzero(post)
+        d_kernel, d_bias = d_kernel / post.view(-1, 1, 1, 1), d_bias / post
     if branch.bn is None:
-        branch.conv.weight += kernel - old_k
-        branch.conv.bias += bias - old_b
+        branch.conv.weight += d_kernel
+        branch.conv.bias += d_bias
         return
-    scale = branch.bn.weight / torch.sqrt(branch.bn.running_var + branch.bn.eps)
-    scale = torch.where(scale.abs() < 1e-4, torch.full_like(scale, 1e-4).copysign(scale), scale)
-    branch.conv.weight += (kernel - old_k) / scale.view(-1, 1, 1, 1)
-    branch.bn.bias += bias - old_b
+    scale = _nonzero(branch.bn.weight / torch.sqrt(branch.bn.running_var + branch.bn.eps))
+    branch.conv.weight += d_kernel / scale.view(-1, 1, 1, 1)
+    branch.bn.bias += d_bias
+
+
+def _nonzero(scale: torch.Tensor) -> torch.Tensor:
+    return torch.where(scale.abs() < 1e-4, torch.full_like(scale, 1e-4).copysign(scale), scale)
 
 
 def _solve(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
