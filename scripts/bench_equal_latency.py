@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from repas.atomic import atomic_write_json, atomic_write_text
+from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from repas.config import load_config
 from repas.deploy import cpu_name, export_models, latency_each
 from repas.deploy.executorch_export import executorch_version, set_executorch_threads
@@ -56,6 +56,52 @@ def log(msg: str) -> None:
 def save(out: Path, doc: dict[str, Any]) -> None:
     atomic_write_json(out.with_suffix(".json"), doc)
     atomic_write_text(out.with_suffix(".md"), table(doc))
+    if doc.get("timing"):
+        front_png(doc, out.with_suffix(".png"))
+
+
+def front_png(doc: dict[str, Any], path: Path) -> None:
+    """The front a user chooses from: top-1 of each shipped .pte against its latency measured
+    as a fraction of the dense float .pte (interleaved, per seed), mean ± std over the seeds
+    that were timed; one line per precision."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timing = {t["seed"]: t["ratio"] for t in doc["timing"]}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for prec, marker in (("float", "o"), ("int8", "s")):
+        pts = []
+        for f in sorted({r["fraction"] for r in doc["rows"] if r["precision"] == prec}):
+            rs = [r for r in doc["rows"] if (r["fraction"], r["precision"]) == (f, prec) and r["seed"] in timing]
+            if not rs:
+                continue
+            xs = [timing[r["seed"]][f"{f:g} {prec}"] for r in rs]
+            ys = [r["top1"] for r in rs]
+            sd = statistics.stdev if len(rs) > 1 else (lambda v: 0.0)
+            pts.append((statistics.fmean(xs), statistics.fmean(ys), sd(xs), sd(ys),
+                        rs[0]["target"]))
+        if not pts:
+            continue
+        x, y, dx, dy, targets = zip(*pts)
+        ax.errorbar(x, y, xerr=dx, yerr=dy, marker=marker, capsize=3, label=f"{prec} .pte ({len(timing)} seeds)")
+        for xi, yi, t in zip(x, y, targets):
+            ax.annotate(f"{t:g}x MACs", (xi, yi), textcoords="offset points", xytext=(5, -12), fontsize=8)
+    for f in sorted({r["fraction"] for r in doc["rows"]}):
+        ax.axvline(f, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("measured latency, x the dense float .pte (ExecuTorch, XNNPACK, 1 thread)")
+    ax.set_ylabel("top-1 % of the shipped .pte")
+    ax.set_title(f"{doc['meta']['config']}: accuracy against measured latency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def pte_files(model: torch.nn.Module, where: Path, shape: tuple[int, ...]) -> dict[str, Path]:
