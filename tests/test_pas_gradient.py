@@ -1,0 +1,61 @@
+"""PaS prices every channel alike: the budget's gradient on a layer's count is divided by
+that layer's marginal cost per channel (issue 32); ``pas-raw`` keeps the published gradient,
+proportional to it. Values never change, only gradients."""
+
+import pytest
+import torch
+from conftest import tiny_spec
+
+from repas.search import Budget, create_method, list_methods
+from repas.search.cost import cost as spec_cost_of
+from repas.search.methods.pas import per_channel_normalized
+from repas.supernet import build
+
+
+def macs_like(counts):
+    # layer costs per channel that differ 30x: 1 -> c0 (x30), c0 -> c1 (x2), c1 -> c2 (x1)
+    c0, c1, c2 = counts
+    return 30 * 3 * c0 + 2 * c0 * c1 + c1 * c2
+
+
+def test_normalized_gradients_are_equal_per_channel_and_values_unchanged():
+    raw = [torch.tensor(8.0, requires_grad=True), torch.tensor(16.0, requires_grad=True), 10]
+    norm = [torch.tensor(8.0, requires_grad=True), torch.tensor(16.0, requires_grad=True), 10]
+    loss_raw = (macs_like(raw) / 500 - 1) ** 2
+    shown = per_channel_normalized(norm, macs_like)
+    assert [float(c.detach()) if isinstance(c, torch.Tensor) else c for c in shown] == [8.0, 16.0, 10]
+    loss_norm = (macs_like(shown) / 500 - 1) ** 2
+    assert float(loss_norm) == pytest.approx(float(loss_raw))
+    loss_raw.backward()
+    loss_norm.backward()
+    g_raw = [float(c.grad) for c in raw[:2]]
+    g_norm = [float(c.grad) for c in norm[:2]]
+    marginal = [30 * 3 + 2 * 16, 2 * 8 + 10]  # d cost / d c0, d cost / d c1
+    assert g_raw[0] / g_raw[1] == pytest.approx(marginal[0] / marginal[1])
+    assert g_norm[0] == pytest.approx(g_norm[1])  # every channel pulled alike
+    assert (g_norm[0] + g_norm[1]) / 2 == pytest.approx(sum(g_raw) / 2, rel=0.2)  # alpha keeps its scale
+
+
+def test_a_flat_or_falling_marginal_cost_is_not_divided_by_zero():
+    counts = [torch.tensor(4.0, requires_grad=True), torch.tensor(4.0, requires_grad=True)]
+    out = per_channel_normalized(counts, lambda c: 5 * c[0] - 0 * c[1])
+    (out[0] + out[1]).backward()
+    assert torch.isfinite(counts[0].grad) and torch.isfinite(counts[1].grad)
+    assert float(counts[1].grad) == pytest.approx(1000.0)  # priced at 1/1000 of the mean, not infinite
+
+
+def test_pas_and_pas_raw_differ_only_in_the_gates_budget_gradient():
+    assert {"pas", "pas-raw"} <= set(list_methods())
+    got = {}
+    for name in ("pas", "pas-raw"):
+        torch.manual_seed(0)
+        model = build(tiny_spec())
+        budget = Budget(model.spec, 0.3 * float(spec_cost_of(model.spec, model.spec.widths, "macs")), "macs", 5.0)
+        method = create_method(name, model, budget)
+        penalty = method.penalty()
+        penalty.backward()
+        got[name] = (float(penalty), [g.weight.grad.abs().mean().item() for g in model.gate_modules()
+                                      if g is not None])
+    assert got["pas"][0] == pytest.approx(got["pas-raw"][0])
+    raw, norm = got["pas-raw"][1], got["pas"][1]
+    assert max(norm) / min(norm) < 1.01 < 1.5 < max(raw) / min(raw)  # alike per channel, or by cost
