@@ -272,7 +272,8 @@ class ExportConfig:
     # post-training activation observer: minmax, histogram (default), percentile or mse
     observer: str = "histogram"
     # mixed precision: these layers (names as model.named_modules() gives them, e.g. blocks.0.reparam_conv)
-    # stay float in the int8 .pte; XNNPACK runs both kinds in one delegate
+    # stay float in the int8 .pte (post-training, or trained so by QAT); XNNPACK runs both kinds in one
+    # delegate
     float_layers: list[str] | None = None
     # measure each layer's int8 sensitivity (the metric with only that layer int8, minus float's) into
     # report.json and model.json's checks: one calibration and one test pass per layer

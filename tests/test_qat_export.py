@@ -121,6 +121,39 @@ def test_mixed_precision_keeps_the_named_layers_float_in_one_xnnpack_delegate(fu
     assert np.abs(got - reference).max() <= 0.05 * np.abs(reference).max()
 
 
+def test_qat_keeps_the_named_layers_float_and_the_pte_is_that_mixed_net(fused_run, tmp_path):
+    from repas.config import load_config
+    from repas.deploy import export_models
+    from repas.deploy.mixed_precision import quantizable_layers
+    from repas.deploy.runner import pte_runner
+    from repas.stages.common import get_data
+    from repas.stages.qat import qat_int8
+    from repas.supernet import load_model
+
+    run, data = fused_run
+    model = load_model(run / "fuse").eval()
+    layers = quantizable_layers(model)
+    cfg = load_config(values={"data.root": str(data), "run_dir": str(run), "finetune.batch_size": 64,
+                              "export.qat_epochs": 0.5, "export.qat": True, "export.float_layers": [layers[0]]})
+    dataset = get_data(cfg)
+    int8, trained, _ = qat_int8(cfg, model, dataset, model.spec)
+    weights_int8 = sum("dequantize_per_channel" in str(n.target) for n in int8.graph.nodes)
+    assert weights_int8 == len(layers) - 1  # every layer's weights int8 but the first's
+    shape = (1, 1, 28, 28)
+    calibration = dataset.calibration_inputs(shape, 16)
+    made = export_models(model, tmp_path, shape, ["pte"], calibration=calibration, qat=(int8, trained),
+                         float_layers=[layers[0]])
+    checks = made["checks"]
+    assert checks["pte_int8_non_delegated_ops"] == [] and checks["pte_int8_float_layers"] == [layers[0]]
+    assert checks["pte_int8_layer_precision"][layers[0]] == "float"
+    assert {checks["pte_int8_layer_precision"][n] for n in layers[1:]} == {"int8"}
+    x = calibration[0][:4]
+    with torch.no_grad():
+        reference = int8(x).numpy()
+    got = np.concatenate([pte_runner(tmp_path / "model-int8.pte")(x[i:i + 1].numpy()) for i in range(4)])
+    assert np.abs(got - reference).max() <= 0.05 * np.abs(reference).max()
+
+
 def test_sensitivity_and_float_layers_through_the_cli(fused_run, capsys):
     from repas.deploy.mixed_precision import quantizable_layers
     from repas.supernet import load_model

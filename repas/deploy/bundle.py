@@ -105,7 +105,8 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
     int8 is post-training, activations calibrated by ``observer`` (``repas.deploy.qat``),
     unless ``qat`` = (the converted QAT graph, the float net with its trained weights): the
     int8 .pte is then that graph, and the int8 .onnx is calibrated on the trained weights.
-    ``float_layers`` stay float in the post-training int8 .pte (mixed precision)."""
+    ``float_layers`` stay float in the int8 .pte (mixed precision): in the post-training one, or,
+    with ``qat``, the caller's QAT graph must have been trained with them float."""
     from repas.deploy.executorch_export import executorch_version, lower_program
     from repas.deploy.qat import DEFAULT_OBSERVER, quantize_ptq
     from repas.deploy.quantize import quantize_onnx, quantize_pt2e
@@ -153,6 +154,8 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
         variants = [("float", model)]
         if qat is not None:
             variants.append(("int8", qat[0]))
+            if float_layers:
+                checks["pte_int8_float_layers"] = list(float_layers)
         elif calibration and float_layers:
             from repas.deploy.mixed_precision import quantize_layers
 
@@ -165,7 +168,7 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
         if len(variants) > 1:  # what the int8 .pte runs each layer in (repas info and report.md show it)
             from repas.deploy.mixed_precision import quantizable_layers
 
-            kept = set(float_layers) if qat is None else set()
+            kept = set(float_layers)  # (QAT's graph was trained with them float)
             checks["pte_int8_layer_precision"] = {n: "float" if n in kept else "int8"
                                                   for n in quantizable_layers(model)}
         for precision, m in variants:

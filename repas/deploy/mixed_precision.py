@@ -40,7 +40,7 @@ def _is_weight_op(node: Any) -> bool:  # noqa: ANN401 (torch.fx.Node)
     return node.op == "call_function" and any(k in str(node.target) for k in ("conv", "linear", "addmm"))
 
 
-def _layer_filter(names: Sequence[str], inside: bool) -> Callable[[Any], bool]:
+def layer_filter(names: Sequence[str], inside: bool) -> Callable[[Any], bool]:
     """A node filter for the quantizer. Its patterns (conv + ReLU, ...) are annotated only
     when every node passes, so a weight op (conv, linear) passes when it belongs (``inside``)
     or does not belong (not ``inside``) to one of the modules ``names``, and the other nodes
@@ -62,8 +62,8 @@ def quantize_layers(model: nn.Module, example: torch.Tensor, batches: Iterable[t
     int8 in the layers of ``only`` alone), calibrated on ``batches``: ``quantize_ptq`` with
     a node filter."""
     check_layers(model, [*keep_float, *(only or [])], "the int8 layer list")
-    node_filter = (_layer_filter(list(only), inside=True) if only is not None else
-                   _layer_filter(list(keep_float), inside=False) if keep_float else None)
+    node_filter = (layer_filter(list(only), inside=True) if only is not None else
+                   layer_filter(list(keep_float), inside=False) if keep_float else None)
     return quantize_ptq(model, example, batches, observer, node_filter=node_filter)
 
 

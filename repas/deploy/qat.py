@@ -200,17 +200,21 @@ def quantize_ptq(model: nn.Module, example: torch.Tensor, batches: Iterable[torc
         return names["convert"](prepared)
 
 
-def prepare_qat(model_fused: nn.Module, example: torch.Tensor, *, exact_weights: bool = True
-                ) -> torch.fx.GraphModule:
+def prepare_qat(model_fused: nn.Module, example: torch.Tensor, *, exact_weights: bool = True,
+                node_filter: Callable[[Any], bool] | None = None) -> torch.fx.GraphModule:
     """The fake-quant training graph of a fused net (``repas.fuse``): PT2E QAT with the
     XNNPACK quantizer export uses, captured with a free batch dimension so that it trains
     in batches. ``.train()`` / ``.eval()`` work on it; observers start enabled (see
     ``freeze_observers``). The fused net has no BatchNorm, so there is none to fold.
-    ``exact_weights=False``: ExecuTorch's stock QAT weight fake-quant (see ``make_quantizer``)."""
+    ``exact_weights=False``: ExecuTorch's stock QAT weight fake-quant (see ``make_quantizer``).
+    ``node_filter``: fake-quantize only the graph nodes it accepts (layers kept float:
+    ``repas.deploy.mixed_precision.layer_filter``), as ``quantize_ptq``."""
     names = _pt2e()
     model = copy.deepcopy(model_fused).eval().to(memory_format=torch.contiguous_format)
-    prepared = names["prepare_qat"](_export_batched(model, example), make_quantizer(qat=True,
-                                                                                    exact_weights=exact_weights))
+    quantizer = make_quantizer(qat=True, exact_weights=exact_weights)
+    if node_filter is not None:
+        quantizer.set_filter_function(node_filter)
+    prepared = names["prepare_qat"](_export_batched(model, example), quantizer)
     return names["pt2e"].allow_exported_model_train_eval(prepared)
 
 

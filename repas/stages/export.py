@@ -116,6 +116,11 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
         from repas.deploy.executorch_export import set_executorch_threads
 
         set_executorch_threads(e.threads)
+    float_layers = e.float_layers or []
+    if float_layers:
+        from repas.deploy.mixed_precision import check_layers
+
+        check_layers(model, float_layers, "export.float_layers")
     qat, qat_report = None, None
     if int8 and e.qat:
         if "pte" not in formats:
@@ -126,18 +131,13 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
         executorch_version()  # a clear error before minutes of training
         int8_graph, trained, qat_report = qat_int8(cfg, model, data, spec)
         qat = (int8_graph, trained)
-    float_layers = e.float_layers or []
-    if float_layers:
-        from repas.deploy.mixed_precision import check_layers
-
-        check_layers(model, float_layers, "export.float_layers")
     sensitivity = int8_sensitivity_of(cfg, model, spec, data, shape, calibration) if int8 and e.sensitivity else None
     with staged_directory(out) as staging:
         # with QAT the float files stay the net before QAT: the trained weights run in float
         # lose what they learnt to lean on (int8's clamped activation ranges): 79.83 against
         # 81.24 top-1 on a timm RepVGG-A0 run, where its int8 .pte scored 81.63
         made = export_models(model, staging, shape, formats, calibration=calibration, observer=e.observer, qat=qat,
-                             float_layers=float_layers if qat is None else ())
+                             float_layers=float_layers)
         if qat_report is not None:
             made["checks"]["qat"] = qat_report
         if sensitivity is not None:

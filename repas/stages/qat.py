@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from repas.config import PipelineConfig
+from repas.deploy.mixed_precision import layer_filter
 from repas.deploy.qat import convert_qat, freeze_observers, prepare_qat
 from repas.deploy.xnnpack_rewrites import rewrite_for_xnnpack
 from repas.errors import RepasError
@@ -42,7 +43,8 @@ def qat_int8(cfg: PipelineConfig, fused: nn.Module, data: TaskData, spec: Any) -
     steps = max(1, math.ceil(e.qat_epochs * len(loader)))
     x0, _ = next(iter(loader))
     fused, _ = rewrite_for_xnnpack(fused, x0[:1])  # what the .pte runs: trained as it will be converted
-    prepared = prepare_qat(fused, x0[:2])
+    keep = e.float_layers or []
+    prepared = prepare_qat(fused, x0[:2], node_filter=layer_filter(keep, inside=False) if keep else None)
     task = data.task(tcfg, spec)
     params = [p for p in prepared.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=e.qat_lr, momentum=0.9)
