@@ -1,0 +1,273 @@
+"""Headroom in width x precision space: is there a net to find that beats uniform widths in
+int8 at the same measured .pte latency? (issue 32, item 1: the oracle before any search)
+
+1. **Pool** (seed 0's trained dense net of ``--config``, RUN_ROOT/seed-0/train, trained if
+   missing): uniform width multiples, "tail-wide" allocations (the wide late layers kept
+   whole, where int8 is most efficient, the early ones thinned), "head-wide" ones (the
+   reverse), and ``--random`` random allocations, each in int8 and in int8 with the first
+   layer float (the 1 -> 16 layer is slower in int8). Every pool net is exported to an int8
+   .pte (random weights: speed does not depend on them) and timed with the dense float .pte,
+   interleaved in one process.
+2. **Candidates**: the widest pool net of each family and precision whose measured latency is
+   at most ``--budget`` x the dense float .pte, plus the widest random ones, ``--candidates``
+   in all.
+3. **Oracle**: each candidate is cut from the dense net (each layer keeps its highest filter-L1
+   channels), fine-tuned ``--epochs`` (the config's recipe), fused, trained one epoch of QAT
+   with its float layers kept float (``export.float_layers``), and scored as its int8 .pte in
+   ExecuTorch's runtime on the 10k test images; ``--replicates`` times (data order seeds 0, 1,
+   ...), so that the differences between candidates can be set against the noise of training
+   one of them again.
+
+Reported: every candidate's runs and latency; a one-way ANOVA over the candidates; the rank
+correlation between the first run and the mean of the others; and the winner's curse: the
+candidate best in the first run, scored by the other runs only, against uniform int8 scored
+the same way. Rows are written to OUT.json atomically as they finish (resumable).
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/bench_headroom_int8.py --budget 0.25 --replicates 2
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP threads sleep
+
+import argparse
+import dataclasses
+import json
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_equal_latency import ensure_dense, log, time_ptes  # noqa: E402
+from bench_int8 import pte_top1  # noqa: E402
+from bench_proxy import finetune_cut, spearman  # noqa: E402
+
+from repas.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from repas.config import load_config  # noqa: E402
+from repas.deploy import cpu_name, export_models  # noqa: E402
+from repas.deploy.executorch_export import executorch_version, set_executorch_threads  # noqa: E402
+from repas.search import create_method  # noqa: E402
+from repas.search.cost import cost as spec_cost  # noqa: E402
+from repas.search.methods.magnitude import l1_scores  # noqa: E402
+from repas.spec import ArchSpec  # noqa: E402
+from repas.stages.qat import qat_int8  # noqa: E402
+from repas.supernet import build, fuse_repnet, fused_spec, load_model  # noqa: E402
+from repas.task_data import make_task_data  # noqa: E402
+
+STEP = 4  # widths are multiples of 4, as extract.round_to
+
+
+def rounded(full: int, m: float) -> int:
+    return max(STEP, min(full, int(round(full * m / STEP)) * STEP))
+
+
+def pool(full: list[int], n_random: int, step: float = 0.05, seed: int = 0) -> dict[str, list[int]]:
+    """Width allocations by family: uniform, tail-wide, head-wide, random."""
+    half = len(full) // 2
+    out: dict[str, list[int]] = {}
+    for m in np.arange(0.15, 1.001, step):
+        out[f"uniform {m:.2f}"] = [rounded(c, m) for c in full]
+        out[f"tail-wide {m:.2f}"] = [rounded(c, m if i < half else 1.0) for i, c in enumerate(full)]
+        out[f"tail-wide-0.75 {m:.2f}"] = [rounded(c, m if i < half else 0.75) for i, c in enumerate(full)]
+        out[f"head-wide {m:.2f}"] = [rounded(c, 1.0 if i < half else m) for i, c in enumerate(full)]
+    rng = random.Random(seed)
+    for i in range(n_random):
+        out[f"random {i}"] = [rounded(c, rng.uniform(0.15, 1.0)) for c in full]
+    return out
+
+
+def fused_at(spec: ArchSpec, widths: list[int]) -> torch.nn.Module:
+    d = spec.to_dict()
+    for lay, w in zip(d["layers"], widths):
+        lay["out_channels"], lay["gated"], lay["identity_map"] = w, False, None
+        lay["branches"] = [b for b in lay["branches"] if not b.startswith("identity")]
+    return build(fused_spec(ArchSpec.from_dict(d))).eval()
+
+
+def measure_pool(dense: torch.nn.Module, args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """Phase 1: every pool net's int8 (and first-float) .pte, timed with the dense float .pte."""
+    spec = dense.spec
+    shape = (1, spec.in_channels, *spec.input_size)
+    nets = pool(spec.widths, args.random, args.step)
+    seen: dict[tuple, str] = {}
+    first = "blocks.0.reparam_conv"
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        dense_fused = fuse_repnet(dense).eval()
+        made = export_models(dense_fused, Path(tmp) / "dense", shape, ["pte"], calibration=None)
+        paths["dense float"] = Path(tmp) / "dense" / made["files"]["pte"]["float"]
+        for name, widths in nets.items():
+            for prec, keep in (("int8", []), ("int8-first-float", [first])):
+                key = (tuple(widths), prec)
+                if key in seen:
+                    continue
+                seen[key] = f"{name} {prec}"
+                where = Path(tmp) / f"n{len(paths)}"
+                net = fused_at(spec, widths)
+                made = export_models(net, where, shape, ["pte"], calibration=[torch.randn(32, *shape[1:])],
+                                     float_layers=keep)
+                paths[seen[key]] = where / made["files"]["pte"]["int8"]
+        log(f"pool: timing {len(paths)} .pte files interleaved ({args.runs} calls each)")
+        ms = time_ptes(paths, shape, args.runs)
+    rows = []
+    for (widths, prec), label in seen.items():
+        family = label.split()[0]
+        macs = float(spec_cost(spec, list(widths), "macs"))
+        rows.append({"label": label, "family": family, "precision": prec, "widths": list(widths),
+                     "ms": ms[label], "ratio": ms[label] / ms["dense float"], "macs": macs})
+    doc["pool"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dense_float_ms": ms["dense float"], "rows": rows}
+
+
+def choose(doc: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Phase 2: the widest fitting pool net of each family and precision, then random ones."""
+    fits = [r for r in doc["pool"]["rows"] if r["ratio"] <= args.budget]
+    size = lambda r: sum(r["widths"])  # noqa: E731
+    chosen: list[dict[str, Any]] = []
+    for family in ("uniform", "tail-wide", "tail-wide-0.75", "head-wide"):
+        for prec in ("int8", "int8-first-float"):
+            group = [r for r in fits if r["family"] == family and r["precision"] == prec]
+            if group:
+                best = max(group, key=size)
+                if all(best["widths"] != c["widths"] or best["precision"] != c["precision"] for c in chosen):
+                    chosen.append(best)
+    randoms = sorted((r for r in fits if r["family"] == "random"), key=size, reverse=True)
+    for r in randoms:
+        if len(chosen) >= args.candidates:
+            break
+        chosen.append(r)
+    return chosen[:max(args.candidates, 2)]
+
+
+def run_candidate(cand: dict[str, Any], rep: int, ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Phase 3: cut, fine-tune (data order seeded by ``rep``), fuse, QAT, int8 .pte top-1."""
+    cfg, data, dense = ctx["cfg"], ctx["data"], ctx["dense"]
+    keep = ["blocks.0.reparam_conv"] if cand["precision"] == "int8-first-float" else []
+    tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs)
+    started = time.perf_counter()
+    out = Path(args.run_root) / "headroom" / f"b{args.budget:g}" / f"{cand['label'].replace(' ', '_')}-r{rep}"
+    net, curve = finetune_cut(dense, ctx["scores"], cand["widths"], tcfg, data, out, seed=rep)
+    fused = fuse_repnet(net.eval()).eval()
+    qcfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, qat=True, float_layers=keep or None))
+    torch.manual_seed(rep)
+    int8, _, qat = qat_int8(qcfg, fused, data, fused.spec)
+    shape = (1, fused.spec.in_channels, *fused.spec.input_size)
+    top1 = pte_top1(int8, data, fused.spec, shape, out / "model-int8.pte")
+    return {"label": cand["label"], "precision": cand["precision"], "widths": cand["widths"], "rep": rep,
+            "ratio": cand["ratio"], "top1": top1, "float_top1_before_qat": curve[-1] if curve else None,
+            "qat_seconds": qat["seconds"], "seconds": time.perf_counter() - started,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def stats(doc: dict[str, Any]) -> dict[str, Any] | None:
+    from scipy.stats import f_oneway
+
+    runs: dict[str, dict[int, float]] = {}
+    for r in doc["rows"]:
+        runs.setdefault(r["label"], {})[r["rep"]] = r["top1"]
+    full = {k: v for k, v in runs.items() if len(v) >= 2}
+    if len(full) < 3:
+        return None
+    labels = list(full)
+    f, p = f_oneway(*[list(full[k].values()) for k in labels])
+    first = [full[k][min(full[k])] for k in labels]
+    others = [statistics.fmean([v for rep, v in full[k].items() if rep != min(full[k])]) for k in labels]
+    best = labels[int(np.argmax(first))]
+    uniform = next((k for k in labels if k.startswith("uniform") and k.endswith(" int8")), None)
+    means = {k: statistics.fmean(full[k].values()) for k in labels}
+    return {"candidates": len(labels), "anova_f": float(f), "anova_p": float(p),
+            "within_std": float(np.sqrt(np.mean([np.var(list(full[k].values()), ddof=1) for k in labels]))),
+            "between_std": float(np.std(list(means.values()), ddof=1)),
+            "spearman_rerun": spearman(first, others), "best_first": best,
+            "best_others": others[labels.index(best)],
+            "uniform": uniform, "uniform_others": others[labels.index(uniform)] if uniform else None,
+            "best_mean": max(means, key=means.get), "means": means}
+
+
+def table(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    meta = doc["meta"]
+    lines = [f"# Headroom in width x precision at {args.budget:g}x the dense float .pte latency "
+             "(`scripts/bench_headroom_int8.py`)", "",
+             f"{meta['date']}, {meta['cpu']}, torch {meta['torch']}, ExecuTorch {meta['executorch']}, 1 thread. "
+             f"Command: `{meta['command']}`", "",
+             f"Dense float .pte: {doc['pool']['dense_float_ms']:.4f} ms; {len(doc['pool']['rows'])} pool nets timed "
+             "interleaved in one process.", "",
+             "| candidate | precision | widths | latency (x dense float) | int8 .pte top-1, per run | mean |",
+             "|---|---|---|---|---|---|"]
+    for c in doc["candidates"]:
+        got = sorted((r for r in doc["rows"] if r["label"] == c["label"]), key=lambda r: r["rep"])
+        vals = [r["top1"] for r in got]
+        shown = f"{', '.join(f'{v:.2f}' for v in vals)} | {statistics.fmean(vals):.2f}" if vals else "- | -"
+        lines.append(f"| {c['label']} | {c['precision']} | {'/'.join(map(str, c['widths']))} | {c['ratio']:.3f} | "
+                     f"{shown} |")
+    s = stats(doc)
+    if s:
+        lines += ["", f"One-way ANOVA over {s['candidates']} candidates: F = {s['anova_f']:.2f}, p = "
+                  f"{s['anova_p']:.3f}; within-candidate std {s['within_std']:.2f}, between-candidate std of "
+                  f"means {s['between_std']:.2f}. Rank correlation, first run against the others' mean: "
+                  f"{s['spearman_rerun']:+.2f}.",
+                  f"Winner's curse: best in the first run, `{s['best_first']}`, scores {s['best_others']:.2f} in "
+                  f"the other runs, against {s['uniform_others']:.2f} for `{s['uniform']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/fmnist.yaml")
+    p.add_argument("--run-root", default="runs/int8", help="the dense net is RUN_ROOT/seed-0/train")
+    p.add_argument("--budget", type=float, default=0.25, help="latency budget, x the dense float .pte")
+    p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--replicates", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=4, help="fine-tune epochs of each candidate (then 1 of QAT)")
+    p.add_argument("--random", type=int, default=40, help="random allocations in the pool")
+    p.add_argument("--runs", type=int, default=300, help="timed calls per .pte")
+    p.add_argument("--step", type=float, default=0.05, help="width multiple step of the pool's families")
+    p.add_argument("--out", default="", help="OUT.json / OUT.md (default docs/headroom_int8_fmnist_bB)")
+    p.add_argument("--set", action="append", default=[], help="config override, as repas --set")
+    args = p.parse_args()
+    if not 0 < args.budget <= 1 or args.replicates < 2:
+        p.error("--budget must lie in (0, 1] and --replicates be at least 2 (the noise is the point)")
+    out = Path(args.out or f"docs/headroom_int8_fmnist_b{args.budget:g}")
+    torch.set_num_threads(1)
+    set_executorch_threads(1)
+    path = out.with_suffix(".json")
+    doc = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    doc["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "torch": torch.__version__,
+                   "executorch": executorch_version(), "budget": args.budget, "epochs": args.epochs,
+                   "command": "OMP_WAIT_POLICY=PASSIVE python " + shlex.join(sys.argv)}
+    args.seeds, args.threads = "0", 1  # what ensure_dense reads
+    dense = load_model(ensure_dense(0, args)).eval()
+    if "pool" not in doc:
+        measure_pool(dense, args, doc)
+        atomic_write_json(path, doc)
+    doc["candidates"] = choose(doc, args)
+    atomic_write_json(path, doc)
+    log("candidates: " + "; ".join(f"{c['label']} {'/'.join(map(str, c['widths']))} {c['ratio']:.3f}"
+                                   for c in doc["candidates"]))
+    cfg = load_config(args.config, overrides=list(args.set), values={"threads": 1, "seed": 0})
+    scores = l1_scores(create_method("l1-layer", dense, target=0.5))  # eagleeye's channel ranking
+    ctx = {"cfg": cfg, "data": make_task_data(cfg), "dense": dense, "scores": scores}
+    for rep in range(args.replicates):
+        for cand in doc["candidates"]:
+            if any(r["label"] == cand["label"] and r["rep"] == rep for r in doc["rows"]):
+                continue
+            row = run_candidate(cand, rep, ctx, args)
+            doc["rows"].append(row)
+            atomic_write_json(path, doc)
+            atomic_write_text(out.with_suffix(".md"), table(doc, args))
+            log(f"{cand['label']} run {rep}: int8 .pte top-1 {row['top1']:.2f} ({row['seconds']:.0f} s)")
+    atomic_write_text(out.with_suffix(".md"), table(doc, args))
+    print(table(doc, args))
+
+
+if __name__ == "__main__":
+    main()
