@@ -155,3 +155,33 @@ def test_multibranch_qat_trains_branches_through_the_fused_kernel():
     int8 = qat.convert_qat(prepared)
     with torch.no_grad():
         assert torch.allclose(prepared(x), int8(x), atol=1e-5)  # the int8 net is the one trained
+
+
+@needs_executorch
+@pytest.mark.parametrize("free_size", [True, False])
+def test_an_image_to_image_net_trained_on_patches_ships_at_its_export_size(free_size):
+    """SR and denoising nets train on patches and ship at a larger export shape: the QAT graph
+    must convert and lower there (before, the graph was fixed to the training patch's size)."""
+    from repas.deploy import qat
+    from repas.deploy.executorch_export import lower_program
+    from repas.deploy.runner import load_pte
+    from repas.supernet import create_model
+
+    torch.manual_seed(0)
+    sr = fuse(create_model("ecbsr-m4c16", gated=False)).eval()
+    prepared = qat.prepare_qat(sr, torch.randn(2, 1, 16, 16), free_size=free_size)
+    prepared.train()
+    F.l1_loss(prepared(torch.rand(2, 1, 16, 16)), torch.rand(2, 1, 32, 32)).backward()
+    prepared.eval()
+    int8 = qat.convert_qat(prepared)
+    x = torch.rand(1, 1, 24, 40)
+    if not free_size:
+        with pytest.raises(Exception, match="16"):  # the guard on the training patch's size
+            lower_program(int8, (x,))
+        return
+    program, _ = lower_program(int8, (x,))
+    got = load_pte(program).execute([x])[0]
+    with torch.no_grad():
+        reference = int8(x)
+    assert got.shape == (1, 1, 48, 80)
+    assert float((got - reference).abs().max()) <= 1.01 * _output_scale(int8)

@@ -159,16 +159,19 @@ def make_quantizer(observer: str = DEFAULT_OBSERVER, *, qat: bool = False, exact
     return names["XNNPACKQuantizer"]().set_global(config)
 
 
-def _export_batched(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+def _export_batched(model: nn.Module, example: torch.Tensor, *, free_size: bool = False) -> torch.fx.GraphModule:
     """``model`` captured with a free batch dimension (a graph traced at batch 1 would be
-    specialised to batch 1), as a GraphModule."""
+    specialised to batch 1), as a GraphModule. ``free_size``: height and width free too
+    (``Dim.AUTO``: free where the model allows), so that a graph trained on patches runs,
+    converts and lowers at another size (an SR or denoising net's export shape)."""
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=MAX_BATCH)
     if example.shape[0] < 2:  # a batch-1 example would specialise the graph to batch 1
         example = example.expand(2, *example.shape[1:]).contiguous()
+    dims = {0: batch, **({2: Dim.AUTO, 3: Dim.AUTO} if free_size and example.dim() == 4 else {})}
     with quiet_executorch():
-        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+        return torch.export.export(model, (example,), dynamic_shapes=(dims,)).module()
 
 
 def _batches(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -201,20 +204,22 @@ def quantize_ptq(model: nn.Module, example: torch.Tensor, batches: Iterable[torc
 
 
 def prepare_qat(model_fused: nn.Module, example: torch.Tensor, *, exact_weights: bool = True,
-                node_filter: Callable[[Any], bool] | None = None) -> torch.fx.GraphModule:
+                node_filter: Callable[[Any], bool] | None = None, free_size: bool = False) -> torch.fx.GraphModule:
     """The fake-quant training graph of a fused net (``repas.fuse``): PT2E QAT with the
     XNNPACK quantizer export uses, captured with a free batch dimension so that it trains
     in batches. ``.train()`` / ``.eval()`` work on it; observers start enabled (see
     ``freeze_observers``). The fused net has no BatchNorm, so there is none to fold.
     ``exact_weights=False``: ExecuTorch's stock QAT weight fake-quant (see ``make_quantizer``).
     ``node_filter``: fake-quantize only the graph nodes it accepts (layers kept float:
-    ``repas.deploy.mixed_precision.layer_filter``), as ``quantize_ptq``."""
+    ``repas.deploy.mixed_precision.layer_filter``), as ``quantize_ptq``. ``free_size``: the
+    graph takes any height and width (an image-to-image net trains on patches and ships at
+    its export shape; without it the converted graph only runs at ``example``'s size)."""
     names = _pt2e()
     model = copy.deepcopy(model_fused).eval().to(memory_format=torch.contiguous_format)
     quantizer = make_quantizer(qat=True, exact_weights=exact_weights)
     if node_filter is not None:
         quantizer.set_filter_function(node_filter)
-    prepared = names["prepare_qat"](_export_batched(model, example), quantizer)
+    prepared = names["prepare_qat"](_export_batched(model, example, free_size=free_size), quantizer)
     return names["pt2e"].allow_exported_model_train_eval(prepared)
 
 

@@ -44,7 +44,8 @@ def qat_int8(cfg: PipelineConfig, fused: nn.Module, data: TaskData, spec: Any) -
     x0, _ = next(iter(loader))
     fused, _ = rewrite_for_xnnpack(fused, x0[:1])  # what the .pte runs: trained as it will be converted
     keep = e.float_layers or []
-    prepared = prepare_qat(fused, x0[:2], node_filter=layer_filter(keep, inside=False) if keep else None)
+    prepared = prepare_qat(fused, x0[:2], node_filter=layer_filter(keep, inside=False) if keep else None,
+                           free_size=spec.task != "classification")  # trained on patches, shipped whole
     task = data.task(tcfg, spec)
     params = [p for p in prepared.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=e.qat_lr, momentum=0.9)
