@@ -170,6 +170,11 @@ def test_an_image_to_image_net_trained_on_patches_ships_at_its_export_size(free_
     torch.manual_seed(0)
     sr = fuse(create_model("ecbsr-m4c16", gated=False)).eval()
     prepared = qat.prepare_qat(sr, torch.randn(2, 1, 16, 16), free_size=free_size)
+    # activation ranges: global min-max over the patches seen (whole images are wider than a
+    # patch's moving average), per-channel weight ranges as before
+    kinds = {type(m.activation_post_process).__name__ for m in qat._fake_quant_modules(prepared)}
+    assert kinds == ({"MinMaxObserver", "MovingAveragePerChannelMinMaxObserver"} if free_size else
+                     {"MovingAverageMinMaxObserver", "MovingAveragePerChannelMinMaxObserver"})
     prepared.train()
     F.l1_loss(prepared(torch.rand(2, 1, 16, 16)), torch.rand(2, 1, 32, 32)).backward()
     prepared.eval()

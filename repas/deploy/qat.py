@@ -131,7 +131,7 @@ def _observer_classes() -> dict[str, type]:
 
 
 def make_quantizer(observer: str = DEFAULT_OBSERVER, *, qat: bool = False, exact_weights: bool = True,
-                   **observer_args: Any) -> Any:  # noqa: ANN401 (an XNNPACKQuantizer)
+                   global_ranges: bool = False, **observer_args: Any) -> Any:  # noqa: ANN401 (an XNNPACKQuantizer)
     """The XNNPACK quantizer export uses (symmetric, per-channel), with activations
     observed by ``observer`` (post-training) or, with ``qat=True``, fake-quantized with
     moving-average min-max ranges (ExecuTorch's QAT configuration).
@@ -143,7 +143,12 @@ def make_quantizer(observer: str = DEFAULT_OBSERVER, *, qat: bool = False, exact
     weights all share one sign asymmetrically (zero point 127, half the step) and skips
     the 2**-12 floor on the scale, while the converted net quantizes it symmetrically: the
     net that trained is not the net that ships. A 1-input-channel first layer (9 weights
-    per filter) has such channels."""
+    per filter) has such channels.
+
+    ``global_ranges`` (QAT): activation ranges are the min and max over every batch seen until
+    the observers freeze, instead of a moving average of each batch's. A net trained on small
+    patches and shipped on whole images needs them: on ECBSR-M4C32 (SR x2, 32x32 patches) the
+    moving average's ranges cost 0.48 dB in int8, global ones 0.24 dB."""
     check_observer(observer)
     names = _pt2e()
     config = names["config"](is_per_channel=True, is_qat=qat)
@@ -152,6 +157,11 @@ def make_quantizer(observer: str = DEFAULT_OBSERVER, *, qat: bool = False, exact
         ctr = pt2e.FakeQuantize.with_args(observer=pt2e.MovingAveragePerChannelMinMaxObserver,
                                           averaging_constant=1.0, eps=2 ** -12)  # the current weight's range
         config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, observer_or_fake_quant_ctr=ctr))
+    if qat and global_ranges:
+        pt2e = names["pt2e"]
+        ctr = pt2e.FakeQuantize.with_args(observer=pt2e.MinMaxObserver, eps=2 ** -12)
+        act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
     if not qat and (observer != DEFAULT_OBSERVER or observer_args):
         ctr = _observer_classes()[observer].with_args(eps=2 ** -12, **observer_args)  # eps as the quantizer's
         act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
@@ -213,10 +223,11 @@ def prepare_qat(model_fused: nn.Module, example: torch.Tensor, *, exact_weights:
     ``node_filter``: fake-quantize only the graph nodes it accepts (layers kept float:
     ``repas.deploy.mixed_precision.layer_filter``), as ``quantize_ptq``. ``free_size``: the
     graph takes any height and width (an image-to-image net trains on patches and ships at
-    its export shape; without it the converted graph only runs at ``example``'s size)."""
+    its export shape; without it the converted graph only runs at ``example``'s size), and
+    its activation ranges are global (``make_quantizer``'s ``global_ranges``)."""
     names = _pt2e()
     model = copy.deepcopy(model_fused).eval().to(memory_format=torch.contiguous_format)
-    quantizer = make_quantizer(qat=True, exact_weights=exact_weights)
+    quantizer = make_quantizer(qat=True, exact_weights=exact_weights, global_ranges=free_size)
     if node_filter is not None:
         quantizer.set_filter_function(node_filter)
     prepared = names["prepare_qat"](_export_batched(model, example, free_size=free_size), quantizer)
