@@ -40,7 +40,7 @@ def test_the_strided_1x1_conv_with_few_inputs_is_found_and_nothing_else():
 
 def test_the_trainer_trains_such_a_net_in_the_default_format_and_says_why(tmp_path, caplog):
     _, subnet = four_channel_subnet()
-    with caplog.at_level(logging.WARNING, logger="repas.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="repas.train"):
         trainer = Trainer(subnet, ClassificationTask(), TrainConfig(epochs=1, channels_last=True), tmp_path,
                           progress=False)
     assert not trainer.channels_last

@@ -1,7 +1,10 @@
-"""Reading a training checkpoint, with errors that say what is wrong with the file."""
+"""Reading a training checkpoint, with errors that say what is wrong with the file, and the
+checks that a run may resume from it."""
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -10,6 +13,8 @@ from typing import Any
 import torch
 
 from repas.errors import RepasError
+
+log = logging.getLogger(__name__)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -35,3 +40,37 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else ""
+
+
+def check_same_recipe(state: dict[str, Any], path: Path, now: dict[str, Any]) -> None:
+    """A resumed run must train with the recipe its checkpoint was written with (only epochs
+    and minutes may change, with a warning: the lr schedule changes with them)."""
+    saved = json.loads(state.get("config", "{}"))
+    changed = sorted(k for k in now if k not in ("epochs", "checkpoint_every", "minutes") and k in saved
+                     and saved[k] != now[k])
+    if changed:
+        raise RepasError(f"--resume: the training config changed since {path} was written "
+                         f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in changed)}); a resumed run "
+                         "must use the same recipe (only epochs and minutes may change). Use a fresh run "
+                         "directory.")
+    for key in ("epochs", "minutes"):
+        if saved.get(key, now[key]) != now[key]:
+            log.warning(f"resuming with {key} {saved[key]} -> {now[key]}: the lr schedule changes, so the "
+                        "result will differ from an uninterrupted run of either length")
+
+
+def spec_json(model: torch.nn.Module) -> str | None:
+    """The network a checkpoint belongs to (a RepNet's spec; None for other modules)."""
+    spec = getattr(model, "spec", None)
+    return spec.to_json() if hasattr(spec, "to_json") else None
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors in nested dicts / lists moved to ``device`` (a checkpoint loads on the CPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value

@@ -14,8 +14,12 @@ costs speed only, on the nets it matches.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def nhwc_min_inputs() -> int:
@@ -38,3 +42,14 @@ def channels_last_is_safe(model: nn.Module, device: torch.device) -> tuple[bool,
     """(whether ``model`` may train in channels_last on ``device``, the convolutions that forbid it)."""
     unsafe = nhwc_unsafe_convs(model) if device.type == "cpu" else []
     return not unsafe, unsafe
+
+
+def channels_last_or_say_why(model: nn.Module, device: torch.device) -> bool:
+    """Whether ``model`` trains in channels_last on ``device``; where a convolution forbids it,
+    a warning names it and the net trains in the default memory format (slower, exact)."""
+    safe, unsafe = channels_last_is_safe(model, device)
+    if not safe:
+        log.warning(f"channels_last is off for this net: oneDNN's NHWC backward of a strided 1x1 convolution "
+                    f"with under {nhwc_min_inputs()} input channels is wrong on some CPUs ({', '.join(unsafe)}); "
+                    "it trains in the default memory format (slower, exact)")
+    return safe

@@ -26,13 +26,12 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from repas import distributed
@@ -42,42 +41,17 @@ from repas.errors import Interrupted, RepasError
 from repas.supernet.fused import fuse_repnet
 from repas.supernet.gating import gate_widths
 from repas.supernet.net import RepNet
-from repas.train.checkpoint import read_checkpoint
-from repas.train.memory_format import channels_last_is_safe, nhwc_min_inputs
+from repas.train.checkpoint import check_same_recipe, read_checkpoint, spec_json, to_device
+from repas.train.memory_format import channels_last_or_say_why
 from repas.train.optim import gate_optimizer, param_groups
 from repas.train.signals import StopSignals
+from repas.train.tensorboard import open_writer
+from repas.train.terms import LossTerm
 
 CHECKPOINT = "checkpoint.pt"
 
 
-class LossTerm(Protocol):
-    """What a search adds to training: a ``PruningMethod`` is one. A term may also define
-    ``batch_loss(images, output) -> Tensor``, added to the loss with the batch in hand
-    (``repas.search.sandwich.SandwichRule`` trains subnets on it), and ``searches = False``
-    when it is not a search (the stage then keeps its EMA net)."""
-
-    def penalty(self) -> torch.Tensor: ...
-
-    def after_step(self, update: int) -> None: ...
-
-    def metrics(self) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
 log = logging.getLogger(__name__)
-
-
-class _NoWriter:
-    """Tensorboard on ranks other than 0: writes nothing."""
-
-    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class Trainer:
@@ -101,13 +75,7 @@ class Trainer:
         model.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)
-        # channels_last, unless oneDNN would get one of this net's weight gradients wrong in it
-        safe, unsafe = channels_last_is_safe(model, self.device)
-        self.channels_last = cfg.channels_last and safe
-        if cfg.channels_last and not safe:
-            log.warning(f"channels_last is off for this net: oneDNN's NHWC backward of a strided 1x1 convolution "
-                        f"with under {nhwc_min_inputs()} input channels is wrong on some CPUs ({', '.join(unsafe)}); "
-                        "it trains in the default memory format (slower, exact)")
+        self.channels_last = cfg.channels_last and channels_last_or_say_why(model, self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         # what the training steps call: the model, in DDP under torchrun, compiled on request
@@ -133,18 +101,15 @@ class Trainer:
         self.gate_optimizer = gate_optimizer(model, gate_lr) if gate_lr is not None else None
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         self.history: list[dict[str, float]] = []
-        self.num_updates = 0
-        self.start_epoch = 0
+        self.num_updates = self.start_epoch = 0
         self.start_step = 0  # batches of start_epoch already trained (a mid-epoch checkpoint)
         self.partial: dict[str, float] | None = None  # that epoch's loss sums so far
         # cfg.minutes: seconds trained before this fit (a resumed run's), when this fit began,
         # the clock the lr schedule reads, and whether the minutes ran out
-        self.elapsed_before = 0.0
+        self.elapsed_before = self.clock = 0.0
         self.fit_started: float | None = None
-        self.clock = 0.0
         self.time_up = False
-        self.steps_per_epoch = 0
-        self.updates_before = 0  # the update count when this fit began
+        self.steps_per_epoch = self.updates_before = 0  # (the update count when this fit began)
         self.position = 0  # where the lr schedule was last set (lr_position)
         # Called after every optimizer step with (epoch, step); tests use it to interrupt.
         self.step_hook: Callable[[int, int], None] | None = None
@@ -167,7 +132,7 @@ class Trainer:
         return {
             "epoch": epoch, "step": step, "partial": partial, "num_updates": self.num_updates,
             "elapsed": self.elapsed(), "time_up": self.time_up, "lr_position": self.position,
-            "spec": _spec_json(self.model),
+            "spec": spec_json(self.model),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
@@ -184,22 +149,10 @@ class Trainer:
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path
         state = read_checkpoint(path)
-        if state.get("spec") != _spec_json(self.model):
+        if state.get("spec") != spec_json(self.model):
             raise RepasError(f"checkpoint {path} was written for another network spec; "
                              "use a fresh run directory or the matching config")
-        saved = json.loads(state.get("config", "{}"))
-        now = dataclasses.asdict(self.cfg)
-        changed = sorted(k for k in now if k not in ("epochs", "checkpoint_every", "minutes") and k in saved
-                         and saved[k] != now[k])
-        if changed:
-            raise RepasError(f"--resume: the training config changed since {path} was written "
-                             f"({', '.join(f'{k}: {saved[k]} -> {now[k]}' for k in changed)}); a resumed run "
-                             "must use the same recipe (only epochs and minutes may change). Use a fresh run "
-                             "directory.")
-        for key in ("epochs", "minutes"):
-            if saved.get(key, now[key]) != now[key]:
-                log.warning(f"resuming with {key} {saved[key]} -> {now[key]}: the lr schedule changes, so the "
-                            "result will differ from an uninterrupted run of either length")
+        check_same_recipe(state, path, dataclasses.asdict(self.cfg))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.gate_optimizer is not None and state.get("gate_optimizer") is not None:
@@ -212,7 +165,7 @@ class Trainer:
         # (a checkpoint of the previous version kept one baseline's regulariser state under "regularizer")
         saved_terms = state.get("terms") or ([state["regularizer"]] if state.get("regularizer") else [])
         for term, saved_term in zip(self.terms, saved_terms):
-            term.load_state_dict(_to_device(saved_term, self.device))
+            term.load_state_dict(to_device(saved_term, self.device))
         self.history = list(state["history"])
         self.num_updates = int(state["num_updates"])
         self.elapsed_before = self.clock = float(state.get("elapsed", 0.0))
@@ -265,8 +218,7 @@ class Trainer:
         for scheduler in schedulers:
             scheduler.step_update(position)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.num_updates or None) if self.main \
-            else _NoWriter()
+        writer = open_writer(self.run_dir / "tb", self.num_updates, self.main)
         self.signals.catch()
         self.fit_started, self.updates_before = time.perf_counter(), self.num_updates
         try:
@@ -446,20 +398,3 @@ class Trainer:
         if self.device.type == "cpu":
             return self.task.evaluate(model, loader)
         return self.task.evaluate(lambda x: model(x.to(self.device)).float().cpu(), loader)
-
-
-def _spec_json(model: torch.nn.Module) -> str | None:
-    """The network a checkpoint belongs to (a RepNet's spec; None for other modules)."""
-    spec = getattr(model, "spec", None)
-    return spec.to_json() if hasattr(spec, "to_json") else None
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    """Tensors in nested dicts / lists moved to ``device`` (a checkpoint loads on the CPU)."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
