@@ -256,8 +256,8 @@ def main() -> None:
     cfg = load_config(args.config, overrides=list(args.set), values={"threads": 1, "seed": 0})
     scores = l1_scores(create_method("l1-layer", dense, target=0.5))  # eagleeye's channel ranking
     ctx = {"cfg": cfg, "data": make_task_data(cfg), "dense": dense, "scores": scores}
-    for rep in range(args.replicates):
-        for cand in doc["candidates"]:
+    for cand in doc["candidates"]:  # candidate by candidate: a stop leaves whole candidates, noise included
+        for rep in range(args.replicates):
             if any(r["label"] == cand["label"] and r["rep"] == rep for r in doc["rows"]):
                 continue
             row = run_candidate(cand, rep, ctx, args)
