@@ -221,3 +221,19 @@ def test_micro_models_keep_prelu_slopes_flat_for_xnnpack():
         module = _delegable(MicroModule(parts).eval())
         assert torch.equal(module(*x), before)
     assert [module.params[n["slope"]].dim() for n in module.index] == [1, 1]
+
+
+def test_a_net_is_never_predicted_faster_than_its_slowest_part():
+    """Boundaries are subtracted at every tensor; where noisy rows make them large, a thin net
+    would sum to a negative time. The prediction never goes below its slowest part."""
+    spec = tiny_spec()
+    core, _, chain = truth(spec, per_call=0.2)  # each boundary larger than the parts it joins
+    plan = plan_profile(spec, 4, boundaries=True)
+    model = LatencyModel(assemble_table(plan, measured(plan, chain), {}), spec)
+    widths = [1, 4, 4, 4]
+    slowest = max(model.parts(widths))
+    assert float(model(widths)) == pytest.approx(slowest)
+    assert float(model(spec.widths)) > slowest  # (a wide net: its sum, above the floor)
+    counts = [torch.tensor(float(w), requires_grad=True) for w in widths]
+    model(counts).backward()
+    assert any(c.grad is not None and float(c.grad.abs()) > 0 for c in counts)  # the slowest part's gradient

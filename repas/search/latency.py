@@ -177,12 +177,17 @@ class LatencyModel:
         if len(widths) != len(self.spec.layers):
             raise ValueError(f"{len(widths)} widths for {len(self.spec.layers)} layers")
         total: torch.Tensor | float = self.overhead
+        slowest: torch.Tensor | float = 0.0
         for i, p in enumerate(net_parts(self.spec, widths)):
-            total = total + self.part(*p, self._precision(i))
+            part = self.part(*p, self._precision(i))
+            total = total + part
+            slowest = part if _value(part) > _value(slowest) else slowest
         for i, (key, c) in enumerate(net_boundaries(self.spec, widths)):
             both = {self._precision(i), self._precision(i + 1)}
             total = total - self._surfaces["int8" if both == {"int8"} else "float"].boundary(key, c)
-        return total
+        # a net takes at least as long as its slowest part: noisy boundary rows, subtracted at
+        # every tensor, could otherwise predict a thin net at a negative time
+        return total if _value(total) >= _value(slowest) else slowest
 
 
 def _precisions(precision: Sequence[str], layers: int) -> list[str]:
