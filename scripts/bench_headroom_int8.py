@@ -231,7 +231,7 @@ def main() -> None:
     p.add_argument("--random", type=int, default=40, help="random allocations in the pool")
     p.add_argument("--runs", type=int, default=300, help="timed calls per .pte")
     p.add_argument("--step", type=float, default=0.05, help="width multiple step of the pool's families")
-    p.add_argument("--out", default="", help="OUT.json / OUT.md (default docs/headroom_int8_fmnist_bB)")
+    p.add_argument("--out", default="", help="OUT.json / OUT.md (default docs/headroom_int8_fmnist_bBUDGET)")
     p.add_argument("--set", action="append", default=[], help="config override, as repas --set")
     args = p.parse_args()
     if not 0 < args.budget <= 1 or args.replicates < 2:
@@ -239,7 +239,7 @@ def main() -> None:
     out = Path(args.out or f"docs/headroom_int8_fmnist_b{args.budget:g}")
     torch.set_num_threads(1)
     set_executorch_threads(1)
-    path = out.with_suffix(".json")
+    path, md = out.parent / f"{out.name}.json", out.parent / f"{out.name}.md"  # (a name like b0.25 has a dot)
     doc = json.loads(path.read_text()) if path.exists() else {"rows": []}
     doc["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "torch": torch.__version__,
                    "executorch": executorch_version(), "budget": args.budget, "epochs": args.epochs,
@@ -263,9 +263,9 @@ def main() -> None:
             row = run_candidate(cand, rep, ctx, args)
             doc["rows"].append(row)
             atomic_write_json(path, doc)
-            atomic_write_text(out.with_suffix(".md"), table(doc, args))
+            atomic_write_text(md, table(doc, args))
             log(f"{cand['label']} run {rep}: int8 .pte top-1 {row['top1']:.2f} ({row['seconds']:.0f} s)")
-    atomic_write_text(out.with_suffix(".md"), table(doc, args))
+    atomic_write_text(md, table(doc, args))
     print(table(doc, args))
 
 
