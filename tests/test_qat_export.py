@@ -36,6 +36,11 @@ def test_the_int8_pte_is_the_trained_qat_net(fused_run, tmp_path):
     model = load_model(run / "fuse").eval()
     int8, trained, report = qat_int8(cfg, model, dataset, model.spec)
     assert report["steps"] == 2 and report["observers_frozen_at_step"] == 1  # 256 images / 64 = 4 a epoch
+    assert (report["optimizer"], report["lr"]) == ("sgd", 1e-3)  # the fine-tune's family, its default lr
+    adam = load_config(values={"data.root": str(data), "run_dir": str(run), "finetune.batch_size": 64,
+                               "export.qat_epochs": 0.25, "export.qat": True, "finetune.opt": "adamw"})
+    assert {k: qat_int8(adam, model, dataset, model.spec)[2][k] for k in ("optimizer", "lr")} == \
+        {"optimizer": "adam", "lr": 3e-4}
     changed = max(float((a - b).abs().max()) for a, b in zip(trained.state_dict().values(),
                                                               model.state_dict().values()))
     assert changed > 0  # the weights trained

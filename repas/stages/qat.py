@@ -31,6 +31,10 @@ from repas.deploy.xnnpack_rewrites import rewrite_for_xnnpack
 from repas.errors import RepasError
 from repas.task_data import TaskData
 
+# QAT's learning rate by optimizer, where export.qat_lr is null: SGD's measured on Fashion-MNIST
+# (docs/int8_fmnist.md), Adam's on SR x2 (3e-4 lost 0.08 dB after 3 epochs, 1e-4 0.11, 3e-5 more)
+QAT_LR = {"sgd": 1e-3, "adam": 3e-4}
+
 log = logging.getLogger("repas.stages")
 
 
@@ -48,7 +52,9 @@ def qat_int8(cfg: PipelineConfig, fused: nn.Module, data: TaskData, spec: Any) -
                            free_size=spec.task != "classification")  # trained on patches, shipped whole
     task = data.task(tcfg, spec)
     params = [p for p in prepared.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=e.qat_lr, momentum=0.9)
+    adam = tcfg.opt.lower().startswith("adam")  # the fine-tune's optimizer family (an Adam-trained SR net)
+    lr = e.qat_lr if e.qat_lr is not None else QAT_LR["adam" if adam else "sgd"]
+    opt = torch.optim.Adam(params, lr=lr) if adam else torch.optim.SGD(params, lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     prepared.train()
     started, step, epoch, loss = time.perf_counter(), 0, 0, torch.tensor(float("nan"))
@@ -60,7 +66,7 @@ def qat_int8(cfg: PipelineConfig, fused: nn.Module, data: TaskData, spec: Any) -
             loss = task.loss(prepared(x), y)
             if not torch.isfinite(loss):
                 raise RepasError(f"export qat: the loss became {float(loss)} at step {step}; lower export.qat_lr "
-                                 f"(now {e.qat_lr})")
+                                 f"(now {lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,7 +86,8 @@ def qat_int8(cfg: PipelineConfig, fused: nn.Module, data: TaskData, spec: Any) -
     missing = set(trained.state_dict()) - set(weights)
     if missing:
         raise RepasError(f"export qat: the QAT graph lost parameters {sorted(missing)[:3]}: please report")
-    report = {"epochs": e.qat_epochs, "steps": steps, "lr": e.qat_lr, "seconds": time.perf_counter() - started,
+    report = {"epochs": e.qat_epochs, "steps": steps, "lr": lr, "optimizer": "adam" if adam else "sgd",
+              "seconds": time.perf_counter() - started,
               "final_loss": loss.item(), "observers_frozen_at_step": steps // 2}
     log.info(f"export qat: {steps} steps in {report['seconds']:.0f} s")
     return int8, trained.eval(), report
