@@ -54,7 +54,7 @@ def test_pas_and_pas_raw_differ_only_in_the_gates_budget_gradient():
         method = create_method(name, model, budget)
         penalty = method.penalty()
         penalty.backward()
-        got[name] = (float(penalty), [g.weight.grad.abs().mean().item() for g in model.gate_modules()
+        got[name] = (float(penalty.detach()), [g.weight.grad.abs().mean().item() for g in model.gate_modules()
                                       if g is not None])
     assert got["pas"][0] == pytest.approx(got["pas-raw"][0])
     raw, norm = got["pas-raw"][1], got["pas"][1]
