@@ -84,8 +84,8 @@ def cell(values: list[float], digits: int) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| config | metric | runtime | float (mean) | int8 - float (mean ± std, per seed) | worst | "
-             "within the bar |", "|---|---|---|---|---|---|---|"]
+    lines = ["| config | metric | runtime | QAT | float (mean) | int8 - float (mean ± std, per seed) | worst | "
+             "within the bar |", "|---|---|---|---|---|---|---|---|"]
     for config in dict.fromkeys(r["config"] for r in rows):
         mine = sorted((r for r in rows if r["config"] == config), key=lambda r: r["seed"])
         metric = mine[0]["metric"]
@@ -97,7 +97,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             deltas = [g["delta"] for g in got]
             worst = min(deltas)
             ok = "yes" if worst >= -BARS[metric] else f"**no** (bar {BARS[metric]})"
-            lines.append(f"| {config} | {'top-1 %' if metric == 'top1' else 'PSNR dB'} | {runtime} | "
+            q = mine[0].get("qat") or {}
+            qat = f"{q.get('optimizer', 'sgd')} {q.get('lr', 1e-3):g} x {q.get('epochs', 1):g} ep"
+            lines.append(f"| {config} | {'top-1 %' if metric == 'top1' else 'PSNR dB'} | {runtime} | {qat} | "
                          f"{statistics.fmean(g['float'] for g in got):.{digits}f} | {cell(deltas, digits)} | "
                          f"{worst:+.{digits}f} | {ok} |")
     return "\n".join(lines)
