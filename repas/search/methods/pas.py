@@ -14,6 +14,8 @@ comparison."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from repas.search.allocation import fit_gates
@@ -21,7 +23,8 @@ from repas.search.methods.registry import Masks, PruningMethod, register_method
 from repas.supernet.gating import gate_scores, gate_widths
 
 
-def per_channel_normalized(counts: list, cost_fn) -> list:  # noqa: ANN001
+def per_channel_normalized(counts: list[torch.Tensor | int],
+                           cost_fn: Callable[[list], torch.Tensor]) -> list[torch.Tensor | int]:
     """``counts`` (a differentiable count per gated layer, an int per fixed one) with the same
     values, whose gradients are divided by each gated layer's marginal cost per channel
     (``d cost / d count`` at the current counts) over the mean of those: the budget then
