@@ -237,6 +237,7 @@ class ProfileConfig:
 
     backend: str = "onnxruntime"  # onnxruntime | torch | executorch | executorch-int8 (int8 rows)
     divisor: int = 4  # channel counts measured: 1, the multiples of divisor, the full width
+    points: int = 8  # a user model's layers (model.builder): about this many channel counts per side
     # A new session runs its first few dozen calls slower (allocation, caches): small layers
     # need these counts; layers of tens of ms (SR at 640x360) are steady with far fewer.
     warmup: int = 20
@@ -244,7 +245,7 @@ class ProfileConfig:
     passes: int = 5  # rounds over every row, a new session each; a row's time is its best round's median
 
     def __post_init__(self) -> None:
-        _at_least(self, "profile", divisor=1, warmup=0, runs=1, passes=1)
+        _at_least(self, "profile", divisor=1, points=1, warmup=0, runs=1, passes=1)
 
 
 @dataclass

@@ -17,7 +17,8 @@
     boundary,0,0,14,14,1,1,relu,32,32,0.0021
 
 ``conv``: one fused block (conv with bias, then ``act``: relu, prelu or identity) with an
-input of ``c_in`` x ``height`` x ``width``. ``head``: global average pool + linear from
+input of ``c_in`` x ``height`` x ``width``; ``groups`` 0 is a depthwise conv (as many groups
+as channels, ``c_in`` = ``c_out``: its rows are a line, not a grid). ``head``: global average pool + linear from
 ``c_in`` x ``height`` x ``width`` features to ``c_out`` classes. ``sr_tail``: the SR global
 residual (fixed 1x1 conv of the ``c_in``-channel LR input), the add and PixelShuffle to
 ``c_out / c_in`` = scale^2. ``overhead``: the constant term, counted once per inference: what
@@ -55,6 +56,12 @@ ACTS = ("relu", "prelu", "identity", "none")
 
 # (op, kernel, stride, height, width, groups, dilation, act): rows with one key differ only in channels
 Key = tuple[str, int, int, int, int, int, int, str]
+DEPTHWISE = 0  # the groups of a depthwise conv's key: as many as its channels, whatever they are
+
+
+def conv_groups(groups: int, channels: int) -> int:
+    """A conv key's groups as the layer has them (``DEPTHWISE``: one per channel)."""
+    return channels if groups == DEPTHWISE else groups
 
 
 def conv_key(kernel: int, stride: int, height: int, width: int, groups: int, dilation: int, act: str) -> Key:
@@ -80,7 +87,8 @@ def boundary_key(height: int, width: int, act: str = "none") -> Key:
 def describe_key(key: Key) -> str:
     op, k, s, h, w, g, d, act = key
     if op == "conv":
-        extra = (f", groups {g}" if g != 1 else "") + (f", dilation {d}" if d != 1 else "")
+        extra = (", depthwise" if g == DEPTHWISE else f", groups {g}" if g != 1 else "") + (
+            f", dilation {d}" if d != 1 else "")
         return f"{k}x{k} conv stride {s} + {act} at {h}x{w}{extra}"
     return {"head": f"pool + linear head at {h}x{w}", "sr_tail": f"SR residual + PixelShuffle at {h}x{w}",
             "overhead": "per-call overhead", "boundary": f"boundary between two parts at {h}x{w}"}[op]
@@ -207,6 +215,16 @@ def channel_grid(full: int, divisor: int) -> list[int]:
     """Widths a table measures for a layer of at most ``full`` channels: 1, the multiples of
     ``divisor``, and ``full``."""
     return sorted({1, full, *range(divisor, full + 1, divisor)})
+
+
+def channel_values(low: int, high: int, divisor: int, points: int = 0) -> list[int]:
+    """The channel counts a table measures between ``low`` and ``high``: both ends and the
+    multiples of ``divisor`` between them; with ``points``, multiples of a coarser step (a
+    multiple of ``divisor``) that leaves about ``points`` of them (wide user layers)."""
+    step = divisor
+    if points:
+        step = divisor * max(1, -(-(high - low) // (points * divisor)))
+    return sorted({low, high, *range(-(-low // step) * step, high + 1, step)} - {0})
 
 
 def profile_grid(spec: ArchSpec, divisor: int) -> dict[Key, tuple[list[int], list[int]]]:

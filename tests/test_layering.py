@@ -19,7 +19,7 @@ ALLOWED = {
     "deploy": {"reparam", "spec", "latency_table", "errors", "atomic", "colour", "sr_geometry", "json_files"},
     "data": {"errors", "spec", "colour", "atomic"},
     "tasks": {"errors", "colour", "sr_geometry"},
-    "graph": {"supernet", "errors", "atomic", "json_files", "models"},
+    "graph": {"supernet", "errors", "atomic", "json_files", "models", "latency_table"},
     "models": set(),
 }
 

@@ -91,7 +91,7 @@ def test_a_user_model_with_a_budget_it_cannot_have_is_a_clear_error(user_run, ca
     run, data = user_run
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
                  "--set", "search.metric=latency"])
-    assert code == 2 and "a user model's budget is macs or params" in capsys.readouterr().err
+    assert code == 2 and "search.metric=latency needs this model's latency table" in capsys.readouterr().err
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK,
                  "--set", "model.builder=nowhere:net"])
     assert code == 2 and "builder 'nowhere:net' is not one repas loads by default" in capsys.readouterr().err
@@ -209,3 +209,37 @@ def test_a_bundle_written_from_python_is_read_by_repas_predict(user_run, tmp_pat
     with pytest.raises(repas.RepasError, match="3 labels for a model with 10 outputs"):
         repas.export_bundle(model, tmp_path / "bad", (1, 1, 28, 28), labels=["a", "b", "c"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_latency_budget_on_a_user_model_reads_a_table_of_its_own_conv_shapes(user_run, tmp_path, capsys):
+    from repas.graph import GatedModel
+    from repas.latency_table import LatencyTable
+    from repas.models import resnet18_small
+    from repas.search.graph_latency import GraphLatencyModel
+
+    run, data = user_run
+    table = tmp_path / "latency.csv"
+    code = main(["profile", "--data", str(data), "--config", "configs/resnet18_fmnist.yaml", "--output", str(table),
+                 "--set", "profile.points=2", "--set", "profile.runs=4", "--set", "profile.passes=1",
+                 "--set", "profile.warmup=1", "--set", "export.threads=1"])
+    assert code == 0, capsys.readouterr().err
+    rows = LatencyTable.load(table)
+    assert rows.meta["model"] == "repas.models:resnet18_small"
+    gated = GatedModel(resnet18_small(stem_stride=4), torch.zeros(1, 1, 28, 28))
+    latency = GraphLatencyModel(rows, gated.costs, gated.spec.widths)
+    # calibrated on the dense net and on every group cut to a half and a quarter: the
+    # least-squares line through their measured times, so the residuals sum to zero
+    measured = [float(v) for v in rows.meta["whole_nets_ms"].split()]
+    nets = [[max(1, min(s, round(s * f / 4) * 4)) for s in gated.spec.widths] for f in (1, 0.5, 0.25)]
+    assert float(rows.meta["row_scale"]) >= 0.5
+    fitted = [latency.overhead + latency.row_scale * float(latency.rows(w)[0]) for w in nets]
+    assert sum(fitted) == pytest.approx(sum(measured), rel=1e-4)
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(tmp_path / "run"), *QUICK, *RESNET,
+                 "--set", f"model.weights={run / 'train' / 'weights.safetensors'}", "--set", "search.method=uniform",
+                 "--set", "search.metric=latency", "--set", f"search.latency_table={table}",
+                 "--set", "search.target=0.8", "--set", "export.formats=[onnx]"])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads((tmp_path / "run" / "report.json").read_text())["methods"]["uniform"]
+    assert r["target"] == pytest.approx(0.8 * latency(gated.spec.widths), rel=1e-6)
+    assert r["latency"] == pytest.approx(latency(r["widths"]), rel=1e-9)
+    assert 0.9 <= r["cost_vs_target"] <= 1.0

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repas.latency_table import Key
+from repas.latency_table import Key, conv_groups
 from repas.sr_geometry import residual_weight
 
 Part = tuple[Key, int, int]  # (table key, c_in, c_out)
@@ -49,6 +49,7 @@ def _weights(parts: list[Part], seed: int) -> list[dict[str, np.ndarray]]:
     out = []
     for (op, k, _, _, _, g, _, act), c_in, c_out in parts:
         if op == "conv":
+            g = conv_groups(g, c_in)
             fan = c_in // g * k * k
             w = {"weight": (rng.standard_normal((c_out, c_in // g, k, k)) / np.sqrt(fan)).astype(np.float32),
                  "bias": rng.standard_normal(c_out).astype(np.float32) * 0.1}
@@ -84,7 +85,8 @@ def onnx_model(parts: list[Part], seed: int = 0):  # noqa: ANN201 (onnx.ModelPro
             nodes.append(helper.make_node("Identity", [x], [p + "out"]))
         elif op == "conv":
             pad = d * (k // 2)
-            nodes.append(helper.make_node("Conv", [x, p + "weight", p + "bias"], [p + "conv"], group=g,
+            nodes.append(helper.make_node("Conv", [x, p + "weight", p + "bias"], [p + "conv"],
+                                          group=conv_groups(g, part[1]),
                                           pads=[pad] * 4, strides=[s, s], dilations=[d, d], kernel_shape=[k, k]))
             if act == "relu":
                 nodes.append(helper.make_node("Relu", [p + "conv"], [p + "out"]))
@@ -136,7 +138,7 @@ class MicroModule(nn.Module):
         for ((op, k, s, _, _, g, d, act), _, c_out), names in zip(self.parts, self.index):
             w = {n: self.params[i] for n, i in names.items()}
             if op == "conv":
-                x = F.conv2d(x, w["weight"], w["bias"], s, d * (k // 2), d, g)
+                x = F.conv2d(x, w["weight"], w["bias"], s, d * (k // 2), d, conv_groups(g, x.shape[1]))
                 if act == "relu":
                     x = F.relu(x)
                 elif act == "prelu":

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from repas.errors import RepasError
 from repas.graph.groups import ChannelGroup
+from repas.latency_table import DEPTHWISE, Key, conv_key, head_key
 
 
 @dataclass
@@ -52,12 +53,15 @@ class LayerCost:
     c_out: Channels
     params_per: float    # parameters per (c_in x c_out) unit or per channel
     bias: bool = False
+    key: Key | None = None  # its latency table row (repas.latency_table), where a table can time it
+    out_size: tuple[int, int] = (0, 0)  # height and width of its output (conv layers)
 
 
 def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[ChannelGroup]) -> list[LayerCost]:
     """The cost entry of every conv, linear, BatchNorm and PReLU layer of ``model``."""
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [m.register_forward_hook(_record(shapes, n)) for n, m in model.named_modules()
+    in_shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [m.register_forward_hook(_record(shapes, n, in_shapes)) for n, m in model.named_modules()
              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
     hooks += [m.register_forward_hook(_record_attention(shapes, n), with_kwargs=True) for n, m in model.named_modules()
               if isinstance(m, nn.MultiheadAttention)]
@@ -85,18 +89,22 @@ def layer_costs(model: nn.Module, example_inputs: torch.Tensor, groups: list[Cha
                 continue  # not on the traced path: costs nothing
             k = m.weight.shape[2] * m.weight.shape[3]
             spatial = _spatial(shapes[name], m, name) / batch
+            key, size = _conv_key(m, in_shapes[name]), tuple(shapes[name][2:4])
             if m.groups == 1:
-                entries.append(LayerCost(name, "conv", k * spatial, c_in, c_out, k, m.bias is not None))
+                entries.append(LayerCost(name, "conv", k * spatial, c_in, c_out, k, m.bias is not None, key, size))
             elif m.groups == m.in_channels == m.out_channels:
-                entries.append(LayerCost(name, "depthwise", k * spatial, c_out, c_out, k, m.bias is not None))
+                entries.append(LayerCost(name, "depthwise", k * spatial, c_out, c_out, k, m.bias is not None, key,
+                                         size))
             else:  # grouped: its groups stay, each shrinks evenly (repas.graph.groups ties the channels)
                 entries.append(LayerCost(name, "conv", k * spatial / m.groups, c_in, c_out, k / m.groups,
-                                         m.bias is not None))
+                                         m.bias is not None, None, size))
         elif isinstance(m, nn.Linear):
             if name not in shapes:
                 continue
             tokens = torch.Size(shapes[name][:-1]).numel() / batch
-            entries.append(LayerCost(name, "linear", tokens, c_in, c_out, 1.0, m.bias is not None))
+            # a classifier's linear layer on pooled features: the table's head row at 1x1
+            key = head_key(1, 1) if len(in_shapes[name]) == 2 else None
+            entries.append(LayerCost(name, "linear", tokens, c_in, c_out, 1.0, m.bias is not None, key))
         elif isinstance(m, nn.MultiheadAttention):
             if name in shapes:
                 entries.append(LayerCost(name, "fixed", _attention_macs(m, *shapes[name]) / batch, Channels(),
@@ -136,10 +144,29 @@ def _plain_attention() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fast)
 
 
-def _record(shapes: dict, name: str):
+def _record(shapes: dict, name: str, in_shapes: dict):
     def hook(module, inputs, output):
         shapes[name] = tuple(output.shape)
+        in_shapes[name] = tuple(inputs[0].shape)
     return hook
+
+
+def _conv_key(m: nn.Conv2d, in_shape: tuple[int, ...]) -> Key | None:
+    """The latency table key of a conv layer: a square kernel with the table's padding
+    (``dilation * (kernel // 2)``, "same" at stride 1), one stride and one dilation, dense or
+    depthwise. Other convs (grouped, 1x7, unpadded 3x3) have no rows: the table's overhead,
+    measured on the whole net, carries them at their dense cost."""
+    (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+    pad = (dh * (kh // 2),) * 2 if m.padding == "same" else m.padding
+    if isinstance(m, nn.ConvTranspose2d) or kh != kw or sh != sw or dh != dw or pad != (dh * (kh // 2),) * 2:
+        return None
+    if m.groups == 1:
+        groups = 1
+    elif m.groups == m.in_channels == m.out_channels:
+        groups = DEPTHWISE
+    else:
+        return None
+    return conv_key(kh, sh, int(in_shape[2]), int(in_shape[3]), groups, dh, "identity")
 
 
 def _record_attention(shapes: dict, name: str):

@@ -30,10 +30,12 @@ import torch
 
 from repas.errors import RepasError
 from repas.latency_table import (
+    DEPTHWISE,
     Key,
     LatencyTable,
     boundary_grid,
     describe_key,
+    layer_key,
     net_boundaries,
     net_parts,
     profile_grid,
@@ -47,23 +49,30 @@ PRECISIONS = ("float", "int8")
 
 
 class _Surface:
-    """One table's rows for a spec's parts: interpolated, with the gradient of a smooth fit;
-    and its boundaries, if it has them (else they cost nothing)."""
+    """One table's rows for the parts a net needs (``needs``: the c_in and c_out ranges of
+    each key): interpolated, with the gradient of a smooth fit; and its boundaries
+    (``boundary_needs``), if it has them (else they cost nothing). A depthwise key's rows
+    (c_in = c_out) are a line over the channels, read like a boundary's."""
 
-    def __init__(self, table: LatencyTable, spec: ArchSpec, source: str) -> None:
+    def __init__(self, table: LatencyTable, needs: dict[Key, tuple[list[int], list[int]]],
+                 boundary_needs: dict[Key, list[int]], source: str, name: str,
+                 hint: str = "measure one for this spec with 'repas profile' (same config), or bring one that covers it"
+                 ) -> None:
         self.table = table
         self._grids: dict[Key, tuple[list[int], list[int], list[list[float]]]] = {}
         self._fits: dict[Key, tuple[float, float, float, float]] = {}
         self._lines: dict[Key, tuple[list[int], list[float], float]] = {}
-        hint = "measure one for this spec with 'repas profile' (same config), or bring one that covers it"
-        for key, (cins, couts) in profile_grid(spec, 10 ** 9).items():  # the ranges the widths can span
+        for key, (cins, couts) in needs.items():
             rows = table.entries.get(key)
             if not rows:
                 raise RepasError(f"{source} has no rows for {describe_key(key)}: {hint}")
+            if key[0] == "conv" and key[5] == DEPTHWISE:
+                self._lines[key] = _line(source, key, rows, couts, hint)
+                continue
             xs, ys = sorted({ci for ci, _ in rows}), sorted({co for _, co in rows})
             if xs[0] > cins[0] or xs[-1] < cins[-1] or ys[0] > couts[0] or ys[-1] < couts[-1]:
                 raise RepasError(f"{source}: {describe_key(key)} is measured for {xs[0]}..{xs[-1]} -> "
-                                 f"{ys[0]}..{ys[-1]} channels, but {spec.name} needs {cins[0]}..{cins[-1]} -> "
+                                 f"{ys[0]}..{ys[-1]} channels, but {name} needs {cins[0]}..{cins[-1]} -> "
                                  f"{couts[0]}..{couts[-1]}: {hint}")
             missing = [(x, y) for x in xs for y in ys if (x, y) not in rows]
             if missing:
@@ -73,16 +82,13 @@ class _Surface:
             self._grids[key] = (xs, ys, [[rows[(x, y)] for y in ys] for x in xs])
             self._fits[key] = _bilinear_fit(xs, ys, self._grids[key][2])
         if table.has_boundaries:
-            for key, needed in boundary_grid(spec, 10 ** 9).items():
-                rows = table.entries.get(key, {})
-                cs = sorted(c for c, _ in rows)
-                if not cs or cs[0] > needed[0] or cs[-1] < needed[-1]:
-                    raise RepasError(f"{source} has boundary rows, but not for {needed[0]}..{needed[-1]} channels "
-                                     f"at the {describe_key(key)}: {hint}")
-                values = [rows[(c, c)] for c in cs]
-                self._lines[key] = (cs, values, _bilinear_fit(cs, [0], [[v] for v in values])[1])
+            for key, needed in boundary_needs.items():
+                self._lines[key] = _line(f"{source} has boundary rows, but", key, table.entries.get(key, {}),
+                                         needed, hint)
 
     def part(self, key: Key, c_in: Width, c_out: Width) -> torch.Tensor | float:
+        if key in self._lines:  # depthwise: c_in = c_out
+            return self.boundary(key, c_out)
         xs, ys, z = self._grids[key]
         x, y = _value(c_in), _value(c_out)
         i, tx = _cell(xs, x)
@@ -109,6 +115,17 @@ class _Surface:
         return slope * (channels - _value(channels)) + exact
 
 
+def _line(source: str, key: Key, rows: dict[tuple[int, int], float], needed: list[int], hint: str
+          ) -> tuple[list[int], list[float], float]:
+    """Rows measured at ``(c, c)`` as a line over ``c``: its points, values and fitted slope."""
+    cs = sorted(c for c, c_out in rows if c == c_out)
+    if not cs or cs[0] > needed[0] or cs[-1] < needed[-1]:
+        what = source if source.endswith(" but") else f"{source} has"
+        raise RepasError(f"{what} no rows for {needed[0]}..{needed[-1]} channels at the {describe_key(key)}: {hint}")
+    values = [rows[(c, c)] for c in cs]
+    return cs, values, _bilinear_fit(cs, [0], [[v] for v in values])[1]
+
+
 class LatencyModel:
     """Predicted whole-net latency (ms) of ``spec`` at any widths, from ``table``.
 
@@ -132,15 +149,15 @@ class LatencyModel:
                  int8_source: str = "the int8 latency table") -> None:
         self.table, self.spec = table, spec
         self.divisor = int(table.meta.get("divisor", "1") or 1)
-        self._surfaces = {"float": _Surface(table, spec, source)}
+        self._surfaces = {"float": _spec_surface(table, spec, source)}
         self.precision: list[str] | None = None
+        if int8_table is not None:
+            self._surfaces["int8"] = _spec_surface(int8_table, spec, int8_source)
         if precision is not None:
             self.precision = _precisions(precision, len(spec.layers))
-            if "int8" in self.precision:
-                if int8_table is None:
-                    raise RepasError("a net with int8 layers needs the int8 latency table: measure one with "
-                                     "'repas profile --backend executorch-int8'")
-                self._surfaces["int8"] = _Surface(int8_table, spec, int8_source)
+            if "int8" in self.precision and int8_table is None:
+                raise RepasError("a net with int8 layers needs the int8 latency table: measure one with "
+                                 "'repas profile --backend executorch-int8'")
         first = self._precision(0)
         self.overhead = self._surfaces[first].table.overhead
 
@@ -173,10 +190,53 @@ class LatencyModel:
             out.append(float(self._surfaces["int8" if both == {"int8"} else "float"].boundary(key, c)))
         return out
 
+    def layer_precisions(self) -> list[str]:
+        """The precision each layer is priced in (float throughout, with one table)."""
+        return [self._precision(i) for i in range(len(self.spec.layers))]
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions this model can price a layer in: float, and int8 with an int8 table."""
+        return list(self._surfaces)
+
+    def at(self, widths: Sequence[Width], precision: Sequence[str]) -> torch.Tensor | float:
+        """The latency of ``widths`` with each layer in ``precision`` (one per layer, then
+        optionally the head's), whatever precision the model was made with."""
+        saved, self.precision = self.precision, _precisions(precision, len(self.spec.layers))
+        missing = set(self.precision) - set(self._surfaces)
+        try:
+            if missing:
+                raise RepasError(f"no {', '.join(sorted(missing))} latency table to price those layers: measure one "
+                                 "with 'repas profile --backend executorch-int8'")
+            return self(widths)
+        finally:
+            self.precision = saved
+
+    def edge(self, i: int, w_prev: int, p_prev: str, w: int, p: str) -> float:
+        """What layer ``i`` at ``w`` channels in precision ``p`` adds to the latency after
+        layer ``i - 1`` at ``w_prev`` in ``p_prev``: its row, minus the boundary between the
+        two (layer 0: plus the overhead of its precision's table). With ``tail``, the
+        latency is a sum over consecutive layers (the floor at the slowest part aside)."""
+        surface = self._surfaces[p]
+        c_in = self.spec.in_channels if i == 0 else w_prev
+        ms = float(surface.part(layer_key(self.spec, i), c_in, w))
+        if i == 0:
+            return ms + surface.table.overhead
+        key, _ = net_boundaries(self.spec, [1] * len(self.spec.layers))[i - 1]
+        return ms - float(self._surfaces["int8" if p_prev == p == "int8" else "float"].boundary(key, w_prev))
+
+    def tail(self, w: int, p: str) -> float:
+        """The head's (or SR tail's) row after the last layer at ``w`` channels in ``p`` (the
+        head runs in the last layer's precision), minus the boundary between them."""
+        widths = [1] * (len(self.spec.layers) - 1) + [w]
+        key, c_in, c_out = net_parts(self.spec, widths)[-1]
+        bkey, _ = net_boundaries(self.spec, widths)[-1]
+        return float(self._surfaces[p].part(key, c_in, c_out)) - float(self._surfaces[p].boundary(bkey, w))
+
     def __call__(self, widths: Sequence[Width]) -> torch.Tensor | float:
         if len(widths) != len(self.spec.layers):
             raise ValueError(f"{len(widths)} widths for {len(self.spec.layers)} layers")
-        total: torch.Tensor | float = self.overhead
+        total: torch.Tensor | float = self._surfaces[self._precision(0)].table.overhead
         slowest: torch.Tensor | float = 0.0
         for i, p in enumerate(net_parts(self.spec, widths)):
             part = self.part(*p, self._precision(i))
@@ -188,6 +248,11 @@ class LatencyModel:
         # a net takes at least as long as its slowest part: noisy boundary rows, subtracted at
         # every tensor, could otherwise predict a thin net at a negative time
         return total if _value(total) >= _value(slowest) else slowest
+
+
+def _spec_surface(table: LatencyTable, spec: ArchSpec, source: str) -> _Surface:
+    """The surface of the parts ``spec`` can have (the ranges its widths can span)."""
+    return _Surface(table, profile_grid(spec, 10 ** 9), boundary_grid(spec, 10 ** 9), source, spec.name)
 
 
 def _precisions(precision: Sequence[str], layers: int) -> list[str]:

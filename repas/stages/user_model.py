@@ -24,8 +24,10 @@ from repas.errors import RepasError
 from repas.graph import GatedModel, fuse_user_model, save_pruned
 from repas.graph.builders import build_from
 from repas.json_files import read_json
-from repas.search import create_method
-from repas.stages.common import Resume, environment, get_data, record_config, setup, stage_dir
+from repas.search import Budget, create_method, resolve_target
+from repas.search.cost import CostFn
+from repas.search.graph_latency import GraphLatencyModel
+from repas.stages.common import Resume, environment, get_data, latency_table_path, record_config, setup, stage_dir
 from repas.stages.methods import sample_inputs
 from repas.stages.resume import resolve_resume
 from repas.stages.training import finetune_config, run_training
@@ -36,10 +38,27 @@ from repas.task_data import TaskData
 log = logging.getLogger("repas.stages")
 
 
-def user_model_facts(gated: GatedModel, widths: list[int]) -> dict[str, Any]:
-    """Group widths, MACs and params of ``gated`` cut to ``widths``."""
-    return {"spec": gated.spec.name, "widths": widths, "macs": float(gated.cost("macs", widths)),
-            "params": float(gated.cost("params", widths))}
+def user_model_facts(gated: GatedModel, widths: list[int], latency: CostFn | None = None) -> dict[str, Any]:
+    """Group widths, MACs and params of ``gated`` cut to ``widths`` (and the latency that
+    ``latency``, a ``GraphLatencyModel``, predicts)."""
+    facts = {"spec": gated.spec.name, "widths": widths, "macs": float(gated.cost("macs", widths)),
+             "params": float(gated.cost("params", widths))}
+    if latency is not None:
+        facts["latency"] = float(latency(widths))
+    return facts
+
+
+def user_budget(cfg: PipelineConfig, gated: GatedModel) -> Budget | None:
+    """The latency budget of a user model, over its own table (``repas profile``); None for
+    macs and params (``create_method`` resolves those)."""
+    s = cfg.search
+    if s.metric != "latency":
+        return None
+    fn = GraphLatencyModel.load(latency_table_path(cfg), gated.costs, gated.spec.widths, gated.spec.name)
+    target = s.target_abs or s.target
+    fraction = target if isinstance(target, float | int) and 0 < float(target) <= 1 else None
+    value = resolve_target(gated.spec, "latency", fraction=fraction, absolute=None if fraction else target, model=fn)
+    return Budget(gated.spec, value, "latency", s.alpha, fn)
 
 
 def dense_model(cfg: PipelineConfig, data: TaskData, resume: Resume = False) -> tuple[nn.Module, dict[str, Any]]:
@@ -82,8 +101,9 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     gated = GatedModel(copy.deepcopy(dense), torch.zeros(data.example_shape()), task=data.task_name,
                        name=cfg.model.builder or "model")
     loader = data.train_loader(s)
-    method = create_method(method_name, gated, target=s.target_abs or s.target, metric=s.metric,
-                           step=cfg.extract.round_to, tolerance=cfg.extract.tolerance, strength=s.strength,
+    method = create_method(method_name, gated, user_budget(cfg, gated), target=s.target_abs or s.target,
+                           metric=s.metric, step=cfg.extract.round_to, tolerance=cfg.extract.tolerance,
+                           strength=s.strength,
                            updates_per_epoch=len(loader), epochs=s.epochs)
     if method.trains:
         run_training(cfg, "search", gated, s, False, data=data, terms=[method], out=out / "search",
@@ -98,7 +118,7 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
                                 teacher=_teacher(dense, tcfg.distill), label=f"finetune ({method_name})")
     tuned = {k: tuned[k] for k in ("test", "seconds", "epochs")}
     save_pruned(small, out / "pruned", gated, builder=cfg.model.builder, kwargs=cfg.model.kwargs, masks=masks)
-    facts = user_model_facts(gated, widths)
+    facts = user_model_facts(gated, widths, method.budget.model if s.metric == "latency" else None)
     target = float(method.budget.target)
     report = {"method": method_name, **facts, "target": target, "cost_vs_target": facts[s.metric] / target,
               "dense_widths": gated.spec.widths, "dense_macs": float(gated.cost("macs", gated.spec.widths)),
@@ -143,9 +163,9 @@ def run_user_pipeline(cfg: PipelineConfig, *, resume: Resume = False, data: Task
     if cfg.search.pte_latency is not None or cfg.search.precision != "float":
         raise RepasError("search.pte_latency and search.precision are for repas's own search spaces for now; for a "
                          "user model set export.qat: true to ship a QAT int8 .pte at a macs or params budget")
-    if cfg.search.metric not in ("macs", "params"):
-        raise RepasError(f"search.metric={cfg.search.metric}: a user model's budget is macs or params for now "
-                         "(latency tables are measured for repas's own layer shapes)")
+    if cfg.search.metric == "latency" and not latency_table_path(cfg).is_file():
+        raise RepasError(f"search.metric=latency needs this model's latency table at {latency_table_path(cfg)}: "
+                         "measure it with 'repas profile' and the same config, or set search.latency_table")
     setup(cfg)
     data = data or get_data(cfg)
     if data.task_name not in ("classification", "denoising"):
