@@ -16,6 +16,7 @@ import torch
 from repas.errors import RepasError
 from repas.search.budget import Budget
 from repas.search.cost import CostFn, analytic_cost, format_cost
+from repas.search.exact_allocation import chain_cost, exact_allocation, fixed_precisions, score_values
 from repas.spec import ArchSpec
 from repas.supernet.gating import gate_masks, gate_scores
 from repas.supernet.net import RepNet
@@ -216,7 +217,18 @@ def allocate_masks(spec: ArchSpec, scores: list[torch.Tensor], target: float, mo
     saved, until the cost is within the target; then add back, while the target allows,
     the steps that bring the most importance per unit of cost. Unlike one global threshold
     on the scores, a channel in a layer that is cheap on this device is worth keeping
-    longer than an equally-ranked one in an expensive layer."""
+    longer than an equally-ranked one in an expensive layer.
+
+    Where the cost is a sum over consecutive layers (a repas spec's MACs, params or latency
+    table), the allocation is exact instead: the highest total importance that meets the
+    target over every combination of widths in steps of ``step``
+    (``repas.search.exact_allocation``). The steps above serve other costs (a user model's)."""
+    chain = chain_cost(spec, model)
+    if chain is not None:
+        fixed = [[p] for p in fixed_precisions(model, len(spec.layers))]
+        widths, _ = exact_allocation(spec, score_values(scores, threshold), chain, target, step=step,
+                                     precisions=fixed)
+        return [top_k_mask(s, w) for s, w in zip(scores, widths)]
     full = [s.numel() for s in scores]
     gated = [lay.gated for lay in spec.layers]
     order = [torch.argsort(s, descending=True) for s in scores]

@@ -52,11 +52,22 @@ def cost(spec: ArchSpec, widths: Sequence[Width], metric: str = "macs") -> torch
     return total
 
 
+class AnalyticCost:
+    """MACs or params of ``spec`` as a function of the widths (a sum over consecutive
+    layers: ``repas.search.exact_allocation`` reads its terms)."""
+
+    def __init__(self, spec: ArchSpec, metric: str) -> None:
+        self.spec, self.metric = spec, metric
+
+    def __call__(self, widths: Sequence[Width]) -> torch.Tensor | float:
+        return cost(self.spec, widths, self.metric)
+
+
 def analytic_cost(spec: ArchSpec, metric: str = "macs") -> CostFn:
     """MACs or params of ``spec`` as a function of the widths."""
     if metric not in METRICS:
         raise RepasError(f"unknown cost metric {metric!r}; expected one of {METRICS}")
-    return lambda widths: cost(spec, widths, metric)
+    return AnalyticCost(spec, metric)
 
 
 def spec_cost(spec: ArchSpec, metric: str = "macs", model: CostFn | None = None) -> float:
