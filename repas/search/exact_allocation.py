@@ -139,6 +139,23 @@ def exact_allocation(spec: ArchSpec, values: Sequence[Sequence[float]], chain: C
     return [w for w, _ in chosen], [p for _, p in chosen]
 
 
+def fastest_precisions(spec: ArchSpec, chain: ChainCost, widths: Sequence[int]) -> list[str]:
+    """Each layer's precision that makes the net at ``widths`` fastest under ``chain``
+    (exact: a shortest path over the layers, the precision of each a state)."""
+    ps = chain.precisions
+    best = {p: chain.edge(0, 0, "float", widths[0], p) for p in ps}
+    back: list[dict[str, str]] = []
+    for i in range(1, len(widths)):
+        step = {p: min(ps, key=lambda q: best[q] + chain.edge(i, widths[i - 1], q, widths[i], p)) for p in ps}
+        best = {p: best[step[p]] + chain.edge(i, widths[i - 1], step[p], widths[i], p) for p in ps}
+        back.append(step)
+    last = min(ps, key=lambda p: best[p] + chain.tail(widths[-1], p))
+    out = [last]
+    for step in reversed(back):
+        out.append(step[out[-1]])
+    return out[::-1]
+
+
 def _shift(row: np.ndarray, c: int) -> np.ndarray:
     """``row`` moved ``c`` units up the budget axis (entry b holds row[b - c]): the best value
     with at most b units spent, after a term of c units. A negative term moves it down."""

@@ -6,7 +6,16 @@
 methods: PaS and the baselines it is measured against.
 """
 
-from repas.search.methods import adaptive_bn, lasso, magnitude, pas, regularized, taylor, torch_pruning  # noqa: F401 (registers)
+from repas.search.methods import (  # noqa: F401 (registers)
+    adaptive_bn,
+    evolution,
+    lasso,
+    magnitude,
+    pas,
+    regularized,
+    taylor,
+    torch_pruning,
+)
 from repas.search.methods.registry import (
     PruningMethod,
     create_method,

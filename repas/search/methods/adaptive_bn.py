@@ -76,50 +76,55 @@ class AdaptiveBN(PruningMethod):
 
     @torch.no_grad()
     def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
-        if inputs is None:
-            raise RepasError("method eagleeye judges candidates on training images: pass inputs (a batch of them)")
-        spec, scores = self.model.spec, l1_scores(self)
-        half = len(inputs) // 2
-        calibrate = list(inputs[:half].split(self.batch))
-        probe = list(inputs[half:].split(self.batch))
-        self.model.eval()
-        reference = [self.model(x) for x in probe]
-        seen: dict[tuple[int, ...], float] = {}
-
-        n = len(spec.layers)
-        uniform: list[int] | None = None  # candidate 0's widths bound the others'
-        trials_seen: list[int] = []
-        # the fit to the budget compares channels across layers: raw filter norms would cut the
-        # first layer (one input channel, the smallest norms) first, whatever its worth
-        relative = [s / s.mean().clamp_min(1e-12) for s in scores]
-
-        total, started = self.candidates + self.mutations, time.perf_counter()
-
-        def judge(ratios: torch.Tensor) -> tuple[float, Masks]:
-            done = len(trials_seen)
-            if done and done % 10 == 0:  # some minutes on a big net: say how far it is
-                log.info(f"search (eagleeye): {done}/{total} candidates judged ({time.perf_counter() - started:.0f} s)")
-            trials_seen.append(1)
-            masks = [top_k_mask(s, w) for s, w in zip(scores, self.widths_for(ratios, uniform))]
-            masks = fit_to_budget(spec, masks, relative, self.budget, step=self.step, tolerance=self.tolerance)
-            widths = tuple(int(m.sum()) for m in masks)
-            if widths not in seen:
-                seen[widths] = self._divergence(masks, calibrate, probe, reference)
-                self.tried.append({"widths": list(widths), "cost": float(self.budget.cost(list(widths))),
-                                   "divergence": seen[widths]})
-            return seen[widths], masks
-
-        trials = [judge(torch.ones(n))]  # uniform scaling first: the search can only do better by the proxy
-        uniform = [int(m.sum()) for m in trials[0][1]]
+        self._setup(inputs)
+        n = len(self.model.spec.layers)
+        trials = [self._judge(torch.ones(n))]  # uniform scaling first: the search can only do better by the proxy
+        self._uniform = [int(m.sum()) for m in trials[0][1]]
         for _ in range(self.candidates - 1):
-            trials.append(judge(self._ratios(torch.zeros(n), self.spread)))
+            trials.append(self._judge(self._ratios(torch.zeros(n), self.spread)))
         for k in range(self.mutations):
             parents = sorted(trials, key=lambda t: t[0])[:4]
             base = torch.tensor([math.log(max(int(m.sum()), 1) / len(m)) for m in parents[k % len(parents)][1]])
-            trials.append(judge(self._ratios(base, self.spread / 2)))
+            trials.append(self._judge(self._ratios(base, self.spread / 2)))
         best = min(trials, key=lambda t: t[0])[1]
-        log.info(f"search (eagleeye): {len(trials)} candidates judged in {time.perf_counter() - started:.0f} s")
-        return best, scores
+        seconds = time.perf_counter() - self._started
+        log.info(f"search ({self.name}): {len(trials)} candidates judged in {seconds:.0f} s")
+        return best, self._scores
+
+    def _setup(self, inputs: torch.Tensor | None) -> None:
+        """The channel ranking, the inputs that recalibrate and judge, the dense outputs."""
+        if inputs is None:
+            raise RepasError(f"method {self.name} judges candidates on training images: pass inputs (a batch of "
+                             "them)")
+        self._scores = l1_scores(self)
+        half = len(inputs) // 2
+        self._calibrate = list(inputs[:half].split(self.batch))
+        self._probe = list(inputs[half:].split(self.batch))
+        self.model.eval()
+        self._reference = [self.model(x) for x in self._probe]
+        self._seen: dict[tuple[int, ...], float] = {}
+        self._uniform: list[int] | None = None  # candidate 0's widths bound the others'
+        # the fit to the budget compares channels across layers: raw filter norms would cut the
+        # first layer (one input channel, the smallest norms) first, whatever its worth
+        self._relative = [s / s.mean().clamp_min(1e-12) for s in self._scores]
+        self._judged, self._started = 0, time.perf_counter()
+
+    def _judge(self, ratios: torch.Tensor) -> tuple[float, Masks]:
+        """The divergence of the net with widths proportional to ``ratios`` (meeting the
+        budget), and its masks; each distinct net judged once."""
+        if self._judged and self._judged % 10 == 0:  # some minutes on a big net: say how far it is
+            log.info(f"search ({self.name}): {self._judged} candidates judged "
+                     f"({time.perf_counter() - self._started:.0f} s)")
+        self._judged += 1
+        spec = self.model.spec
+        masks = [top_k_mask(s, w) for s, w in zip(self._scores, self.widths_for(ratios, self._uniform))]
+        masks = fit_to_budget(spec, masks, self._relative, self.budget, step=self.step, tolerance=self.tolerance)
+        widths = tuple(int(m.sum()) for m in masks)
+        if widths not in self._seen:
+            self._seen[widths] = self._divergence(masks, self._calibrate, self._probe, self._reference)
+            self.tried.append({"widths": list(widths), "cost": float(self.budget.cost(list(widths))),
+                               "divergence": self._seen[widths]})
+        return self._seen[widths], masks
 
     def _ratios(self, log_base: torch.Tensor, spread: float) -> torch.Tensor:
         return (log_base + spread * torch.randn(len(log_base), generator=self.generator)).exp()
