@@ -18,6 +18,13 @@ int8 at the same measured .pte latency? (issue 32, item 1: the oracle before any
    ...), so that the differences between candidates can be set against the noise of training
    one of them again.
 
+With ``--searched``, one more candidate: the exact allocation of widths and per-layer
+precision (``repas.search.exact_allocation``) that keeps the most filter-L1 importance under
+the float and int8 ExecuTorch latency tables of the spec (``--tables``; profiled when
+missing), at the largest table target whose .pte, timed interleaved with the dense float
+one, meets the budget: the search, judged by the same oracle. ``--labels`` limits the runs
+to candidates whose label starts with one of them (e.g. a third replicate of two).
+
 Reported: every candidate's runs and latency; a one-way ANOVA over the candidates; the rank
 correlation between the first run and the mean of the others; and the winner's curse: the
 candidate best in the first run, scored by the other runs only, against uniform int8 scored
@@ -56,8 +63,10 @@ from repas.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from repas.config import load_config  # noqa: E402
 from repas.deploy import cpu_name, export_models  # noqa: E402
 from repas.deploy.executorch_export import executorch_version, set_executorch_threads  # noqa: E402
-from repas.search import create_method  # noqa: E402
+from repas.search import LatencyModel, create_method  # noqa: E402
+from repas.search.allocation import full_scores, layer_normalized  # noqa: E402
 from repas.search.cost import cost as spec_cost  # noqa: E402
+from repas.search.exact_allocation import chain_cost, exact_allocation, score_values  # noqa: E402
 from repas.search.methods.magnitude import l1_scores  # noqa: E402
 from repas.spec import ArchSpec  # noqa: E402
 from repas.stages.qat import qat_int8  # noqa: E402
@@ -148,10 +157,64 @@ def choose(doc: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]
     return chosen[:max(args.candidates, 2)]
 
 
+def latency_tables(spec: ArchSpec, args: argparse.Namespace) -> LatencyModel:
+    """The float and int8 ExecuTorch tables of ``spec`` (``--tables``; measured when missing)."""
+    from repas.deploy.profile import profile
+    from repas.latency_table import LatencyTable
+
+    paths = [Path(p) for p in args.tables.split(",")]
+    for path, backend in zip(paths, ("executorch", "executorch-int8")):
+        if not path.is_file():
+            log(f"profiling {backend} -> {path} (minutes)")
+            profile(spec, backend, divisor=8, threads=1).save(path)
+    return LatencyModel(LatencyTable.load(paths[0]), spec, str(paths[0]), int8_table=LatencyTable.load(paths[1]),
+                        int8_source=str(paths[1]))
+
+
+def searched(dense: torch.nn.Module, scores: list[torch.Tensor], args: argparse.Namespace) -> dict[str, Any]:
+    """The exact allocation (widths x precision) under the tables at the largest table target
+    whose int8 .pte, timed with the dense float one, meets the budget."""
+    spec = dense.spec
+    model = latency_tables(spec, args)
+    chain = chain_cost(spec, model)
+    values = score_values(layer_normalized(full_scores(spec, scores)), threshold=0.0)
+    dense_table = float(model.at(spec.widths, ["float"] * len(spec.widths)))
+    shape = (1, spec.in_channels, *spec.input_size)
+    found: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        made = export_models(fuse_repnet(dense).eval(), Path(tmp) / "dense", shape, ["pte"], calibration=None)
+        paths = {"dense float": Path(tmp) / "dense" / made["files"]["pte"]["float"]}
+        for t in np.arange(args.budget * 0.7, args.budget * 1.6, args.budget * 0.05):
+            widths, precision = exact_allocation(spec, values, chain, t * dense_table, step=STEP)
+            keep = [f"blocks.{i}.reparam_conv" for i, p in enumerate(precision) if p == "float"]
+            key = f"{'/'.join(map(str, widths))} {','.join(keep)}"
+            if key in {c["key"] for c in found.values()}:
+                continue
+            where = Path(tmp) / f"s{len(found)}"
+            made = export_models(fused_at(spec, widths), where, shape, ["pte"],
+                                 calibration=[torch.randn(32, *shape[1:])], float_layers=keep)
+            name = f"t{t:.3f}"
+            paths[name] = where / made["files"]["pte"]["int8"]
+            found[name] = {"key": key, "widths": widths, "float_layers": keep, "table_target": float(t),
+                           "predicted_ratio": float(model.at(widths, precision)) / dense_table}
+        log(f"searched: timing {len(found)} exact allocations interleaved with the dense float .pte")
+        ms = time_ptes(paths, shape, args.runs)
+    for name, f in found.items():
+        f["ratio"] = ms[name] / ms["dense float"]
+    fits = [f for f in found.values() if f["ratio"] <= args.budget]
+    best = max(fits, key=lambda f: f["table_target"]) if fits else min(found.values(), key=lambda f: f["ratio"])
+    first = "float" if "blocks.0.reparam_conv" in best["float_layers"] else "int8"
+    return {"label": f"searched (exact, table {best['table_target']:.3f})", "family": "searched",
+            "precision": f"mixed ({len(best['float_layers'])} float)" if best["float_layers"] else "int8",
+            "widths": best["widths"], "float_layers": best["float_layers"], "ratio": best["ratio"],
+            "predicted_ratio": best["predicted_ratio"], "first_layer": first,
+            "tried": [{k: v for k, v in f.items() if k != "key"} for f in found.values()]}
+
+
 def run_candidate(cand: dict[str, Any], rep: int, ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Phase 3: cut, fine-tune (data order seeded by ``rep``), fuse, QAT, int8 .pte top-1."""
     cfg, data, dense = ctx["cfg"], ctx["data"], ctx["dense"]
-    keep = ["blocks.0.reparam_conv"] if cand["precision"] == "int8-first-float" else []
+    keep = cand.get("float_layers") or (["blocks.0.reparam_conv"] if cand["precision"] == "int8-first-float" else [])
     tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs)
     started = time.perf_counter()
     out = Path(args.run_root) / "headroom" / f"b{args.budget:g}" / f"{cand['label'].replace(' ', '_')}-r{rep}"
@@ -233,6 +296,10 @@ def main() -> None:
     p.add_argument("--step", type=float, default=0.05, help="width multiple step of the pool's families")
     p.add_argument("--out", default="", help="OUT.json / OUT.md (default docs/headroom_int8_fmnist_bBUDGET)")
     p.add_argument("--set", action="append", default=[], help="config override, as repas --set")
+    p.add_argument("--searched", action="store_true", help="add the exact allocation under the tables")
+    p.add_argument("--tables", default="runs/int8/latency-executorch.csv,runs/int8/latency-executorch-int8.csv",
+                   help="FLOAT,INT8 latency tables of the spec (measured there when missing)")
+    p.add_argument("--labels", default="", help="comma-separated label prefixes: run only those candidates")
     args = p.parse_args()
     if not 0 < args.budget <= 1 or args.replicates < 2:
         p.error("--budget must lie in (0, 1] and --replicates be at least 2 (the noise is the point)")
@@ -249,14 +316,21 @@ def main() -> None:
     if "pool" not in doc:
         measure_pool(dense, args, doc)
         atomic_write_json(path, doc)
+    scores = l1_scores(create_method("l1-layer", dense, target=0.5))  # eagleeye's channel ranking
     doc["candidates"] = choose(doc, args)
+    if args.searched:
+        if "searched" not in doc:
+            doc["searched"] = searched(dense, scores, args)
+        doc["candidates"].append(doc["searched"])
     atomic_write_json(path, doc)
     log("candidates: " + "; ".join(f"{c['label']} {'/'.join(map(str, c['widths']))} {c['ratio']:.3f}"
                                    for c in doc["candidates"]))
     cfg = load_config(args.config, overrides=list(args.set), values={"threads": 1, "seed": 0})
-    scores = l1_scores(create_method("l1-layer", dense, target=0.5))  # eagleeye's channel ranking
     ctx = {"cfg": cfg, "data": make_task_data(cfg), "dense": dense, "scores": scores}
+    wanted = [w for w in args.labels.split(",") if w]
     for cand in doc["candidates"]:  # candidate by candidate: a stop leaves whole candidates, noise included
+        if wanted and not any(cand["label"].startswith(w) for w in wanted):
+            continue
         for rep in range(args.replicates):
             if any(r["label"] == cand["label"] and r["rep"] == rep for r in doc["rows"]):
                 continue
