@@ -19,16 +19,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from repas import stages
-from repas.atomic import atomic_write_json, atomic_write_text
-from repas.config import load_config
-from repas.deploy import cpu_name
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_harness import RowStore, cell, header, seeds_arg  # noqa: E402
+
+from repas import stages  # noqa: E402
+from repas.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from repas.config import load_config  # noqa: E402
 from repas.search import extract_subnet, subnet_spec
 from repas.search.allocation import top_k_mask
 from repas.search.importance import l1_norms
@@ -51,7 +53,7 @@ def main() -> None:
     p.add_argument("--pareto-dir", required=True, help="a bench_pareto run directory (pareto.json, seed-S/train)")
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True, help="names docs/control_<name>.md and .json")
-    p.add_argument("--seeds", default="0")
+    seeds_arg(p, "0")
     p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs from the dense start")
     p.add_argument("--scratch-epochs", type=int, default=8, help="training epochs from scratch")
     p.add_argument("--set", action="append", default=[])
@@ -59,9 +61,9 @@ def main() -> None:
     args = p.parse_args()
     root = Path(args.pareto_dir)
     rows = json.loads((root / "pareto.json").read_text())["rows"]
-    done_path = root / "control.json"
-    done = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
-    seeds = [int(s) for s in args.seeds.split(",")]
+    store = RowStore(root / "control.json")
+    done = store.rows
+    seeds = args.seeds
     for seed in seeds:
         run = root / f"seed-{seed}"
         cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={seed}"])
@@ -82,24 +84,17 @@ def main() -> None:
             fresh = build(subnet_spec(dense.spec, masks))
             scratch = train(fresh, cfg, dataclasses.replace(cfg.train, epochs=args.scratch_epochs), data,
                             run / "control" / f"{r['method']}-{r['budget']:g}-scratch")
-            done.append({"method": r["method"], "budget_metric": r["budget_metric"], "budget": r["budget"],
-                         "seed": seed, "widths": r["widths"], "macs": r["macs"], "searched": r["metric"][data.primary],
-                         "from_dense": tuned, "from_scratch": scratch, "seconds": time.perf_counter() - started})
-            atomic_write_json(done_path, {"rows": done})
+            store.add({"method": r["method"], "budget_metric": r["budget_metric"], "budget": r["budget"],
+                       "seed": seed, "widths": r["widths"], "macs": r["macs"], "searched": r["metric"][data.primary],
+                       "from_dense": tuned, "from_scratch": scratch, "seconds": time.perf_counter() - started})
             print(f"{r['method']} {r['budget']:g} seed {seed}: as searched {r['metric'][data.primary]:.2f}, "
                   f"same recipe from dense {tuned:.2f}, from scratch {scratch:.2f}", flush=True)
     methods = list(dict.fromkeys(d["method"] for d in done))
     budgets = sorted({(d["budget_metric"], d["budget"]) for d in done}, key=lambda b: (b[0], -b[1]))
 
-    def cell(values: list[float]) -> str:
-        return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
-
-    lines = [f"{time.strftime('%Y-%m-%d')}, {cpu_name()}. Widths from `{root}/pareto.json`; seeds {args.seeds}. "
+    lines = [header(f"widths from `{root}/pareto.json`, seeds {','.join(map(str, seeds))}") + "\n\n"
              f"From dense: L1-chosen channels of the seed's dense supernet, {args.epochs} fine-tuning epochs "
-             f"(finetune recipe). From scratch: fresh weights, {args.scratch_epochs} epochs (train recipe).\n\n"
-             f"Command: `python scripts/bench_control.py --pareto-dir {args.pareto_dir} --config {args.config} "
-             f"--name {args.name} --seeds {args.seeds} --epochs {args.epochs} --scratch-epochs "
-             f"{args.scratch_epochs} " + " ".join(f"--set {s}" for s in args.set) + "`\n",
+             f"(finetune recipe). From scratch: fresh weights, {args.scratch_epochs} epochs (train recipe).\n",
              "| method | budget | widths (seed " + str(seeds[0]) + ") | as searched | same recipe from dense | "
              "from scratch |", "|---|---|---|---|---|---|"]
     for m in methods:

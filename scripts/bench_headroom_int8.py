@@ -41,9 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP
 
 import argparse
 import dataclasses
-import json
 import random
-import shlex
 import statistics
 import sys
 import tempfile
@@ -56,10 +54,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_equal_latency import ensure_dense, log, time_ptes  # noqa: E402
+from bench_harness import RowStore, command  # noqa: E402
 from bench_int8 import pte_top1  # noqa: E402
 from bench_proxy import finetune_cut, spearman  # noqa: E402
 
-from repas.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from repas.atomic import atomic_write_text  # noqa: E402
 from repas.config import load_config  # noqa: E402
 from repas.deploy import cpu_name, export_models  # noqa: E402
 from repas.deploy.executorch_export import executorch_version, set_executorch_threads  # noqa: E402
@@ -307,22 +306,23 @@ def main() -> None:
     torch.set_num_threads(1)
     set_executorch_threads(1)
     path, md = out.parent / f"{out.name}.json", out.parent / f"{out.name}.md"  # (a name like b0.25 has a dot)
-    doc = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    store = RowStore(path)
+    doc = store.doc
     doc["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "torch": torch.__version__,
                    "executorch": executorch_version(), "budget": args.budget, "epochs": args.epochs,
-                   "command": "OMP_WAIT_POLICY=PASSIVE python " + shlex.join(sys.argv)}
+                   "command": command()}
     args.seeds, args.threads = "0", 1  # what ensure_dense reads
     dense = load_model(ensure_dense(0, args)).eval()
     if "pool" not in doc:
         measure_pool(dense, args, doc)
-        atomic_write_json(path, doc)
+        store.save()
     scores = l1_scores(create_method("l1-layer", dense, target=0.5))  # eagleeye's channel ranking
     doc["candidates"] = choose(doc, args)
     if args.searched:
         if "searched" not in doc:
             doc["searched"] = searched(dense, scores, args)
         doc["candidates"].append(doc["searched"])
-    atomic_write_json(path, doc)
+    store.save()
     log("candidates: " + "; ".join(f"{c['label']} {'/'.join(map(str, c['widths']))} {c['ratio']:.3f}"
                                    for c in doc["candidates"]))
     cfg = load_config(args.config, overrides=list(args.set), values={"threads": 1, "seed": 0})
@@ -334,9 +334,7 @@ def main() -> None:
         for rep in range(args.replicates):
             if any(r["label"] == cand["label"] and r["rep"] == rep for r in doc["rows"]):
                 continue
-            row = run_candidate(cand, rep, ctx, args)
-            doc["rows"].append(row)
-            atomic_write_json(path, doc)
+            row = store.add(run_candidate(cand, rep, ctx, args))
             atomic_write_text(md, table(doc, args))
             log(f"{cand['label']} run {rep}: int8 .pte top-1 {row['top1']:.2f} ({row['seconds']:.0f} s)")
     atomic_write_text(md, table(doc, args))

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -30,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from repas.atomic import atomic_write_json, atomic_write_text
+from bench_harness import RowStore, cell, header, seed_list
+
+from repas.atomic import atomic_write_text
 
 CONFIGS = ("repvgg_timm_fmnist", "resnet18_fmnist", "sr_x2", "sr_x2_plain", "unet_denoise", "fmnist")
 # Shortened recipes: the int8 step is the config's own; the nets train for fewer epochs.
@@ -77,12 +77,6 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def cell(values: list[float], digits: int) -> str:
-    mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:+.{digits}f} ± {spread:.{digits}f} ({', '.join(f'{v:+.{digits}f}' for v in values)})"
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| config | metric | runtime | QAT | float (mean) | int8 - float (mean ± std, per seed) | worst | "
              "within the bar |", "|---|---|---|---|---|---|---|---|"]
@@ -100,7 +94,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             q = mine[0].get("qat") or {}
             qat = f"{q.get('optimizer', 'sgd')} {q.get('lr', 1e-3):g} x {q.get('epochs', 1):g} ep"
             lines.append(f"| {config} | {'top-1 %' if metric == 'top1' else 'PSNR dB'} | {runtime} | {qat} | "
-                         f"{statistics.fmean(g['float'] for g in got):.{digits}f} | {cell(deltas, digits)} | "
+                         f"{statistics.fmean(g['float'] for g in got):.{digits}f} | "
+                         f"{cell(deltas, digits, each=True, sign=True)} | "
                          f"{worst:+.{digits}f} | {ok} |")
     return "\n".join(lines)
 
@@ -108,7 +103,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default=",".join(CONFIGS[:-1]), help=f"comma-separated, of {', '.join(CONFIGS)}")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", type=seed_list, default=seed_list("0,1,2"), help="comma-separated, each once")
     p.add_argument("--run-root", default="runs/int8loss")
     p.add_argument("--out", default="docs/int8_loss", help="writes OUT.json and OUT.md")
     p.add_argument("--threads", type=int, default=1)
@@ -116,26 +111,20 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra override for every run, as repas --set")
     args = p.parse_args()
     configs = [c for c in args.configs.split(",") if c]
-    seeds = [int(s) for s in args.seeds.split(",")]
     unknown = [c for c in configs if c not in CONFIGS]
-    if unknown or len(set(seeds)) != len(seeds):
-        p.error(f"unknown configs {unknown} (known: {', '.join(CONFIGS)}) or a seed repeated in {args.seeds}")
+    if unknown:
+        p.error(f"unknown configs {unknown} (known: {', '.join(CONFIGS)})")
     out = Path(args.out)
-    path = out.with_suffix(".json")
-    doc = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    doc["command"] = shlex.join(["python", "scripts/bench_int8_loss.py", *sys.argv[1:]])
-    doc["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    for seed in seeds:  # seed-major: a stop leaves every config with the same number of seeds
+    store = RowStore(out.with_suffix(".json"))
+    store.doc["header"] = header("each run 1 thread")
+    for seed in args.seeds:  # seed-major: a stop leaves every config with the same number of seeds
         for config in configs:
-            if any(r["config"] == config and r["seed"] == seed for r in doc["rows"]):
+            if store.has(config=config, seed=seed):
                 continue
-            row = run_one(config, seed, args)
-            row["finished"] = time.strftime("%Y-%m-%d %H:%M")
-            doc["rows"].append(row)
-            atomic_write_json(path, doc)
-            atomic_write_text(out.with_suffix(".md"), f"Command: `{doc['command']}`\n\n{table(doc['rows'])}\n")
+            row = store.add(run_one(config, seed, args))
+            atomic_write_text(out.with_suffix(".md"), f"{store.doc['header']}\n\n{table(store.rows)}\n")
             log(f"{config} seed {seed}: " + ", ".join(f"{f} {row[f]['delta']:+.3f}" for f in RUNTIMES if f in row))
-    print(table(doc["rows"]))
+    print(table(store.rows))
 
 
 if __name__ == "__main__":

@@ -23,15 +23,19 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from repas import stages
-from repas.atomic import atomic_write_json, atomic_write_text
-from repas.config import PipelineConfig, load_config
-from repas.deploy import cpu_name, onnx_latency_each
-from repas.search import LatencyModel, list_methods, method_class, spec_cost
-from repas.spec import ArchSpec
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_harness import RowStore, header, seeds_arg  # noqa: E402
+
+from repas import stages  # noqa: E402
+from repas.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from repas.config import PipelineConfig, load_config  # noqa: E402
+from repas.deploy import onnx_latency_each  # noqa: E402
+from repas.search import LatencyModel, list_methods, method_class, spec_cost  # noqa: E402
+from repas.spec import ArchSpec  # noqa: E402
 
 
 def final_width_epochs(cfg: PipelineConfig, method: str) -> float:
@@ -170,7 +174,7 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(list_methods()))
     p.add_argument("--budgets", default="0.5,0.25", help="fractions of the dense MACs ('' for none)")
     p.add_argument("--latency-budgets", default="", help="fractions of the dense net's latency, from the table")
-    p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2: each trains its own dense supernet")
+    seeds_arg(p, "0")  # each seed trains its own dense supernet
     p.add_argument("--run-dir", help="default: runs/pareto-<name>")
     p.add_argument("--set", action="append", default=[], help="config override, as in repas --set")
     p.add_argument("--docs", default="docs")
@@ -181,9 +185,12 @@ def main() -> None:
     results_path = root / "pareto.json"
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)  # the plots are written before the atomic text files
-    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else carried_rows(docs, args.name)
+    store = RowStore(results_path)
+    if not results_path.exists():
+        store.rows.extend(carried_rows(docs, args.name))
+    rows = store.rows
     table_path = None
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         run = root / f"seed-{seed}"
         cfg = load_config(args.config, [*args.set, f"run_dir={run}", f"seed={seed}"])
         if table_path is None and any(k == "latency" for k, _ in budgets):
@@ -199,8 +206,7 @@ def main() -> None:
                 data = data or stages.get_data(cfg)
                 if not (run / "train" / "weights.safetensors").exists():
                     stages.train_stage(cfg, data=data)
-                rows.append(run_one(cfg, run, method, metric, budget, seed, data))
-                atomic_write_json(results_path, {"rows": rows})
+                store.add(run_one(cfg, run, method, metric, budget, seed, data))
     e = cfg.export
     here = [r for r in rows if (Path(r.get("dir", "")) / "export" / "model.onnx").exists()]
     if not here:
@@ -216,25 +222,22 @@ def main() -> None:
             r["predicted_latency_ms"] = float(LatencyModel.load(table_path, spec)(spec.widths))
     dense = ArchSpec.load(root / f"seed-{here[0]['seed']}" / "train")
     primary = next(iter(rows[0]["metric"]))
-    default_methods = ",".join(list_methods())
-    header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, torch threads {cfg.threads}; latency: onnxruntime, "
-              f"batch 1 at {'x'.join(map(str, shape[2:]))}, {e.threads} thread, lowest of 5 sessions' medians. "
-              f"Dense supernet: {spec_cost(dense):,.0f} MACs. Epochs: dense {cfg.train.epochs}, then "
-              f"{cfg.search.epochs} search + {cfg.finetune.epochs} fine-tune for every method (one-shot methods: "
-              f"all {cfg.search.epochs + cfg.finetune.epochs} fine-tune); the epochs each final net trained at its "
-              f"own widths are in the JSON (epochs_at_own_widths). Seeds: {args.seeds}; cells are mean ± sample "
-              f"std over the seeds (n = seeds run).\n\nCommand: `python scripts/bench_pareto.py --config "
-              f"{args.config} --name {args.name} --budgets {args.budgets} --latency-budgets {args.latency_budgets} "
-              f"--seeds {args.seeds} " + (f"--methods {args.methods} " if args.methods != default_methods else "")
-              + " ".join(f"--set {s}" for s in args.set) + "`\n")
+    top = (header(f"torch threads {cfg.threads}") + "\n\n"
+           f"Latency: onnxruntime, batch 1 at {'x'.join(map(str, shape[2:]))}, {e.threads} thread, lowest of 5 "
+           f"sessions' medians. Dense supernet: {spec_cost(dense):,.0f} MACs. Epochs: dense {cfg.train.epochs}, then "
+           f"{cfg.search.epochs} search + {cfg.finetune.epochs} fine-tune for every method (one-shot methods: "
+           f"all {cfg.search.epochs + cfg.finetune.epochs} fine-tune); the epochs each final net trained at its "
+           f"own widths are in the JSON (epochs_at_own_widths). Seeds: {','.join(map(str, args.seeds))}; cells are "
+           "mean ± sample std over the seeds (n = seeds run).\n")
     carried = sum(1 for r in rows if r.get("carried"))
     if carried:
-        header += (f"\n{carried} rows were carried from an earlier run's docs JSON (their run directory was not "
+        top += (f"\n{carried} rows were carried from an earlier run's docs JSON (their run directory was not "
                    f"on this machine): their latency is the one measured then, in another process.\n")
     plots = plot(rows, primary, args.name, docs)
-    text = header + "\n" + table(rows, primary) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
-    atomic_write_json(results_path, {"rows": rows, "header": header})
-    atomic_write_json(docs / f"pareto_{args.name}.json", {"header": header, "rows": [
+    text = top + "\n" + table(rows, primary) + "\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    store.doc["header"] = top
+    store.save()
+    atomic_write_json(docs / f"pareto_{args.name}.json", {"header": top, "rows": [
         {k: r[k] for k in ("method", "budget_metric", "budget", "seed", "target", "cost", "cost_vs_target", "macs",
                            "params", "widths", "latency_ms", "metric", "epochs_total", "epochs_at_own_widths")
          if k in r} | {k: r[k] for k in ("predicted_latency_ms", "carried", "dir") if k in r}

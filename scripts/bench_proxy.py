@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_harness import RowStore, header
 
 from repas import stages
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import load_config
-from repas.deploy import cpu_name
 from repas.errors import RepasError
 from repas.search import Budget, analytic_cost, create_method, extract_subnet, resolve_target
 from repas.search.allocation import top_k_mask
@@ -115,8 +114,9 @@ def main() -> None:
                         args.metric, model=cost)
     except RepasError as e:
         p.error(str(e))
-    saved = json.loads(done_path.read_text()) if done_path.exists() else None
-    if saved is None:
+    store = RowStore(done_path)
+    saved = store.doc
+    if "candidates" not in saved:
         torch.manual_seed(args.seed)
         method = create_method("eagleeye", dense, budget, step=cfg.extract.round_to, tolerance=cfg.extract.tolerance)
         method.select(sample_inputs(dense, data, method.input_count))
@@ -125,10 +125,9 @@ def main() -> None:
         picks = {0, order[0]} | {order[round(q * (len(order) - 1))]
                                  for q in np.linspace(0, 1, max(2, args.candidates - 2))}
         macs = analytic_cost(dense.spec, "macs")
-        saved = {"candidates": [dict(tried[i], macs=float(macs(tried[i]["widths"])), uniform=i == 0,
-                                     chosen=i == order[0]) for i in sorted(picks)],
-                 "tried": len(tried), "rows": []}
-        atomic_write_json(done_path, saved)
+        saved.update(candidates=[dict(tried[i], macs=float(macs(tried[i]["widths"])), uniform=i == 0,
+                                      chosen=i == order[0]) for i in sorted(picks)], tried=len(tried))
+        store.save()
     scores = l1_scores(create_method("l1-layer", dense, budget))  # eagleeye's channel ranking
     tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs, eval_every=1)
     for rep in range(args.replicates + 1):
@@ -141,9 +140,8 @@ def main() -> None:
             # the first run's curve gives the after-one-epoch proxy; a replicate needs only its end
             rcfg = tcfg if rep == 0 else dataclasses.replace(tcfg, eval_every=0)
             _, curve = finetune_cut(dense, scores, cand["widths"], rcfg, data, run / "proxy" / name, ft_seed)
-            saved["rows"].append({**cand, "replicate": rep, "curve": curve, "final": curve[-1],
-                                  "seconds": time.perf_counter() - started})
-            atomic_write_json(done_path, saved)
+            store.add({**cand, "replicate": rep, "curve": curve, "final": curve[-1],
+                       "seconds": time.perf_counter() - started})
             print(f"{cand['widths']} run {rep}: divergence {cand['divergence']:.4f}, after 1 epoch {curve[0]:.2f}, "
                   f"final {curve[-1]:.2f}", flush=True)
     extra = [r for r in saved["rows"] if r.get("replicate", 0) > 0]
@@ -157,14 +155,9 @@ def main() -> None:
 
     rho_proxy = spearman([-r["divergence"] for r in rows], final)
     rho_short = spearman([r["curve"][0] for r in rows], final)
-    lines = [f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, dense net {run / 'train'}, "
-             f"{args.budget:g} x dense {args.metric}; "
-             f"{len(rows)} of eagleeye's {saved['tried']} candidates, each fine-tuned {args.epochs} epochs "
-             f"(finetune recipe, seed {args.seed}).\n",
-             f"Command: `python scripts/bench_proxy.py --run {args.run} --config {args.config} --name {args.name} "
-             f"--budget {args.budget:g} --metric {args.metric} --candidates {args.candidates} --epochs {args.epochs} "
-             f"--seed {args.seed} "
-             + " ".join(f"--set {s}" for s in args.set) + "`\n",
+    lines = [header(f"dense net {run / 'train'}") + "\n",
+             f"{args.budget:g} x dense {args.metric}; {len(rows)} of eagleeye's {saved['tried']} candidates, each "
+             f"fine-tuned {args.epochs} epochs (finetune recipe, seed {args.seed}).\n",
              f"Spearman rank correlation with the final {score}: eagleeye's proxy (lower divergence = better) "
              f"{rho_proxy:+.2f}; {score} after the first epoch {rho_short:+.2f}.\n",
              f"| widths | {'MACs' if args.metric == 'macs' else 'predicted ms'} | divergence (eagleeye's proxy) | "

@@ -12,19 +12,15 @@ The table is kept beside them (OUT.csv) and reused when present.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
-import shlex
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
+from bench_harness import header
 
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import load_config
-from repas.deploy.latency import cpu_name
 from repas.deploy.profile import module_job, time_models
 from repas.graph import GatedModel, fuse_user_model
 from repas.graph.builders import build_from
@@ -70,12 +66,11 @@ def main() -> None:
     rows = [{"net": n, "widths": w, "predicted_ms": float(predict(w)), "measured_ms": measured[n]}
             for n, w in nets.items()]
     errors = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows if r["net"] != "dense"]
-    doc = {"command": shlex.join(["python", "scripts/bench_user_latency.py", *sys.argv[1:]]),
-           "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{cpu_name()} ({platform.machine()})",
+    doc = {"header": header(f"{table.meta.get('backend')}, 1 thread"),
            "backend": table.meta.get("backend"), "model": m.builder, "table_rows": len(table),
            "mape": statistics.fmean(errors), "worst": max(errors), "rows": rows}
     atomic_write_json(out.with_suffix(".json"), doc)
-    lines = [f"Command: `{doc['command']}` ({doc['date']}, {doc['machine']}, {doc['backend']}, 1 thread)", "",
+    lines = [doc["header"], "",
              f"{m.builder}: {len(table)} table rows; {len(errors)} random pruned nets: MAPE "
              f"{100 * doc['mape']:.1f}%, worst {100 * doc['worst']:.1f}%", "",
              "| net | group widths | predicted ms | measured ms | error |", "|---|---|---|---|---|"]

@@ -35,19 +35,22 @@ import dataclasses
 import itertools
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from repas import stages
-from repas.atomic import atomic_write_json, atomic_write_text
-from repas.config import PipelineConfig, TrainConfig, load_config
-from repas.deploy import cpu_name
-from repas.search import create_method, method_class
-from repas.spec import ArchSpec
-from repas.stages.common import save_stage
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_harness import RowStore, cell, header, seeds_arg  # noqa: E402
+
+from repas import stages  # noqa: E402
+from repas.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from repas.config import PipelineConfig, TrainConfig, load_config  # noqa: E402
+from repas.search import create_method, method_class  # noqa: E402
+from repas.spec import ArchSpec  # noqa: E402
+from repas.stages.common import save_stage  # noqa: E402
 from repas.stages.training import run_training
 from repas.supernet import build, create_model, fuse, load_model, with_branches
 from repas.train import Trainer
@@ -179,12 +182,11 @@ def table(rows: list[dict], primary: str) -> str:
     for minutes, arm, share, distill, blocks in arms:
         got = [r for r in rows if arm_of(r) == (minutes, arm, share, distill, blocks)]
         values = [r["metric"][primary] for r in got]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
         epochs = ", ".join(sorted({f"{r['epochs']['dense']} + {r['epochs']['final']}" if arm == "pipeline"
                                    else str(r["epochs"]["final"]) for r in got}))
         name = (f"pipeline, dense share {share:g}" + (f", distill {distill:g}" if distill else "")
                 + (f", {blocks} blocks" if blocks else "") if arm == "pipeline" else arm)
-        lines.append(f"| {minutes:g} | {name} | {statistics.fmean(values):.2f} ± {spread:.2f} ({len(values)}) | "
+        lines.append(f"| {minutes:g} | {name} | {cell(values, count=True)} | "
                      f"{statistics.fmean(r['seconds'] for r in got) / 60:.1f} | {epochs} | "
                      f"{got[0]['macs'] / 1e6:.3f} M | {statistics.fmean(r['latency_ms'] for r in got):.3f} |")
     return "\n".join(lines)
@@ -198,7 +200,7 @@ def main() -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--name", required=True, help="names docs/wallclock_<name>.md and .json")
     p.add_argument("--minutes", default="10,20")
-    p.add_argument("--seeds", default="0")
+    seeds_arg(p, "0")
     p.add_argument("--dense-share", type=float, default=0.4, help="share of T for the dense supernet")
     p.add_argument("--scratch-branches", default=None,
                    help="blocks of the scratch net, e.g. conv or conv_plain (default: the pipeline's own)")
@@ -206,8 +208,8 @@ def main() -> None:
     p.add_argument("--docs", default="docs")
     args = p.parse_args()
     root = Path("runs") / f"wallclock-{args.name}"
-    done_path = root / "wallclock.json"
-    rows = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
+    store = RowStore(root / "wallclock.json")
+    rows = store.rows
     for r in rows:  # rows written before --dense-share and distillation were recorded used the defaults
         if r["arm"] == "pipeline":
             r.setdefault("dense_share", 0.4)
@@ -231,10 +233,11 @@ def main() -> None:
         nonlocal rows
         same = ("arm", "minutes", "seed", "dense_share", "distill", "blocks")
         rows = [r for r in rows if any(r.get(k) != row.get(k) for k in same)] + [row]
-        atomic_write_json(done_path, {"rows": rows})
+        store.doc["rows"] = rows
+        store.save()
 
     for minutes in (float(m) for m in args.minutes.split(",")):
-        for seed in (int(s) for s in args.seeds.split(",")):
+        for seed in args.seeds:
             if have("pipeline", minutes, seed) and have(scratch, minutes, seed):
                 continue
             base = load_config(args.config, [*args.set, f"seed={seed}"])
@@ -270,16 +273,11 @@ def main() -> None:
                   f"{got['pipeline']['seconds'] / 60:.1f} min, {scratch} {got[scratch]['metric']} in "
                   f"{got[scratch]['seconds'] / 60:.1f} min", flush=True)
     primary = stages.get_data(configured).primary if rows else "top1"
-    header = (f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, {torch.get_num_threads()} threads. Config "
-              f"`{args.config}`; method `{configured.search.method}`. The last training of each arm runs on "
-              "the clock (rows with `on_the_clock` in the JSON; older rows had epochs planned from one timed "
-              "epoch of each net).\n\nCommand: "
-              f"`python scripts/bench_wallclock.py --config {args.config} --name {args.name} --minutes {args.minutes} "
-              f"--seeds {args.seeds} --dense-share {args.dense_share:g}"
-              + (f" --scratch-branches {args.scratch_branches}" if args.scratch_branches else "")
-              + "".join(f" --set {s}" for s in args.set)
-              + "`\n(the latest run; earlier rows, other seeds, dense shares or scratch blocks, are kept)\n\n")
-    text = header + table(rows, primary) + "\n"
+    top = (header(f"{torch.get_num_threads()} threads") + "\n(the latest run; earlier rows, other seeds, dense "
+           f"shares or scratch blocks, are kept)\n\nConfig `{args.config}`; method `{configured.search.method}`. The "
+           "last training of each arm runs on the clock (rows with `on_the_clock` in the JSON; older rows had "
+           "epochs planned from one timed epoch of each net).\n\n")
+    text = top + table(rows, primary) + "\n"
     docs = Path(args.docs)
     atomic_write_text(docs / f"wallclock_{args.name}.md", text)
     atomic_write_json(docs / f"wallclock_{args.name}.json", {"rows": rows})

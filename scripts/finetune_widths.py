@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_harness import RowStore, header, seed_list  # noqa: E402
 from bench_proxy import finetune_cut  # noqa: E402
 
 from repas import stages  # noqa: E402
-from repas.atomic import atomic_write_json  # noqa: E402
 from repas.config import load_config  # noqa: E402
-from repas.deploy import cpu_name, export_onnx, onnx_latency_each  # noqa: E402
+from repas.deploy import export_onnx, onnx_latency_each  # noqa: E402
 from repas.errors import RepasError  # noqa: E402
 from repas.search import create_method  # noqa: E402
 from repas.search.methods.magnitude import l1_scores  # noqa: E402
@@ -50,22 +49,11 @@ def parse_widths(text: str) -> list[int]:
     return widths
 
 
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write one integer seed per --run, e.g. 1,2") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: the seeds name the output folders (OUT/seed-S), so they "
-                                         "must differ")
-    return seeds
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--run", action="append", required=True, help="run directory with a dense net (RUN/train)")
-    p.add_argument("--seeds", required=True, type=parse_seeds, help="one seed per --run, comma-separated")
+    p.add_argument("--seeds", required=True, type=seed_list, help="one seed per --run, comma-separated")
     p.add_argument("--widths", action="append", required=True, type=parse_widths,
                    help="one allocation, e.g. 24,16,8,16,16,4 (repeatable)")
     p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs of every net")
@@ -87,7 +75,8 @@ def main() -> None:
         p.error(f"not found: {', '.join(missing)} (a --run needs RUN/train; a --reference an ONNX file)")
     out = Path(args.out)
     rows_path = out / "rows.json"
-    rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
+    store = RowStore(rows_path)
+    rows = store.rows
     for run, seed in zip(args.run, seeds):
         for widths in args.widths:
             done = [r for r in rows if r["run"] == run and r["widths"] == widths]
@@ -113,10 +102,9 @@ def main() -> None:
             onnx = out / f"seed-{seed}" / name / "model.onnx"
             shape = export_shape(cfg, net.spec)
             export_onnx(fuse_repnet(net.eval()), shape, onnx)
-            rows.append({"run": run, "seed": seed, "widths": widths, "epochs": args.epochs, "metric": data.primary,
-                         "value": curve[-1], "shape": list(shape), "onnx": str(onnx),
-                         "seconds": time.perf_counter() - started})
-            atomic_write_json(rows_path, rows)
+            store.add({"run": run, "seed": seed, "widths": widths, "epochs": args.epochs, "metric": data.primary,
+                       "value": curve[-1], "shape": list(shape), "onnx": str(onnx),
+                       "seconds": time.perf_counter() - started})
             print(f"{run} {widths}: {data.primary} {curve[-1]:.3f}", flush=True)
     paths = {**refs, **{f"{'/'.join(map(str, r['widths']))} (seed {r['seed']})": r["onnx"] for r in rows}}
     if not rows:
@@ -124,8 +112,7 @@ def main() -> None:
     shape, metric = tuple(rows[0]["shape"]), rows[0]["metric"]
     threads = load_config(args.config, args.set).export.threads
     measured = onnx_latency_each(paths, shape, threads=threads)
-    print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {cpu_name()}, onnxruntime, batch 1 at {shape}, "
-          f"{threads} thread, lowest of 5 sessions' medians\n")
+    print(f"\n{header(f'onnxruntime, batch 1 at {shape}, {threads} thread, lowest of 5 sessions medians')}\n")
     print(f"| net | {metric} | measured latency |\n|---|---|---|")
     for k in refs:
         print(f"| {k} (reference) | | {measured[k]:.1f} ms |")

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
-from repas.atomic import atomic_write_json
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_harness import RowStore, cell  # noqa: E402
 
 
 def rows_of(run: Path) -> list[dict]:
@@ -36,11 +38,6 @@ def rows_of(run: Path) -> list[dict]:
     return out
 
 
-def cell(values: list[float], digits: int = 2) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f} ({len(values)})"
-
-
 def table(rows: list[dict]) -> str:
     key = rows[0]["metric"]
     extra = [k for k in rows[0]["onnx"] if k != key][:1]  # e.g. ssim beside psnr
@@ -48,21 +45,22 @@ def table(rows: list[dict]) -> str:
     lines = [head + " MACs (seed 0) | cost / target | ONNX latency (ms) | widths (seed 0) |",
              "|---|---|" + "---|" * len(extra) + "---|---|---|---|"]
     seeds = sorted({r["seed"] for r in rows})
-    dense = [r["dense"][key] for r in rows if r["dense"] and r["method"] == rows[0]["method"]]
+    first_method = [r for r in rows if r["method"] == rows[0]["method"]]
+    dense = [r["dense"][key] for r in first_method if r["dense"]]
     if dense:
-        lines.append(f"| dense | {cell(dense)} |" + "".join(
-            f" {cell([r['dense'][k] for r in rows if r['method'] == rows[0]['method']], 4)} |" for k in extra)
+        lines.append(f"| dense | {cell(dense, count=True)} |" + "".join(
+            f" {cell([r['dense'][k] for r in first_method], 4, count=True)} |" for k in extra)
             + f" {rows[0]['dense_macs'] / 1e6:.2f} M | 1 x dense | | |")
-    base = [r["baseline"][key] for r in rows if r["baseline"] and r["method"] == rows[0]["method"]]
+    base = [r["baseline"][key] for r in first_method if r["baseline"]]
     if base:
-        lines.append(f"| noisy input | {cell(base)} |" + "".join(
-            f" {cell([r['baseline'][k] for r in rows if r['method'] == rows[0]['method']], 4)} |" for k in extra)
+        lines.append(f"| noisy input | {cell(base, count=True)} |" + "".join(
+            f" {cell([r['baseline'][k] for r in first_method], 4, count=True)} |" for k in extra)
             + " | | | |")
     for method in dict.fromkeys(r["method"] for r in rows):
         got = [r for r in rows if r["method"] == method]
         first = next(r for r in got if r["seed"] == min(r["seed"] for r in got))
-        lines.append(f"| {method} | {cell([r['onnx'][key] for r in got])} |"
-                     + "".join(f" {cell([r['onnx'][k] for r in got], 4)} |" for k in extra)
+        lines.append(f"| {method} | {cell([r['onnx'][key] for r in got], count=True)} |"
+                     + "".join(f" {cell([r['onnx'][k] for r in got], 4, count=True)} |" for k in extra)
                      + f" {first['macs'] / 1e6:.2f} M | {statistics.fmean(r['cost_vs_target'] for r in got):.3f} | "
                      f"{statistics.fmean(r['latency_ms'] for r in got):.3f} | {'/'.join(map(str, first['widths']))} |")
     return f"Seeds {', '.join(map(str, seeds))}.\n\n" + "\n".join(lines) + "\n"
@@ -76,7 +74,12 @@ def main() -> None:
     p.add_argument("--docs", default="docs")
     args = p.parse_args()
     rows = [r for run in args.runs for r in rows_of(Path(run))]
-    atomic_write_json(Path(args.docs) / f"{args.name}.json", {"command": args.command, "rows": rows})
+    seeds = [r["seed"] for r in rows if r["method"] == rows[0]["method"]]
+    if len(set(seeds)) != len(seeds):
+        p.error(f"two of the runs have the same seed ({sorted(seeds)}): give one run directory per seed")
+    store = RowStore(Path(args.docs) / f"{args.name}.json")
+    store.doc.update(command=args.command, rows=rows)
+    store.save()
     print(table(rows))
 
 
