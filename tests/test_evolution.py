@@ -59,3 +59,21 @@ def test_under_float_and_int8_tables_the_agent_prices_each_layer_at_its_fastest(
     assert method.precision == fastest_precisions(spec, chain_cost(spec, latency), widths)
     assert float(latency.at(widths, method.precision)) <= budget.target
     assert "int8" in method.precision and method.metrics()["int8_layers"] >= 1
+
+
+def test_every_method_prices_a_candidate_at_its_fastest_precisions_under_mixed_tables():
+    """A budget whose LatencyModel has float and int8 tables: any method's widths meet it
+    with each layer in its fastest precision, which the method records."""
+    for name in ("uniform", "l1", "eagleeye"):
+        torch.manual_seed(0)
+        model = supernet()
+        spec = model.spec
+        t = tables(spec)
+        latency = LatencyModel(t["float"][0], spec, int8_table=t["int8"][0])
+        target = 0.25 * float(latency.at(spec.widths, ["float"] * len(spec.layers)))  # under the int8 dense net
+        method = attach(name, model, Budget(spec, target, "latency", model=latency))
+        widths = method.prune(inputs(64))
+        assert method.precision == fastest_precisions(spec, chain_cost(spec, latency), widths), name
+        assert 0.97 * target <= float(latency.at(widths, method.precision)) <= target, name
+        # float alone could not afford these widths: the precision is what buys them
+        assert float(latency.at(widths, ["float"] * len(widths))) > target, name

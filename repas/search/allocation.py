@@ -225,9 +225,9 @@ def allocate_masks(spec: ArchSpec, scores: list[torch.Tensor], target: float, mo
     (``repas.search.exact_allocation``). The steps above serve other costs (a user model's)."""
     chain = chain_cost(spec, model)
     if chain is not None:
-        fixed = [[p] for p in fixed_precisions(model, len(spec.layers))]
+        fixed = fixed_precisions(model, len(spec.layers))
         widths, _ = exact_allocation(spec, score_values(scores, threshold), chain, target, step=step,
-                                     precisions=fixed)
+                                     precisions=[[p] for p in fixed] if fixed else None)
         return [top_k_mask(s, w) for s, w in zip(scores, widths)]
     full = [s.numel() for s in scores]
     gated = [lay.gated for lay in spec.layers]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,31 @@ class ChainCost:
     precisions: list[str]
 
 
-def fixed_precisions(model: CostFn, layers: int) -> list[str]:
-    """The precision ``model`` prices each layer in (a LatencyModel's own; else float)."""
+class FastestPrecision:
+    """A latency budget's cost with every layer in its fastest precision at the widths asked
+    (``fastest_precisions``): what a net of those widths costs when each layer ships in the
+    precision that runs it fastest. Differentiable in tensor widths (the precisions are
+    chosen at the rounded widths). Methods price candidates with it wherever the budget's
+    ``LatencyModel`` has float and int8 tables (``PruningMethod``)."""
+
+    metric = "latency"
+
+    def __init__(self, model: LatencyModel) -> None:
+        self.model = model
+        self.chain = ChainCost(model.edge, model.tail, model.precisions)
+
+    def precision_of(self, widths: Sequence[Any]) -> list[str]:
+        return fastest_precisions(self.model.spec, self.chain, [max(1, int(round(float(w)))) for w in widths])
+
+    def __call__(self, widths: Sequence[Any]) -> torch.Tensor | float:
+        return self.model.at(widths, self.precision_of(widths))
+
+
+def fixed_precisions(model: CostFn, layers: int) -> list[str] | None:
+    """The precision ``model`` prices each layer in (a LatencyModel's own; else float);
+    None where the allocation chooses it (``FastestPrecision``)."""
+    if isinstance(model, FastestPrecision):
+        return None
     if isinstance(model, LatencyModel):
         return model.layer_precisions()
     return ["float"] * layers
@@ -47,6 +71,8 @@ def fixed_precisions(model: CostFn, layers: int) -> list[str]:
 def chain_cost(spec: ArchSpec, model: CostFn) -> ChainCost | None:
     """The chain terms of ``model`` (analytic MACs or params, or a ``LatencyModel``) on
     ``spec``; None for a cost the allocation cannot split (a user model's, a custom one)."""
+    if isinstance(model, FastestPrecision):
+        return model.chain
     if isinstance(model, LatencyModel):
         return ChainCost(model.edge, model.tail, model.precisions)
     if isinstance(model, AnalyticCost) and isinstance(spec, ArchSpec):

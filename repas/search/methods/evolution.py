@@ -16,13 +16,10 @@ the reward needs no labels; the precision is chosen for speed, not by the reward
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from repas.search.exact_allocation import chain_cost, fastest_precisions
-from repas.search.latency import LatencyModel
 from repas.search.methods.adaptive_bn import AdaptiveBN
 from repas.search.methods.registry import Masks, register_method
 
@@ -37,19 +34,6 @@ class Evolution(AdaptiveBN):
     elite: ClassVar[int] = 2
     tournament: ClassVar[int] = 3
     bound: ClassVar[float] = 3.0  # widths within 3x of uniform scaling's (eagleeye: 2x)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.precision: list[str] | None = None  # each layer's, where the budget prices float and int8
-        model = self.budget.model
-        if isinstance(model, LatencyModel) and len(model.precisions) > 1:
-            spec, chain = self.model.spec, chain_cost(self.model.spec, model)
-
-            def fastest(widths: list[Any]) -> float:  # each layer in its fastest precision at these widths
-                widths = [int(round(float(w))) for w in widths]
-                return float(model.at(widths, fastest_precisions(spec, chain, widths)))
-            self.budget = dataclasses.replace(self.budget, model=fastest)
-            self._mixed = model
 
     @torch.no_grad()
     def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
@@ -73,11 +57,7 @@ class Evolution(AdaptiveBN):
                 d, masks = self._judge(child.exp())
                 children.append((d, child, masks))
             scored = children
-        best = min(scored, key=lambda t: t[0])[2]
-        if hasattr(self, "_mixed"):
-            chain = chain_cost(self.model.spec, self._mixed)
-            self.precision = fastest_precisions(self.model.spec, chain, [int(m.sum()) for m in best])
-        return best, self._scores
+        return min(scored, key=lambda t: t[0])[2], self._scores
 
     def _pick(self, scored: list[tuple[float, torch.Tensor, Masks]]) -> torch.Tensor:
         """Tournament selection: the best of a few drawn at random."""

@@ -10,6 +10,7 @@ physically smaller net. Register a new one with ``@register_method("name")``: th
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -19,6 +20,8 @@ import torch
 from repas.errors import RepasError
 from repas.graph import GatedModel
 from repas.search.budget import Budget, resolve_target
+from repas.search.exact_allocation import FastestPrecision
+from repas.search.latency import LatencyModel
 from repas.search.prunable import cost_function, extract_model
 from repas.supernet.gating import apply_masks
 from repas.supernet.net import RepNet
@@ -53,7 +56,12 @@ class PruningMethod:
             able = ", ".join(n for n in list_methods() if _METHODS[n].any_model)
             raise RepasError(f"method {self.name} reads the blocks of a repas supernet and cannot prune "
                              f"{model.spec.name} yet; methods for any CNN: {able}")
+        if isinstance(budget.model, LatencyModel) and len(budget.model.precisions) > 1:
+            # float and int8 tables: every candidate is priced with each layer in its fastest
+            # precision, which ``precision`` records for the widths chosen
+            budget = dataclasses.replace(budget, model=FastestPrecision(budget.model))
         self.model, self.budget = model, budget
+        self.precision: list[str] | None = None
         self.step, self.tolerance, self.strength = step, tolerance, strength
         self.updates_per_epoch, self.epochs = max(1, updates_per_epoch), max(1, epochs)
         model.freeze_gates(not self.learns_gates)
@@ -90,7 +98,10 @@ class PruningMethod:
         self.model.eval()
         masks, scores = self.select(inputs)
         apply_masks(self.model, masks, scores)
-        return [int(m.sum()) for m in masks]
+        widths = [int(m.sum()) for m in masks]
+        if isinstance(self.budget.model, FastestPrecision):
+            self.precision = self.budget.model.precision_of(widths)
+        return widths
 
     def extract(self, inputs: torch.Tensor | None = None) -> torch.nn.Module:
         """Prune, then cut the physically smaller net (no gates), equal to the gated one: a
