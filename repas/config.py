@@ -149,6 +149,10 @@ class SearchConfig(TrainConfig):
     alpha: float = 5.0
     gate_lr: float = 0.05
     latency_table: str | None = None  # None: <run_dir>/latency.csv
+    # Width and precision searched together: with metric latency, each layer is priced in float
+    # or int8 (this table: repas profile --backend executorch-int8), whichever runs it faster at
+    # its width; the layers that stay float ship as the int8 .pte's float layers (precision: int8)
+    int8_latency_table: str | None = None
     # how widths are chosen: a registered pruning method (repas methods lists them). uniform
     # (the default: width scaling measured at least as accurate as every search at full scale,
     # docs/results.md), eagleeye (the best search), pas (the published method), taylor, l1 ...

@@ -68,3 +68,48 @@ def test_latency_without_a_table_is_one_clear_error(trained, tmp_path, capsys):
                  "--targets", "1ms,../up"])
     err = capsys.readouterr().err
     assert code == 2 and "'../up' names a directory" in err and not (run / "targets" / "1ms").exists()
+
+
+def test_width_and_precision_searched_together_ship_as_the_int8_pte_float_layers(trained, tmp_path, capsys):
+    """search.int8_latency_table: each layer priced in its fastest precision; the extracted
+    widths meet the target so priced, the extract report says each layer's precision, and
+    the int8 .pte keeps the float ones float."""
+    pytest.importorskip("executorch")
+    from test_latency_int8 import tables
+
+    from repas.latency_table import layer_key
+    from repas.search.exact_allocation import chain_cost, fastest_precisions
+
+    run, data = trained
+    spec = load_model(run / "train").spec
+    t = tables(spec)  # synthetic float and int8 tables of this spec (int8 parts 2.5x cheaper)
+    first = layer_key(spec, 0)  # but the first layer slower in int8 than in float (as the 1 -> 16 layer is)
+    t["int8"][0].entries[first] = {cc: 2 * v + 1.0 for cc, v in t["float"][0].entries[first].items()}
+    t["float"][0].save(tmp_path / "float.csv")
+    t["int8"][0].save(tmp_path / "int8.csv")
+    mixed = LatencyModel(t["float"][0], spec, int8_table=t["int8"][0])
+    target = round(0.3 * float(mixed.at(spec.widths, ["float"] * len(spec.layers))), 6)
+    sets = ["--set", f"search.latency_table={tmp_path / 'float.csv'}",
+            "--set", f"search.int8_latency_table={tmp_path / 'int8.csv'}", "--set", "extract.round_to=4",
+            "--set", "search.method=uniform", "--run-dir", str(tmp_path / "run"), "--data", str(data), *QUICK]
+    import shutil
+
+    shutil.copytree(run / "train", tmp_path / "run" / "train")
+    assert main(["search", "--target-latency", f"{target:.6f}ms", *sets]) == 0
+    assert main(["extract", *sets]) == 0
+    extracted = json.loads((tmp_path / "run" / "extract" / "report.json").read_text())
+    widths, precision = extracted["widths"], extracted["precision"]
+    assert precision == fastest_precisions(spec, chain_cost(spec, mixed), widths)
+    assert precision[0] == "float" and "int8" in precision  # each layer where it runs fastest
+    assert float(mixed.at(widths, precision)) <= target * (1 + 1e-9) < float(mixed.at(widths, ["float"] * len(widths)))
+    assert main(["fuse", "--from", str(tmp_path / "run" / "extract"), *sets]) == 0
+    code = main(["export", "--format", "pte", *sets])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "run" / "export" / "model.json").read_text())
+    kept = [f"blocks.{i}.reparam_conv" for i, p in enumerate(precision) if p == "float"]
+    assert manifest["checks"]["pte_int8_float_layers"] == kept == ["blocks.0.reparam_conv"]
+    assert [manifest["checks"]["pte_int8_layer_precision"][f"blocks.{i}.reparam_conv"]
+            for i in range(len(precision))] == precision
+    # the option is for latency budgets only: one clear line otherwise
+    code = main(["search", "--target", "0.5", "--set", "search.metric=macs", *sets])
+    assert code == 2 and "search.int8_latency_table prices a latency budget" in capsys.readouterr().err

@@ -73,12 +73,18 @@ def resolve_target(spec: ArchSpec, metric: str = "macs", *, fraction: float | No
     return target
 
 
-def budget_cost_model(spec: ArchSpec, metric: str, latency_table: str | Path | None = None) -> CostFn:
+def budget_cost_model(spec: ArchSpec, metric: str, latency_table: str | Path | None = None,
+                      int8_latency_table: str | Path | None = None) -> CostFn:
     """The cost of ``spec`` as a function of its widths: analytic MACs or params, or the
-    latency model over the measured ``latency_table``."""
+    latency model over the measured ``latency_table``; with ``int8_latency_table`` too, each
+    layer in its fastest precision (``FastestPrecision``)."""
     if metric == "latency":
         if latency_table is None:
             raise RepasError("a latency budget needs a latency table (repas profile writes one)")
+        if int8_latency_table is not None:
+            from repas.search.exact_allocation import FastestPrecision
+
+            return FastestPrecision(LatencyModel.load(Path(latency_table), spec, int8_table=int8_latency_table))
         return LatencyModel.load(Path(latency_table), spec)
     return analytic_cost(spec, metric)
 
@@ -86,6 +92,7 @@ def budget_cost_model(spec: ArchSpec, metric: str, latency_table: str | Path | N
 def width_multiple(round_to: int, model: CostFn) -> int:
     """The multiple widths are rounded to: ``round_to``, or the latency table's divisor where
     ``round_to`` is 1 and the cost is latency (its grid points are measured, not interpolated)."""
-    if round_to == 1 and isinstance(model, LatencyModel):
-        return model.divisor
+    inner = getattr(model, "model", model)  # (FastestPrecision wraps a LatencyModel)
+    if round_to == 1 and isinstance(inner, LatencyModel):
+        return inner.divisor
     return round_to

@@ -132,7 +132,7 @@ def latency_table_path(cfg: PipelineConfig) -> Path:
 
 def cost_model(cfg: PipelineConfig, spec: ArchSpec, metric: str) -> CostFn:
     """``budget_cost_model`` with the configured latency table."""
-    return budget_cost_model(spec, metric, latency_table_path(cfg))
+    return budget_cost_model(spec, metric, latency_table_path(cfg), cfg.search.int8_latency_table)
 
 
 def width_step(cfg: PipelineConfig, model: CostFn) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from repas.config import PipelineConfig
 from repas.deploy import cpu_name, export_models, latency_each, write_manifest
 from repas.deploy.runner import onnx_runner, pte_runner
 from repas.errors import RepasError
+from repas.json_files import read_json
 from repas.spec import ArchSpec
 from repas.stages.common import (
     check_task,
@@ -81,6 +83,21 @@ def export_shape(cfg: PipelineConfig, spec: ArchSpec) -> tuple[int, ...]:
     return (1, spec.in_channels, *tile)
 
 
+def with_searched_precision(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` whose int8 files keep float the layers the search priced in float (its
+    extract report's ``precision``, under ``search.int8_latency_table``), unless
+    ``export.float_layers`` names them itself."""
+    report = stage_dir(cfg, "extract") / "report.json"
+    if cfg.export.float_layers is not None or cfg.search.int8_latency_table is None or not report.is_file():
+        return cfg
+    precision = read_json(report).get("precision")
+    if not precision:
+        return cfg
+    keep = [f"blocks.{i}.reparam_conv" for i, p in enumerate(precision) if p == "float"]
+    log.info(f"export: the searched precision keeps {keep or 'no layer'} float in the int8 files")
+    return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, float_layers=keep))
+
+
 def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str | Path | None = None, *,
                  data: TaskData | None = None, formats: list[str] | None = None, int8: bool | None = None) -> Path:
     """The deployment bundle: the fused net as .onnx / .pte files (float, and int8
@@ -91,6 +108,7 @@ def export_stage(cfg: PipelineConfig, source: str | Path | None = None, out: str
     setup(cfg)
     src = source_dir(cfg, "export", source)
     model = load_model(src).eval()
+    cfg = with_searched_precision(cfg)
     data = data or get_data(cfg)
     check_task(model.spec, data, cfg, src)
     out = Path(out or stage_dir(cfg, "export"))

@@ -12,6 +12,7 @@ from repas.config import PipelineConfig
 from repas.errors import RepasError
 from repas.search import Budget, extract_subnet, fit_gates, gate_widths, gated_copy
 from repas.search.cost import format_cost
+from repas.search.exact_allocation import FastestPrecision
 from repas.stages.common import (
     check_input,
     cost_model,
@@ -69,6 +70,8 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, *, targ
               "cost_vs_target": cost / budget.target, f"predicted_{budget.metric}": cost,
               "max_rel_diff_vs_gated_supernet": diff, "round_to": step,
               "warnings": list(searched.get("warnings", []))}
+    if isinstance(budget.model, FastestPrecision):  # width and precision searched together
+        report["precision"] = budget.model.precision_of(sub.spec.widths)
     thin = [i for i, (w, lay) in enumerate(zip(sub.spec.widths, model.spec.layers))
             if lay.gated and lay.out_channels > 1 and w <= 1]
     if thin:

@@ -52,7 +52,10 @@ def method_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Re
                                      gate_lr=s.gate_lr if method.learns_gates else None)
     if not method.learns_gates:
         widths = method.prune(sample_inputs(model, data, method.input_count) if method.needs_inputs else None)
-        log.info(f"search ({s.method}): widths {widths}")
+        log.info(f"search ({s.method}): widths {widths}" + (f", precision {method.precision}"
+                                                            if method.precision else ""))
+        if method.precision:
+            report["precision"] = method.precision
     if not method.trains:
         # the recipe, so that --resume auto knows this search is complete (a training one records it too)
         report.update({**model_facts(model), "seconds": time.perf_counter() - started, "environment": environment(),

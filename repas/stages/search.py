@@ -34,6 +34,9 @@ FAR_ABOVE, FAR_BELOW = 1.3, 0.5
 
 def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
     s = cfg.search
+    if s.int8_latency_table is not None and s.metric != "latency":
+        raise RepasError("search.int8_latency_table prices a latency budget in float and int8: set "
+                         "search.metric: latency (and search.latency_table: the float table)")
     fraction = None if s.target_abs is not None else s.target
     fn = cost_model(cfg, model.spec, s.metric)
     target = resolve_target(model.spec, s.metric, fraction=fraction, absolute=s.target_abs, model=fn)
