@@ -56,6 +56,8 @@ def method_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Re
                                                             if method.precision else ""))
         if method.precision:
             report["precision"] = method.precision
+        if method.metrics():  # what a one-shot method measured of itself (cap: its seconds)
+            report["method_metrics"] = method.metrics()
     if not method.trains:
         # the recipe, so that --resume auto knows this search is complete (a training one records it too)
         report.update({**model_facts(model), "seconds": time.perf_counter() - started, "environment": environment(),

@@ -14,6 +14,7 @@ the dense net's output, and written back into its main k x k branch, exactly (ev
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 import torch.nn.functional as F
@@ -147,9 +148,13 @@ def _solve(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruct(model: RepNet, masks: Masks, x: torch.Tensor, seed: int = 0) -> None:
+def reconstruct(model: RepNet, masks: Masks, x: torch.Tensor, seed: int = 0, seconds: float | None = None) -> int:
     """Refit, layer by layer, what reads each pruned layer so that the pruned net (gates at
-    ``masks``) reproduces the dense net's pre-activation outputs on ``x``."""
+    ``masks``) reproduces the dense net's pre-activation outputs on ``x``. With ``seconds``,
+    no layer is started after that time (the earlier ones matter most: their errors flow on).
+    Returns the number of layers refit."""
+    started = time.perf_counter()
+    done = 0
     gen = torch.Generator().manual_seed(seed)
     dense = copy.deepcopy(model)
     dense_inputs, dense_pooled = _block_inputs(dense, x)
@@ -158,6 +163,9 @@ def reconstruct(model: RepNet, masks: Masks, x: torch.Tensor, seed: int = 0) -> 
             g.weight.copy_(m.float())
             g.freeze()
     for i in gated_layers(model):
+        if seconds is not None and time.perf_counter() - started >= seconds:
+            break
+        done += 1
         kept = torch.nonzero(masks[i]).flatten()
         inputs, pooled = _block_inputs(model, x)
         nxt = _consumer(model, i)
@@ -177,6 +185,7 @@ def reconstruct(model: RepNet, masks: Masks, x: torch.Tensor, seed: int = 0) -> 
         new = torch.zeros_like(kernel)
         new[:, kept] = sol[:-1].t().reshape(kernel.shape[0], len(kept), *kernel.shape[2:])
         write_kernel(nxt, new, bias + sol[-1], i + 1)
+    return done
 
 
 def lasso_masks(model: RepNet, x: torch.Tensor, budget: Budget, step: int = 1,
