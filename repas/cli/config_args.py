@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 # commands that start from data, not from a stage's directory
 FROM_DATA = ("data", "train", "pipeline", "profile")
-PREVIOUS = {"search": "train", "extract": "search", "finetune": "extract", "fuse": "finetune", "export": "fuse"}
+PREVIOUS = {"search": "train", "extract": "search", "finetune": "extract", "fuse": "finetune", "export": "fuse",
+            "analyze": "fuse"}
 # Config keys that name files or folders: a recorded config may point them only inside its run
 # directory (or leave them at their defaults); the user can still give any path on the command line.
 PATH_KEYS = ("data.root", "data.test_root", "data.cache_dir", "model.weights", "search.latency_table")

@@ -155,6 +155,13 @@ def _export(args: argparse.Namespace) -> Path | None:
     return export_stage(cfg, args.source, getattr(args, "out", None))
 
 
+def _analyze(args: argparse.Namespace) -> Path | None:
+    from repas.stages.analyze import analyze_stage
+
+    args.source = args.pruned  # without --config: the config the pruned net's stage recorded
+    return analyze_stage(load_args_config(args), args.dense, args.pruned, args.out, args.images)
+
+
 def _pipeline(args: argparse.Namespace) -> Path | None:
     from repas.stages import run_pipeline
 
@@ -166,7 +173,7 @@ def _pipeline(args: argparse.Namespace) -> Path | None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Path | None]] = {
     "predict": _predict, "upscale": _upscale, "info": _info, "methods": _methods, "data": _data, "train": _train,
     "search": _search, "profile": _profile, "extract": _extract, "finetune": _finetune, "fuse": _fuse,
-    "export": _export, "pipeline": _pipeline,
+    "export": _export, "pipeline": _pipeline, "analyze": _analyze,
 }
 DISTRIBUTED = ("train", "search", "finetune", "pipeline")
 

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--finetune", action="store_true",
                     help="with --targets: also fine-tune, fuse and export each subnet and measure its latency")
     sp.add_argument("--epochs", type=int, help="with --finetune: fine-tuning epochs")
+    sp = add("analyze", "does a pruned net keep its dense parent's representations? linear CKA and SVCCA per block")
+    sp.add_argument("dense", metavar="DENSE", help="the dense net's model directory, e.g. runs/fmnist/train")
+    sp.add_argument("pruned", metavar="PRUNED", help="the pruned net's model directory, e.g. runs/fmnist/finetune")
+    sp.add_argument("--images", type=_positive, default=512, help="test images compared (default 512)")
+    sp.add_argument("--out", metavar="DIR", help="where analyze.md / .json / .png go (default: PRUNED/../analyze)")
     sp = add("profile", "measure a latency table of the space's layer shapes on this machine")
     sp.add_argument("--backend", choices=("onnxruntime", "torch", "executorch", "executorch-int8"),
                     help="runtime to time (config: profile.backend; default onnxruntime); executorch-int8: every "
