@@ -8,6 +8,7 @@ methods: PaS and the baselines it is measured against.
 
 from repas.search.methods import (  # noqa: F401 (registers)
     adaptive_bn,
+    casd,
     compensation,
     evolution,
     lasso,
