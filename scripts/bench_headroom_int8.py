@@ -41,6 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP
 
 import argparse
 import dataclasses
+import json
 import random
 import statistics
 import sys
@@ -216,7 +217,8 @@ def run_candidate(cand: dict[str, Any], rep: int, ctx: dict[str, Any], args: arg
     keep = cand.get("float_layers") or (["blocks.0.reparam_conv"] if cand["precision"] == "int8-first-float" else [])
     tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs)
     started = time.perf_counter()
-    out = Path(args.run_root) / "headroom" / f"b{args.budget:g}" / f"{cand['label'].replace(' ', '_')}-r{rep}"
+    seed = f"-dense{args.dense_seed}" if args.dense_seed else ""
+    out = Path(args.run_root) / "headroom" / f"b{args.budget:g}{seed}" / f"{cand['label'].replace(' ', '_')}-r{rep}"
     net, curve = finetune_cut(dense, ctx["scores"], cand["widths"], tcfg, data, out, seed=rep)
     fused = fuse_repnet(net.eval()).eval()
     qcfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, qat=True, float_layers=keep or None))
@@ -299,10 +301,16 @@ def main() -> None:
     p.add_argument("--tables", default="runs/int8/latency-executorch.csv,runs/int8/latency-executorch-int8.csv",
                    help="FLOAT,INT8 latency tables of the spec (measured there when missing)")
     p.add_argument("--labels", default="", help="comma-separated label prefixes: run only those candidates")
+    p.add_argument("--dense-seed", type=int, default=0,
+                   help="the dense net: RUN_ROOT/seed-S/train (trained if missing)")
+    p.add_argument("--pool-from", default="", help="another dense seed's OUT.json: its pool and searched candidate "
+                   "(.pte speed does not depend on the weights), instead of timing them again")
     args = p.parse_args()
-    if not 0 < args.budget <= 1 or args.replicates < 2:
-        p.error("--budget must lie in (0, 1] and --replicates be at least 2 (the noise is the point)")
-    out = Path(args.out or f"docs/headroom_int8_fmnist_b{args.budget:g}")
+    if not 0 < args.budget <= 1 or args.replicates < (1 if args.pool_from else 2):
+        p.error("--budget must lie in (0, 1] and --replicates be at least 2 (the noise is the point; 1 with "
+                "--pool-from: another dense seed is the replicate)")
+    seed = f"_dense{args.dense_seed}" if args.dense_seed else ""
+    out = Path(args.out or f"docs/headroom_int8_fmnist_b{args.budget:g}{seed}")
     torch.set_num_threads(1)
     set_executorch_threads(1)
     path, md = out.parent / f"{out.name}.json", out.parent / f"{out.name}.md"  # (a name like b0.25 has a dot)
@@ -312,7 +320,12 @@ def main() -> None:
                    "executorch": executorch_version(), "budget": args.budget, "epochs": args.epochs,
                    "command": command()}
     args.seeds, args.threads = "0", 1  # what ensure_dense reads
-    dense = load_model(ensure_dense(0, args)).eval()
+    dense = load_model(ensure_dense(args.dense_seed, args)).eval()
+    if args.pool_from and "pool" not in doc:
+        source = json.loads(Path(args.pool_from).read_text())
+        doc["pool"] = source["pool"]
+        if "searched" in source:
+            doc["searched"] = source["searched"]
     if "pool" not in doc:
         measure_pool(dense, args, doc)
         store.save()
