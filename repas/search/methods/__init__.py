@@ -11,6 +11,7 @@ from repas.search.methods import (  # noqa: F401 (registers)
     casd,
     compensation,
     evolution,
+    feature_flow,
     lasso,
     magnitude,
     pas,
