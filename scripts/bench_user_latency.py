@@ -21,7 +21,8 @@ from bench_harness import header
 
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import load_config
-from repas.deploy.profile import module_job, time_models
+from repas.deploy.profile import time_models
+from repas.deploy.profile_parts import module_job
 from repas.graph import GatedModel, fuse_user_model
 from repas.graph.builders import build_from
 from repas.latency_table import LatencyTable

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from repas.config import PipelineConfig
-from repas.deploy.profile import profile, profile_parts, table_from_device
+from repas.deploy.profile import profile, table_from_device
+from repas.deploy.profile_parts import profile_parts
 from repas.errors import RepasError
 from repas.json_files import read_json
 from repas.spec import ArchSpec
