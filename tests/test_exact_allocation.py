@@ -84,3 +84,32 @@ def test_a_latency_model_is_a_sum_over_consecutive_layers():
                      for i in range(1, len(widths)))
         total += model.tail(widths[-1], precision[-1])
         assert total == pytest.approx(float(model.at(widths, precision)), rel=1e-9)
+
+
+def test_negative_terms_are_counted_not_dropped():
+    """A latency table's overhead may be negative (rows timed alone over-count a whole net),
+    and so are boundaries: the allocation still finds the optimum (the README's example
+    once found no net at all)."""
+    from repas.search.exact_allocation import ChainCost
+
+    spec = tiny_spec()
+    macs = analytic_cost(spec, "macs")
+    base = chain_cost(spec, macs)
+    dense = float(macs(spec.widths))
+    chain = ChainCost(lambda i, wp, pp, w, p: base.edge(i, wp, pp, w, p) - (0.3 * dense if i == 0 else 0.0)
+                      - (0.02 * dense * w / 12 if i == 2 else 0.0),
+                      base.tail, ["float"])
+    torch.manual_seed(3)
+    values = score_values([torch.rand(lay.out_channels) for lay in spec.layers], threshold=0.0)
+    options = [[(w, "float") for w in width_options(lay.out_channels, 4, lay.gated)] for lay in spec.layers]
+
+    def cost(c):
+        widths = [w for w, _ in c]
+        total = chain.edge(0, 0, "float", widths[0], "float") + chain.tail(widths[-1], "float")
+        return total + sum(chain.edge(i, widths[i - 1], "float", widths[i], "float") for i in range(1, len(widths)))
+
+    for fraction in (0.15, 0.35):
+        target = fraction * dense
+        widths, precisions = exact_allocation(spec, values, chain, target, step=4, resolution=RESOLUTION)
+        assert_optimal(options, lambda c: sum(values[i][w] for i, (w, _) in enumerate(c)), cost,
+                       list(zip(widths, precisions)), target, len(spec.layers))

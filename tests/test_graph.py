@@ -161,7 +161,7 @@ def test_a_method_that_reads_supernet_blocks_says_it_cannot_prune_a_user_model()
 
     g, _ = gated("unet")
     with pytest.raises(RepasError, match="slimming reads the blocks of a repas supernet.*methods for any CNN: "
-                                         "eagleeye, l1, l1-layer, pas, pas-raw, taylor, uniform"):
+                                         "eagleeye, evolution, l1, l1-layer, pas, pas-raw, taylor, uniform"):
         create_method("slimming", g, target=0.5)
 
 

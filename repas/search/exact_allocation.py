@@ -115,7 +115,6 @@ def exact_allocation(spec: ArchSpec, values: Sequence[Sequence[float]], chain: C
     options = [[(w, p) for w in width_options(lay.out_channels, step, lay.gated)
                 for p in (precisions[i] if precisions else chain.precisions)] for i, lay in enumerate(spec.layers)]
     unit = target / resolution
-    size = resolution + 1
 
     def units(c: float) -> int:
         return int(np.ceil(c / unit - 1e-9))
@@ -123,21 +122,28 @@ def exact_allocation(spec: ArchSpec, values: Sequence[Sequence[float]], chain: C
     def value(i: int, w: int, p: str) -> float:
         return float(values[i][w]) + (precision_values[i].get(p, 0.0) if precision_values else 0.0)
 
+    # every term in units, once; a term may be negative (a latency table's overhead, a boundary)
+    first = [units(chain.edge(0, 0, "float", w, p)) for w, p in options[0]]
+    edges = [np.array([[units(chain.edge(i, wp, pp, w, p)) for w, p in options[i]] for wp, pp in options[i - 1]])
+             for i in range(1, n)]
+    tails = [units(chain.tail(w, p)) for w, p in options[-1]]
+    # the budget axis holds "at most b units spent" for b from -off: the sum of every possible
+    # saving, so that a prefix may run over the target before later negative terms bring it back
+    off = max(0, -min(first)) + sum(max(0, -int(e.min())) for e in edges) + max(0, -min(tails))
+    size = resolution + 2 * off + 1
     neg = -np.inf
     best = np.full((len(options[0]), size), neg)
     for s, (w, p) in enumerate(options[0]):
-        c = units(chain.edge(0, 0, "float", w, p))
-        if 0 <= c < size:
-            best[s, c:] = value(0, w, p)  # at most c units spent: any budget from c up
+        if first[s] + off < size:
+            best[s, first[s] + off:] = value(0, w, p)  # at most c units spent: any budget from c up
     back: list[np.ndarray] = []
     for i in range(1, n):
         new = np.full((len(options[i]), size), neg)
         arg = np.zeros((len(options[i]), size), dtype=np.int64)
         for s, (w, p) in enumerate(options[i]):
             v = value(i, w, p)
-            for r, (w_prev, p_prev) in enumerate(options[i - 1]):
-                c = units(chain.edge(i, w_prev, p_prev, w, p))
-                shifted = _shift(best[r], c)
+            for r in range(len(options[i - 1])):
+                shifted = _shift(best[r], int(edges[i - 1][r, s]))
                 better = shifted + v > new[s]
                 new[s][better] = shifted[better] + v
                 arg[s][better] = r
@@ -145,11 +151,10 @@ def exact_allocation(spec: ArchSpec, values: Sequence[Sequence[float]], chain: C
         best = new
     final = np.full(len(options[-1]), neg)
     spent = np.zeros(len(options[-1]), dtype=np.int64)
-    for s, (w, p) in enumerate(options[-1]):
-        c = units(chain.tail(w, p))
-        if c <= resolution:
-            budget_left = min(resolution, resolution - c)  # what the layers may spend
-            final[s], spent[s] = best[s, budget_left], budget_left
+    for s in range(len(options[-1])):
+        left = resolution - tails[s] + off  # the index of what the layers may spend
+        if 0 <= left < size:
+            final[s], spent[s] = best[s, left], left
     if not np.isfinite(final).any():
         raise RepasError(f"no widths in steps of {step} meet the target {target:.6g}: raise the target or lower "
                          "--round-to")
@@ -158,7 +163,7 @@ def exact_allocation(spec: ArchSpec, values: Sequence[Sequence[float]], chain: C
     chosen = [options[-1][s]]
     for i in range(n - 1, 0, -1):
         r = int(back[i - 1][s, b])
-        b = min(resolution, b - units(chain.edge(i, options[i - 1][r][0], options[i - 1][r][1], *options[i][s])))
+        b = min(size - 1, b - int(edges[i - 1][r, s]))
         s = r
         chosen.append(options[i - 1][s])
     chosen.reverse()
