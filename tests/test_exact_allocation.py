@@ -113,3 +113,20 @@ def test_negative_terms_are_counted_not_dropped():
         widths, precisions = exact_allocation(spec, values, chain, target, step=4, resolution=RESOLUTION)
         assert_optimal(options, lambda c: sum(values[i][w] for i, (w, _) in enumerate(c)), cost,
                        list(zip(widths, precisions)), target, len(spec.layers))
+
+
+def test_the_fastest_precision_cost_is_differentiable_in_gate_counts(recwarn):
+    """PaS's budget under float and int8 tables: gradients reach every count, no warning."""
+    from repas.search.exact_allocation import FastestPrecision
+
+    spec = tiny_spec()
+    t = tables(spec)
+    model = LatencyModel(t["float"][0], spec, int8_table=t["int8"][0])
+    cost = FastestPrecision(model)
+    counts = [torch.tensor(float(w) - 0.4, requires_grad=True) for w in spec.widths]
+    total = cost(counts)
+    total.backward()
+    assert all(c.grad is not None and float(c.grad) > 0 for c in counts)
+    rounded = [round(float(c.detach())) for c in counts]
+    assert float(cost(rounded)) == pytest.approx(float(model.at(rounded, cost.precision_of(rounded))))
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]

@@ -52,7 +52,8 @@ class FastestPrecision:
         self.chain = ChainCost(model.edge, model.tail, model.precisions)
 
     def precision_of(self, widths: Sequence[Any]) -> list[str]:
-        return fastest_precisions(self.model.spec, self.chain, [max(1, int(round(float(w)))) for w in widths])
+        rounded = [max(1, int(round(float(w.detach() if isinstance(w, torch.Tensor) else w)))) for w in widths]
+        return fastest_precisions(self.model.spec, self.chain, rounded)
 
     def __call__(self, widths: Sequence[Any]) -> torch.Tensor | float:
         return self.model.at(widths, self.precision_of(widths))
