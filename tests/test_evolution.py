@@ -77,3 +77,19 @@ def test_every_method_prices_a_candidate_at_its_fastest_precisions_under_mixed_t
         assert 0.97 * target <= float(latency.at(widths, method.precision)) <= target, name
         # float alone could not afford these widths: the precision is what buys them
         assert float(latency.at(widths, ["float"] * len(widths))) > target, name
+
+
+def test_a_latency_model_with_its_precision_fixed_is_priced_as_given():
+    """A LatencyModel made with a precision per layer (a mixed net the user chose) is the
+    budget as it is: no method swaps in the fastest precisions."""
+    torch.manual_seed(0)
+    model = supernet()
+    spec = model.spec
+    t = tables(spec)
+    fixed = ["float"] + ["int8"] * (len(spec.layers) - 1)
+    latency = LatencyModel(t["float"][0], spec, precision=fixed, int8_table=t["int8"][0])
+    budget = Budget(spec, 0.5 * float(latency(spec.widths)), "latency", model=latency)
+    method = attach("uniform", model, budget)
+    assert method.budget.model is latency
+    widths = method.prune(inputs(64))
+    assert method.precision is None and float(latency(widths)) <= budget.target

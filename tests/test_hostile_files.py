@@ -302,7 +302,8 @@ def copied_run(tmp_path: Path, **sections: dict) -> Path:
 
 @pytest.mark.parametrize("key, value", [("data.cache_dir", "{elsewhere}/cache"), ("data.root", "/etc"),
                                         ("model.weights", "{elsewhere}/w.safetensors"),
-                                        ("search.latency_table", "../../latency.csv")])
+                                        ("search.latency_table", "../../latency.csv"),
+                                        ("search.int8_latency_table", "/tmp/int8.csv")])
 def test_a_copied_runs_recorded_paths_cannot_point_outside_it(tmp_path, key, value, capsys):
     elsewhere = tmp_path / "elsewhere"
     section, name = key.split(".")

@@ -92,6 +92,9 @@ def test_a_user_model_with_a_budget_it_cannot_have_is_a_clear_error(user_run, ca
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
                  "--set", "search.metric=latency"])
     assert code == 2 and "search.metric=latency needs this model's latency table" in capsys.readouterr().err
+    code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK, *RESNET,
+                 "--set", "search.int8_latency_table=x.csv"])
+    assert code == 2 and "search.int8_latency_table are for repas's own search spaces" in capsys.readouterr().err
     code = main(["pipeline", "--data", str(data), "--run-dir", str(run.parent / "bad"), *QUICK,
                  "--set", "model.builder=nowhere:net"])
     assert code == 2 and "builder 'nowhere:net' is not one repas loads by default" in capsys.readouterr().err

@@ -21,7 +21,8 @@ PREVIOUS = {"search": "train", "extract": "search", "finetune": "extract", "fuse
             "analyze": "fuse"}
 # Config keys that name files or folders: a recorded config may point them only inside its run
 # directory (or leave them at their defaults); the user can still give any path on the command line.
-PATH_KEYS = ("data.root", "data.test_root", "data.cache_dir", "model.weights", "search.latency_table")
+PATH_KEYS = ("data.root", "data.test_root", "data.cache_dir", "model.weights", "search.latency_table",
+             "search.int8_latency_table")
 # Keys that grant trust: they count only in the config the user passes, never in a recorded one.
 TRUST_KEYS = ("model.trust_builder", "model.trusted_builders")
 

@@ -92,7 +92,10 @@ def budget_cost_model(spec: ArchSpec, metric: str, latency_table: str | Path | N
 def width_multiple(round_to: int, model: CostFn) -> int:
     """The multiple widths are rounded to: ``round_to``, or the latency table's divisor where
     ``round_to`` is 1 and the cost is latency (its grid points are measured, not interpolated)."""
-    inner = getattr(model, "model", model)  # (FastestPrecision wraps a LatencyModel)
-    if round_to == 1 and isinstance(inner, LatencyModel):
-        return inner.divisor
+    from repas.search.exact_allocation import FastestPrecision  # (it imports this package)
+
+    if isinstance(model, FastestPrecision):
+        model = model.model
+    if round_to == 1 and isinstance(model, LatencyModel):
+        return model.divisor
     return round_to

@@ -67,7 +67,7 @@ class _Surface:
             if not rows:
                 raise RepasError(f"{source} has no rows for {describe_key(key)}: {hint}")
             if key[0] == "conv" and key[5] == DEPTHWISE:
-                self._lines[key] = _line(source, key, rows, couts, hint)
+                self._lines[key] = _line(f"{source} has", key, rows, couts, hint)
                 continue
             xs, ys = sorted({ci for ci, _ in rows}), sorted({co for _, co in rows})
             if xs[0] > cins[0] or xs[-1] < cins[-1] or ys[0] > couts[0] or ys[-1] < couts[-1]:
@@ -115,12 +115,12 @@ class _Surface:
         return slope * (channels - _value(channels)) + exact
 
 
-def _line(source: str, key: Key, rows: dict[tuple[int, int], float], needed: list[int], hint: str
+def _line(what: str, key: Key, rows: dict[tuple[int, int], float], needed: list[int], hint: str
           ) -> tuple[list[int], list[float], float]:
-    """Rows measured at ``(c, c)`` as a line over ``c``: its points, values and fitted slope."""
+    """Rows measured at ``(c, c)`` as a line over ``c``: its points, values and fitted slope
+    (``what`` begins the error where they fall short, e.g. "the table has")."""
     cs = sorted(c for c, c_out in rows if c == c_out)
     if not cs or cs[0] > needed[0] or cs[-1] < needed[-1]:
-        what = source if source.endswith(" but") else f"{source} has"
         raise RepasError(f"{what} no rows for {needed[0]}..{needed[-1]} channels at the {describe_key(key)}: {hint}")
     values = [rows[(c, c)] for c in cs]
     return cs, values, _bilinear_fit(cs, [0], [[v] for v in values])[1]

@@ -24,7 +24,7 @@ from repas.errors import RepasError
 from repas.graph import GatedModel, fuse_user_model, save_pruned
 from repas.graph.builders import build_from
 from repas.json_files import read_json
-from repas.search import Budget, create_method, resolve_target
+from repas.search import create_method
 from repas.search.cost import CostFn
 from repas.search.graph_latency import GraphLatencyModel
 from repas.stages.common import Resume, environment, get_data, latency_table_path, record_config, setup, stage_dir
@@ -48,17 +48,12 @@ def user_model_facts(gated: GatedModel, widths: list[int], latency: CostFn | Non
     return facts
 
 
-def user_budget(cfg: PipelineConfig, gated: GatedModel) -> Budget | None:
-    """The latency budget of a user model, over its own table (``repas profile``); None for
-    macs and params (``create_method`` resolves those)."""
-    s = cfg.search
-    if s.metric != "latency":
+def user_latency(cfg: PipelineConfig, gated: GatedModel) -> GraphLatencyModel | None:
+    """A user model's latency model, over its own table (``repas profile``), for a latency
+    budget; None for macs and params (``create_method`` costs those)."""
+    if cfg.search.metric != "latency":
         return None
-    fn = GraphLatencyModel.load(latency_table_path(cfg), gated.costs, gated.spec.widths, gated.spec.name)
-    target = s.target_abs or s.target
-    fraction = target if isinstance(target, float | int) and 0 < float(target) <= 1 else None
-    value = resolve_target(gated.spec, "latency", fraction=fraction, absolute=None if fraction else target, model=fn)
-    return Budget(gated.spec, value, "latency", s.alpha, fn)
+    return GraphLatencyModel.load(latency_table_path(cfg), gated.costs, gated.spec.widths, gated.spec.name)
 
 
 def dense_model(cfg: PipelineConfig, data: TaskData, resume: Resume = False) -> tuple[nn.Module, dict[str, Any]]:
@@ -101,10 +96,10 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     gated = GatedModel(copy.deepcopy(dense), torch.zeros(data.example_shape()), task=data.task_name,
                        name=cfg.model.builder or "model")
     loader = data.train_loader(s)
-    method = create_method(method_name, gated, user_budget(cfg, gated), target=s.target_abs or s.target,
-                           metric=s.metric, step=cfg.extract.round_to, tolerance=cfg.extract.tolerance,
-                           strength=s.strength,
-                           updates_per_epoch=len(loader), epochs=s.epochs)
+    method = create_method(method_name, gated, target=s.target_abs or s.target, metric=s.metric,
+                           cost=user_latency(cfg, gated), step=cfg.extract.round_to,
+                           tolerance=cfg.extract.tolerance, strength=s.strength, updates_per_epoch=len(loader),
+                           epochs=s.epochs)
     if method.trains:
         run_training(cfg, "search", gated, s, False, data=data, terms=[method], out=out / "search",
                      label=f"search ({method_name})", gate_lr=s.gate_lr if method.learns_gates else None,
@@ -160,9 +155,11 @@ def run_user_pipeline(cfg: PipelineConfig, *, resume: Resume = False, data: Task
                       ) -> dict[str, Any]:
     """Dense model, then the search and each ``search.compare`` method from it (RUN_DIR,
     RUN_DIR/compare-<method>); writes report.json and report.md."""
-    if cfg.search.pte_latency is not None or cfg.search.precision != "float":
-        raise RepasError("search.pte_latency and search.precision are for repas's own search spaces for now; for a "
-                         "user model set export.qat: true to ship a QAT int8 .pte at a macs or params budget")
+    s = cfg.search
+    if s.pte_latency is not None or s.precision != "float" or s.int8_latency_table is not None:
+        raise RepasError("search.pte_latency, search.precision and search.int8_latency_table are for repas's own "
+                         "search spaces for now; for a user model set export.qat: true to ship a QAT int8 .pte at a "
+                         "macs, params or latency budget")
     if cfg.search.metric == "latency" and not latency_table_path(cfg).is_file():
         raise RepasError(f"search.metric=latency needs this model's latency table at {latency_table_path(cfg)}: "
                          "measure it with 'repas profile' and the same config, or set search.latency_table")

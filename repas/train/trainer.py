@@ -81,8 +81,8 @@ class Trainer:
         # what the training steps call: the model, in DDP under torchrun, compiled on request
         self.forward: torch.nn.Module = model
         if distributed.is_distributed() and any(hasattr(t, "batch_loss") for t in self.terms):
-            raise RepasError("train.sandwich runs extra forward passes outside DistributedDataParallel and cannot "
-                             "train under torchrun yet: run it in one process, or set train.sandwich: 0")
+            raise RepasError("train.sandwich and the methods that train on the batch (casd, ffr) cannot train under "
+                             "torchrun yet: run them in one process (or set train.sandwich: 0)")
         if distributed.is_distributed():
             from torch.nn.parallel import DistributedDataParallel
 

@@ -20,6 +20,7 @@ import torch
 from repas.errors import RepasError
 from repas.graph import GatedModel
 from repas.search.budget import Budget, resolve_target
+from repas.search.cost import CostFn
 from repas.search.exact_allocation import FastestPrecision
 from repas.search.latency import LatencyModel
 from repas.search.prunable import cost_function, extract_model
@@ -56,9 +57,10 @@ class PruningMethod:
             able = ", ".join(n for n in list_methods() if _METHODS[n].any_model)
             raise RepasError(f"method {self.name} reads the blocks of a repas supernet and cannot prune "
                              f"{model.spec.name} yet; methods for any CNN: {able}")
-        if isinstance(budget.model, LatencyModel) and len(budget.model.precisions) > 1:
-            # float and int8 tables: every candidate is priced with each layer in its fastest
-            # precision, which ``precision`` records for the widths chosen
+        m = budget.model
+        if isinstance(m, LatencyModel) and len(m.precisions) > 1 and m.precision is None:
+            # float and int8 tables and no precision fixed per layer: every candidate is priced
+            # with each layer in its fastest precision, which ``precision`` records for the widths chosen
             budget = dataclasses.replace(budget, model=FastestPrecision(budget.model))
         self.model, self.budget = model, budget
         self.precision: list[str] | None = None
@@ -142,18 +144,20 @@ def method_class(name: str) -> type[PruningMethod]:
 
 
 def create_method(name: str, model: RepNet | GatedModel, budget: Budget | None = None, *, target: float | str = 0.5,
-                  metric: str = "macs", alpha: float = 5.0, **options: Any) -> PruningMethod:
+                  metric: str = "macs", alpha: float = 5.0, cost: CostFn | None = None,
+                  **options: Any) -> PruningMethod:
     """Attach method ``name`` to a gated ``model`` (a supernet, or any CNN wrapped in a
     ``repas.graph.GatedModel``). The budget is ``budget``, or ``target``
-    (a fraction of the dense cost such as 0.5, or an absolute '2.5M') in ``metric``
-    (macs or params; latency needs a Budget with a LatencyModel). ``options``: step,
+    (a fraction of the dense cost such as 0.5, or an absolute '2.5M' / '1.5ms') in ``metric``,
+    costed by ``cost`` (default: the model's MACs or params; a latency budget needs a latency
+    model: a ``LatencyModel``, or a user model's ``GraphLatencyModel``). ``options``: step,
     tolerance, strength, updates_per_epoch, epochs."""
     cls = method_class(name)
     _require_gates(model, name)
     if budget is None:
         fraction = target if isinstance(target, float | int) and 0 < float(target) <= 1 else None
         absolute = None if fraction is not None else target
-        fn = None if metric == "latency" else cost_function(model, metric)
+        fn = cost or (None if metric == "latency" else cost_function(model, metric))
         target_value = resolve_target(model.spec, metric, fraction=fraction, absolute=absolute, model=fn)
         budget = Budget(model.spec, target_value, metric, alpha, fn)
     return cls(model, budget, **options)
