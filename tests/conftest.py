@@ -74,6 +74,30 @@ def fake_fashion(tmp_path: Path) -> Path:
     return write_fake_fashion(tmp_path / "fmnist")
 
 
+def tiny_method_pipeline(data: Path, run: Path, method: str, compare: list[str], threads: int = 2) -> list[str]:
+    """``repas pipeline`` arguments: the Fashion-MNIST config on ``data`` with one epoch a
+    training stage, ``method`` searching at 0.5x MACs in float and ``compare`` beside it,
+    an ONNX float bundle."""
+    return ["pipeline", "--config", "configs/fmnist.yaml", "--data", str(data), "--run-dir", str(run),
+            "--epochs", "1", "--threads", str(threads), "--set", "search.pte_latency=null",
+            "--set", "search.precision=float", "--set", f"search.method={method}",
+            "--set", f"search.compare=[{', '.join(compare)}]",
+            "--set", "export.formats=[onnx]", "--set", "export.int8=false", "--set", "export.runs=5",
+            "--set", "export.warmup=1", "--set", "train.batch_size=64", "--set", "search.batch_size=64",
+            "--set", "finetune.batch_size=64", "--set", "search.target=0.5"]
+
+
+def method_reports(run: Path, first: str, name: str) -> tuple[Path, dict, dict]:
+    """Where method ``name`` of a ``tiny_method_pipeline`` run (``first`` its own method) wrote,
+    with its search and extract reports; the search report names the method."""
+    import json
+
+    where = run if name == first else run / f"compare-{name}"
+    searched = json.loads((where / "search" / "report.json").read_text())
+    assert searched["method"] == name
+    return where, searched, json.loads((where / "extract" / "report.json").read_text())
+
+
 def run_to_fuse(tmp: Path) -> tuple[Path, Path]:
     """A tiny run up to the fused net on fake Fashion-MNIST (one epoch a training stage):
     (run directory, data directory)."""

@@ -27,7 +27,9 @@ from repas.supernet import build
 
 REP = ["conv", "conv1x1", "identity"]
 # the baselines that ship with repas (a test may register more)
-BASELINES = [m for m in list_methods() if m != "pas" and method_class(m).__module__.startswith("repas.")]
+# (the unstructured ones keep every channel: tests/test_weight_sparsity.py)
+BASELINES = [m for m in list_methods() if m != "pas" and method_class(m).__module__.startswith("repas.")
+             and not method_class(m).weight_sparsity]
 
 
 def small_spec() -> ArchSpec:

@@ -11,7 +11,7 @@ NEW = ["cap", "casd", "ffr", "evolution"]
 
 
 def test_each_new_method_runs_through_the_pipeline_and_meets_the_budget(tmp_path, capsys, monkeypatch):
-    from conftest import write_fake_fashion
+    from conftest import method_reports, tiny_method_pipeline, write_fake_fashion
 
     from repas.search.methods.adaptive_bn import AdaptiveBN
     from repas.search.methods.evolution import Evolution
@@ -21,19 +21,10 @@ def test_each_new_method_runs_through_the_pipeline_and_meets_the_budget(tmp_path
     monkeypatch.setattr(Evolution, "generations", 2)
     data = write_fake_fashion(tmp_path / "data")
     run = tmp_path / "run"
-    code = main(["pipeline", "--config", "configs/fmnist.yaml", "--data", str(data), "--run-dir", str(run),
-                 "--epochs", "1", "--threads", "2", "--set", "search.pte_latency=null",
-                 "--set", "search.precision=float",
-                 "--set", "search.method=cap", "--set", f"search.compare=[{', '.join(NEW[1:])}]",
-                 "--set", "export.formats=[onnx]", "--set", "export.int8=false", "--set", "export.runs=5",
-                 "--set", "export.warmup=1", "--set", "train.batch_size=64", "--set", "search.batch_size=64",
-                 "--set", "finetune.batch_size=64", "--set", "search.target=0.5"])
+    code = main(tiny_method_pipeline(data, run, "cap", NEW[1:]))
     assert code == 0, capsys.readouterr().err
     for name in NEW:
-        where = run if name == "cap" else run / f"compare-{name}"
-        searched = json.loads((where / "search" / "report.json").read_text())
-        extracted = json.loads((where / "extract" / "report.json").read_text())
-        assert searched["method"] == name
+        where, searched, extracted = method_reports(run, "cap", name)
         assert 0.97 <= extracted["cost_vs_target"] <= 1.0 + 1e-9, name
         assert (where / "export" / "model.onnx").is_file(), name
     cap = json.loads((run / "search" / "report.json").read_text())["method_metrics"]

@@ -13,6 +13,7 @@ from repas.errors import RepasError
 from repas.search import Budget, extract_subnet, fit_gates, gate_widths, gated_copy
 from repas.search.cost import format_cost
 from repas.search.exact_allocation import FastestPrecision
+from repas.search.weight_sparsity import density, sparse_cost
 from repas.stages.common import (
     check_input,
     cost_model,
@@ -27,7 +28,7 @@ from repas.stages.common import (
 )
 from repas.stages.search import search_budget
 from repas.supernet import RepNet, load_model
-from repas.supernet.gating import was_searched
+from repas.supernet.gating import gate_masks, was_searched
 
 log = logging.getLogger("repas.stages")
 
@@ -62,14 +63,18 @@ def extract_stage(cfg: PipelineConfig, source: str | Path | None = None, *, targ
     else:
         budget = search_budget(cfg, model)
     step = width_step(cfg, budget.model)
-    masks = fit_gates(model, budget, step=step, tolerance=cfg.extract.tolerance, fit=cfg.extract.fit)
+    sparse = searched.get("weight_density") is not None  # zeros of single weights, every channel kept: no fit
+    masks = gate_masks(model) if sparse else fit_gates(model, budget, step=step, tolerance=cfg.extract.tolerance,
+                                                       fit=cfg.extract.fit)
     sub, diff = extract_checked(model, masks)
-    cost = float(budget.cost(sub.spec.widths))
+    cost = sparse_cost(sub, budget) if sparse else float(budget.cost(sub.spec.widths))
     report = {"stage": "extract", **model_facts(sub), "method": searched.get("method"),
               "threshold_widths": threshold_widths, "target": budget.target, "metric": budget.metric,
               "cost_vs_target": cost / budget.target, f"predicted_{budget.metric}": cost,
               "max_rel_diff_vs_gated_supernet": diff, "round_to": step,
               "warnings": list(searched.get("warnings", []))}
+    if sparse:
+        report["weight_density"] = density(sub)
     if isinstance(budget.model, FastestPrecision):  # width and precision searched together
         report["precision"] = budget.model.precision_of(sub.spec.widths)
     thin = [i for i, (w, lay) in enumerate(zip(sub.spec.widths, model.spec.layers))

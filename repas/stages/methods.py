@@ -14,7 +14,7 @@ import torch
 
 from repas.config import PipelineConfig
 from repas.search import Budget, PruningMethod, method_class
-from repas.stages.common import Resume, environment, model_facts, width_step
+from repas.stages.common import Resume, environment, model_facts, warn, width_step
 from repas.stages.training import run_training
 from repas.supernet import RepNet
 from repas.task_data import TaskData
@@ -58,6 +58,8 @@ def method_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Re
             report["precision"] = method.precision
         if method.metrics():  # what a one-shot method measured of itself (cap: its seconds)
             report["method_metrics"] = method.metrics()
+        if method.note:
+            warn(report, f"{s.method}: {method.note}")
     if not method.trains:
         # the recipe, so that --resume auto knows this search is complete (a training one records it too)
         report.update({**model_facts(model), "seconds": time.perf_counter() - started, "environment": environment(),

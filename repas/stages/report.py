@@ -33,7 +33,8 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
                 "onnx_ms": latency[which]["median_ms"], "predicted_ms": predicted,
                 "epochs": trained.get("config", {}).get("epochs"),
                 "metrics": export.get("metrics", {}), "latency_ms": export.get("latency_ms", {}),
-                "layer_precision": export.get("checks", {}).get("pte_int8_layer_precision")}
+                "layer_precision": export.get("checks", {}).get("pte_int8_layer_precision"),
+                "weight_density": _extract_report(export_dir).get("weight_density")}
 
     return {
         "run_dir": str(run), "seconds": seconds, "environment": environment(), "metric": primary,
@@ -47,6 +48,7 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
         "baseline": baseline, "threads": cfg.export.threads,
         "latency_input": read_report(run / "export")["latency_input"],
         "tolerance": search.get("tolerance"),
+        "weight_density": extract.get("weight_density"),  # an unstructured method's non-zero conv weights
     }
 
 
@@ -58,6 +60,17 @@ def _bundle_cell(row: dict[str, Any], fmt: str, runtime: str, precision: str, me
     return f"{row['metrics'][key][metric]:.2f}, {row['latency_ms'][runtime][precision]:.3f} ms"
 
 
+def _extract_report(export_dir: Path) -> dict[str, Any]:
+    path = export_dir.parent / "extract"
+    return read_report(path) if (path / "report.json").exists() else {}
+
+
+def _macs_cell(r: dict[str, Any]) -> str:
+    """MACs, and for an unstructured method's net its non-zero weights (no runtime skips the rest)."""
+    cell = f"{r['macs'] / 1e6:.3f} M"
+    return cell if r.get("weight_density") is None else f"{cell} ({r['weight_density']:.0%} of weights non-zero)"
+
+
 def _compared_markdown(s: dict[str, Any], metric: str) -> str:
     """The searched net beside the methods run at the same budget and total epochs."""
     nets = {f"{s.get('method', 'pas')} (this run)": s["searched"], **s["compared"]}
@@ -65,7 +78,7 @@ def _compared_markdown(s: dict[str, Any], metric: str) -> str:
              "(`search.compare`):", "",
              f"| method | widths | MACs | {metric}, fused ONNX | ONNX latency | fine-tune epochs |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {' / '.join(map(str, r['widths']))} | {r['macs'] / 1e6:.3f} M | {r['onnx']:.2f} | "
+    lines += [f"| {name} | {' / '.join(map(str, r['widths']))} | {_macs_cell(r)} | {r['onnx']:.2f} | "
               f"{r['onnx_ms']:.3f} ms | {r.get('epochs', '-')} |" for name, r in nets.items()]
     return "\n".join(lines)
 
@@ -106,6 +119,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
             if (fmt, precision) != ("onnx", "float") and f"{fmt} {precision}" in p.get("metrics", {}):
                 rows.append((f"{metric} and latency, {name} {precision}",
                              *(_bundle_cell(r, fmt, runtime, precision, s["metric"]) for r in (d, p))))
+    if s.get("weight_density") is not None:
+        rows.insert(2, ("non-zero conv weights (no runtime here skips them)", "100%", f"{s['weight_density']:.1%}"))
     if d.get("predicted_ms") is not None:
         rows.append(("latency predicted by the table", f"{d['predicted_ms']:.3f} ms", f"{p['predicted_ms']:.3f} ms"))
     env = s["environment"]

@@ -11,8 +11,9 @@ from typing import Any
 from repas import distributed
 from repas.config import PipelineConfig
 from repas.errors import RepasError
-from repas.search import Budget, gate_widths, resolve_target
+from repas.search import Budget, gate_widths, method_class, resolve_target
 from repas.search.cost import cost, format_cost
+from repas.search.weight_sparsity import density, sparse_cost
 from repas.stages.common import (
     Resume,
     cost_model,
@@ -74,12 +75,15 @@ def save_search(cfg: PipelineConfig, model: RepNet, report: dict[str, Any], budg
     """The report leads with the result: the searched widths and their cost (the supernet's
     own under ``supernet``), and warns where the search did not decide the widths."""
     widths = gate_widths(model)
-    searched = float(budget.cost(widths))
+    sparse = method_class(cfg.search.method).weight_sparsity and cfg.search.max_drop is None
+    searched = sparse_cost(model, budget) if sparse else float(budget.cost(widths))  # zeros skipped
     report.setdefault("supernet", model_facts(model))
     report.update({"widths": widths, "macs": float(cost(model.spec, widths, "macs")),
                    "params": float(cost(model.spec, widths, "params")), "method": cfg.search.method,
                    "target": budget.target, "metric": budget.metric,
                    f"searched_{budget.metric}": searched, "cost_vs_target": searched / budget.target})
+    if sparse:
+        report["weight_density"] = density(model)
     if cfg.search.max_drop is None:
         check_search(report, widths, searched, budget)
     return save_stage(model, stage_dir(cfg, "search"), report, cfg)

@@ -15,6 +15,7 @@ from repas.config import PipelineConfig, TrainConfig
 from repas.errors import RepasError
 from repas.search import method_class
 from repas.search.sandwich import SandwichRule
+from repas.search.weight_sparsity import KeepZeros, density, one_conv_form
 from repas.stages.common import (
     Resume,
     check_task,
@@ -134,5 +135,7 @@ def finetune_stage(cfg: PipelineConfig, source: str | Path | None = None, *, res
     if opened is None:
         return stage_dir(cfg, "finetune")
     _, resumed, model, data = opened
-    model, report = run_training(cfg, "finetune", model, tcfg, resumed, data=data)
+    # a net of one conv per block (an unstructured method's) fine-tunes with its zero weights held at zero
+    terms = [KeepZeros(model)] if one_conv_form(model) and density(model) < 1 else []
+    model, report = run_training(cfg, "finetune", model, tcfg, resumed, data=data, terms=terms)
     return save_stage(model, stage_dir(cfg, "finetune"), report, cfg)

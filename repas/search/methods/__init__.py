@@ -16,8 +16,10 @@ from repas.search.methods import (  # noqa: F401 (registers)
     magnitude,
     pas,
     regularized,
+    resrep,
     taylor,
     torch_pruning,
+    unstructured,
 )
 from repas.search.methods.registry import (
     PruningMethod,

@@ -49,6 +49,9 @@ class PruningMethod:
     needs_inputs: ClassVar[bool] = False
     any_model: ClassVar[bool] = False  # it also prunes a user's CNN (a repas.graph.GatedModel)
     input_count: ClassVar[int] = 256  # training images ``select`` is given, when it needs inputs
+    # it zeroes single weights of the fused convs, every channel kept (repas.search.methods.unstructured)
+    weight_sparsity: ClassVar[bool] = False
+    note: ClassVar[str] = ""  # what the search report must say of every net this method makes
 
     def __init__(self, model: RepNet | GatedModel, budget: Budget, *, step: int = 1, tolerance: float = 0.03,
                  strength: float | None = None, updates_per_epoch: int = 1, epochs: int = 1) -> None:
