@@ -58,6 +58,7 @@ def run_one(cfg: PipelineConfig, run: Path, method: str, metric: str, budget: fl
             "widths": export["widths"], "macs": export["macs"], "params": export["params"],
             "target": extract["target"], "cost": extract[f"predicted_{metric}"],
             "cost_vs_target": extract["cost_vs_target"], "metric": export["onnx_metrics"],
+            "weight_density": extract.get("weight_density"),  # an unstructured method's non-zero weights
             "epochs_total": cfg.train.epochs + cfg.search.epochs + cfg.finetune.epochs,
             "epochs_at_own_widths": final_width_epochs(cfg, method), "seconds": time.perf_counter() - started}
 
@@ -130,9 +131,15 @@ def table(rows: list[dict], primary: str) -> str:
                 cells[m, b] = (mean_std([r["metric"][primary] for r in got]), len(got),
                                statistics.fmean(r["cost_vs_target"] for r in got),
                                statistics.fmean(r["latency_ms"] for r in got))
+    sparse = {m: [statistics.fmean(r["weight_density"] for r in rows if r["method"] == m and r.get("weight_density")
+                                   is not None and (r["budget_metric"], r["budget"]) == b) for b in budgets
+                  if any(r["method"] == m and r.get("weight_density") is not None
+                         and (r["budget_metric"], r["budget"]) == b for r in rows)] for m in methods}
     head = "| method | " + " | ".join(f"{v:g} x dense {k}: {primary} (mean ± std, n) / cost x target / ms"
                                       for k, v in budgets) + " |"
-    lines = [head, "|---" * (len(budgets) + 1) + "|"]
+    if any(sparse.values()):  # the unstructured methods: cost counts non-zero weights only, latency stays dense
+        head += " non-zero conv weights (unstructured: no runtime here skips zeros) |"
+    lines = [head, "|---" * (len(budgets) + 1 + bool(any(sparse.values()))) + "|"]
     for m in methods:
         row = []
         for b in budgets:
@@ -143,6 +150,8 @@ def table(rows: list[dict], primary: str) -> str:
             best = max(c[0][0] for (mm, bb), c in cells.items() if bb == b)
             value = f"{mean:.2f} ± {std:.2f} ({n})"
             row.append(f"{'**' + value + '**' if mean == best else value} / {ratio:.3f} / {ms:.3f}")
+        if any(sparse.values()):
+            row.append(" / ".join(f"{d:.0%}" for d in sparse[m]) or "all (structured)")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
