@@ -117,8 +117,15 @@ def test_mixed_precision_keeps_the_named_layers_float_in_one_xnnpack_delegate(fu
         return sum("dequantize_per_channel" in str(n.target) for n in g.graph.nodes)
 
     assert weights_int8(full) == len(layers) and weights_int8(mixed) == len(layers) - 1
-    made = export_models(model, tmp_path, (1, 1, 28, 28), ["pte"], calibration=[x], float_layers=[first])
+    made = export_models(model, tmp_path, (1, 1, 28, 28), ["pte", "onnx"], calibration=[x], float_layers=[first])
     assert made["checks"]["pte_int8_float_layers"] == [first] and made["checks"]["pte_int8_non_delegated_ops"] == []
+    import onnx
+
+    graph = onnx.load(tmp_path / "model-int8.onnx").graph  # the int8 .onnx keeps the same layer float
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    float_convs = [n for n in convs if n.input[1] not in dequantized]
+    assert [n.input[1] for n in float_convs] == [f"{first}.weight"] and len(convs) > 1
     run_pte = pte_runner(tmp_path / "model-int8.pte")
     with torch.no_grad():
         reference = mixed(x[:4]).numpy()

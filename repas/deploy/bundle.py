@@ -105,8 +105,8 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
     int8 is post-training, activations calibrated by ``observer`` (``repas.deploy.qat``),
     unless ``qat`` = (the converted QAT graph, the float net with its trained weights): the
     int8 .pte is then that graph, and the int8 .onnx is calibrated on the trained weights.
-    ``float_layers`` stay float in the int8 .pte (mixed precision): in the post-training one, or,
-    with ``qat``, the caller's QAT graph must have been trained with them float."""
+    ``float_layers`` stay float in the int8 .pte and .onnx (mixed precision): in the post-training
+    .pte, or, with ``qat``, the caller's QAT graph must have been trained with them float."""
     from repas.deploy.executorch_export import executorch_version, lower_program
     from repas.deploy.qat import DEFAULT_OBSERVER, quantize_ptq
     from repas.deploy.quantize import quantize_onnx, quantize_pt2e
@@ -140,7 +140,7 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
             if qat is not None:  # onnxruntime's quantizer calibrates the QAT-trained weights
                 source = export_onnx(qat[1].eval().to(memory_format=torch.contiguous_format), shape,
                                      out / ".qat-float.onnx")
-            quantize_onnx(source, add("onnx", "int8"), calibration)
+            quantize_onnx(source, add("onnx", "int8"), calibration, keep_float=float_layers)
             if source != path:
                 source.unlink()
             log.info(f"export: {FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} "

@@ -66,22 +66,31 @@ class _Reader:
         raise RepasError("calibration data cannot be rewound")
 
 
-def quantize_onnx(float_path: str | Path, out_path: str | Path, batches: Iterable[torch.Tensor]) -> Path:
+def quantize_onnx(float_path: str | Path, out_path: str | Path, batches: Iterable[torch.Tensor],
+                  keep_float: Sequence[str] = ()) -> Path:
     """Write the int8 (QDQ) version of the ONNX model at ``float_path`` to ``out_path``,
-    atomically, calibrated (min-max) on ``batches``."""
+    atomically, calibrated (min-max) on ``batches``. The layers named in ``keep_float``
+    (module names, e.g. ``blocks.0.reparam_conv``: the nodes reading ``<name>.weight``) stay
+    float, as in the mixed-precision .pte."""
     try:
         import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     except ImportError:
         raise RepasError("int8 ONNX needs onnxruntime and onnx: pip install 'repas[deploy]'") from None
     arrays = [x[i:i + 1].numpy().astype(np.float32) for x in _calibration_list(batches) for i in range(x.shape[0])]
-    name = onnx.load(str(float_path), load_external_data=False).graph.input[0].name
+    graph = onnx.load(str(float_path), load_external_data=False).graph
+    name = graph.input[0].name
+    weights = {f"{layer}.weight" for layer in keep_float}
+    exclude = [n.name for n in graph.node if weights & set(n.input)]
+    if len(exclude) != len(weights):
+        raise RepasError(f"int8 ONNX: the float layers {sorted(keep_float)} match the nodes {exclude} of "
+                         f"{float_path}; name each layer by its module name (repas info lists them)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / "int8.onnx"
         with quiet_onnx_quantizer():
             quantize_static(str(float_path), str(tmp_out), _Reader(name, arrays), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         atomic_write_bytes(out_path, tmp_out.read_bytes())
     return Path(out_path)
