@@ -29,7 +29,8 @@ def user_run(tmp_path_factory):
         mp.setattr(AdaptiveBN, "candidates", 6)  # the same code as 40, in a sixth of the time
         mp.setattr(AdaptiveBN, "mutations", 2)
         code = main(["pipeline", "--data", str(data), "--run-dir", str(tmp / "run"), *QUICK, *RESNET,
-                     "--set", "search.method=eagleeye", "--set", "search.compare=[uniform]"])
+                     "--set", "search.method=eagleeye", "--set", "search.compare=[uniform]",
+                     "--set", "search.alpha=2.5"])
     assert code == 0
     return tmp / "run", data
 
@@ -44,6 +45,7 @@ def test_every_method_meets_the_budget_and_its_bundle_equals_its_saved_model(use
     for name, r in report["methods"].items():
         assert 0.97 <= r["cost_vs_target"] <= 1.0, name
         assert r["target"] == pytest.approx(0.5 * r["dense_macs"])
+        assert r["alpha"] == 2.5  # the config's search.alpha reaches a user model's method (it once did not)
         out = run if name == "eagleeye" else run / f"compare-{name}"
         model = load_pruned(out / "pruned").eval()  # rebuilt by torchvision and cut, nothing unpickled
         assert type(model).__name__ == "ResNet"

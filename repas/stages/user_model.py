@@ -96,7 +96,7 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     gated = GatedModel(copy.deepcopy(dense), torch.zeros(data.example_shape()), task=data.task_name,
                        name=cfg.model.builder or "model")
     loader = data.train_loader(s)
-    method = create_method(method_name, gated, target=s.target_abs or s.target, metric=s.metric,
+    method = create_method(method_name, gated, target=s.target_abs or s.target, metric=s.metric, alpha=s.alpha,
                            cost=user_latency(cfg, gated), step=cfg.extract.round_to,
                            tolerance=cfg.extract.tolerance, strength=s.strength, updates_per_epoch=len(loader),
                            epochs=s.epochs)
@@ -115,7 +115,8 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
     save_pruned(small, out / "pruned", gated, builder=cfg.model.builder, kwargs=cfg.model.kwargs, masks=masks)
     facts = user_model_facts(gated, widths, method.budget.model if s.metric == "latency" else None)
     target = float(method.budget.target)
-    report = {"method": method_name, **facts, "target": target, "cost_vs_target": facts[s.metric] / target,
+    report = {"method": method_name, **facts, "target": target, "alpha": method.budget.alpha,
+              "cost_vs_target": facts[s.metric] / target,
               "dense_widths": gated.spec.widths, "dense_macs": float(gated.cost("macs", gated.spec.widths)),
               "finetune": tuned}
     report.update(export_user_model(cfg, fuse_user_model(small.eval()), gated.spec, facts, out / "export", data),
