@@ -28,7 +28,10 @@ to candidates whose label starts with one of them (e.g. a third replicate of two
 Reported: every candidate's runs and latency; a one-way ANOVA over the candidates; the rank
 correlation between the first run and the mean of the others; and the winner's curse: the
 candidate best in the first run, scored by the other runs only, against uniform int8 scored
-the same way. Rows are written to OUT.json atomically as they finish (resumable).
+the same way. With ``--float``, the float net to beat at that latency too (the widest uniform
+net whose float .pte, timed interleaved with the dense one, meets the budget; its fine-tune
+one epoch longer in place of QAT), outside the ANOVA: issue 31's accuracy at equal latency
+in this benchmark's recipe. Rows are written to OUT.json atomically as they finish (resumable).
 
     OMP_WAIT_POLICY=PASSIVE python scripts/bench_headroom_int8.py --budget 0.25 --replicates 2
 """
@@ -137,6 +140,32 @@ def measure_pool(dense: torch.nn.Module, args: argparse.Namespace, doc: dict[str
     doc["pool"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dense_float_ms": ms["dense float"], "rows": rows}
 
 
+def measure_float_pool(dense: torch.nn.Module, args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """``--float``: the uniform family's float .pte files, timed with the dense float .pte."""
+    spec = dense.spec
+    shape = (1, spec.in_channels, *spec.input_size)
+    nets = {name: w for name, w in pool(spec.widths, 0, args.step).items() if name.startswith("uniform")}
+    with tempfile.TemporaryDirectory() as tmp:
+        made = export_models(fuse_repnet(dense).eval(), Path(tmp) / "dense", shape, ["pte"], calibration=None)
+        paths = {"dense float": Path(tmp) / "dense" / made["files"]["pte"]["float"]}
+        for name, widths in nets.items():
+            made = export_models(fused_at(spec, widths), Path(tmp) / f"n{len(paths)}", shape, ["pte"],
+                                 calibration=None)
+            paths[f"{name} float"] = Path(tmp) / f"n{len(paths)}" / made["files"]["pte"]["float"]
+        log(f"float pool: timing {len(paths)} .pte files interleaved ({args.runs} calls each)")
+        ms = time_ptes(paths, shape, args.runs)
+    doc["float_pool"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dense_float_ms": ms["dense float"],
+                         "rows": [{"label": f"{name} float", "family": "uniform", "precision": "float",
+                                   "widths": widths, "ms": ms[f"{name} float"],
+                                   "ratio": ms[f"{name} float"] / ms["dense float"]} for name, widths in nets.items()]}
+
+
+def widest_float(doc: dict[str, Any], budget: float) -> dict[str, Any]:
+    """The widest uniform net whose float .pte meets the budget: the float net to beat."""
+    fits = [r for r in doc["float_pool"]["rows"] if r["ratio"] <= budget]
+    return max(fits, key=lambda r: sum(r["widths"]))
+
+
 def choose(doc: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Phase 2: the widest fitting pool net of each family and precision, then random ones."""
     fits = [r for r in doc["pool"]["rows"] if r["ratio"] <= args.budget]
@@ -212,19 +241,25 @@ def searched(dense: torch.nn.Module, scores: list[torch.Tensor], args: argparse.
 
 
 def run_candidate(cand: dict[str, Any], rep: int, ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Phase 3: cut, fine-tune (data order seeded by ``rep``), fuse, QAT, int8 .pte top-1."""
+    """Phase 3: cut, fine-tune (data order seeded by ``rep``), fuse, QAT, int8 .pte top-1; a
+    float candidate fine-tunes one epoch longer instead of QAT (equal epochs), float .pte top-1."""
     cfg, data, dense = ctx["cfg"], ctx["data"], ctx["dense"]
     keep = cand.get("float_layers") or (["blocks.0.reparam_conv"] if cand["precision"] == "int8-first-float" else [])
-    tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs)
+    is_float = cand["precision"] == "float"
+    tcfg = dataclasses.replace(cfg.finetune, epochs=args.epochs + is_float)
     started = time.perf_counter()
     seed = f"-dense{args.dense_seed}" if args.dense_seed else ""
     out = Path(args.run_root) / "headroom" / f"b{args.budget:g}{seed}" / f"{cand['label'].replace(' ', '_')}-r{rep}"
     net, curve = finetune_cut(dense, ctx["scores"], cand["widths"], tcfg, data, out, seed=rep)
     fused = fuse_repnet(net.eval()).eval()
+    shape = (1, fused.spec.in_channels, *fused.spec.input_size)
+    if is_float:
+        return {"label": cand["label"], "precision": "float", "widths": cand["widths"], "rep": rep,
+                "ratio": cand["ratio"], "top1": pte_top1(fused, data, fused.spec, shape, out / "model.pte"),
+                "seconds": time.perf_counter() - started, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     qcfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, qat=True, float_layers=keep or None))
     torch.manual_seed(rep)
     int8, _, qat = qat_int8(qcfg, fused, data, fused.spec)
-    shape = (1, fused.spec.in_channels, *fused.spec.input_size)
     top1 = pte_top1(int8, data, fused.spec, shape, out / "model-int8.pte")
     return {"label": cand["label"], "precision": cand["precision"], "widths": cand["widths"], "rep": rep,
             "ratio": cand["ratio"], "top1": top1, "float_top1_before_qat": curve[-1] if curve else None,
@@ -241,6 +276,7 @@ def stats(doc: dict[str, Any]) -> dict[str, Any] | None:
     full = {k: v for k, v in runs.items() if len(v) >= 2}
     if len(full) < 3:
         return None
+    full = {k: v for k, v in full.items() if not k.endswith(" float")}  # the headroom is among the int8 nets
     labels = list(full)
     f, p = f_oneway(*[list(full[k].values()) for k in labels])
     first = [full[k][min(full[k])] for k in labels]
@@ -265,7 +301,7 @@ def table(doc: dict[str, Any], args: argparse.Namespace) -> str:
              f"Command: `{meta['command']}`", "",
              f"Dense float .pte: {doc['pool']['dense_float_ms']:.4f} ms; {len(doc['pool']['rows'])} pool nets timed "
              "interleaved in one process.", "",
-             "| candidate | precision | widths | latency (x dense float) | int8 .pte top-1, per run | mean |",
+             "| candidate | precision | widths | latency (x dense float) | .pte top-1, per run | mean |",
              "|---|---|---|---|---|---|"]
     for c in doc["candidates"]:
         got = sorted((r for r in doc["rows"] if r["label"] == c["label"]), key=lambda r: r["rep"])
@@ -281,6 +317,15 @@ def table(doc: dict[str, Any], args: argparse.Namespace) -> str:
                   f"{s['spearman_rerun']:+.2f}.",
                   f"Winner's curse: best in the first run, `{s['best_first']}`, scores {s['best_others']:.2f} in "
                   f"the other runs, against {s['uniform_others']:.2f} for `{s['uniform']}`."]
+    floats = [r["top1"] for r in doc["rows"] if r["precision"] == "float"]
+    if floats:
+        means: dict[str, list[float]] = {}
+        for r in doc["rows"]:
+            means.setdefault(r["label"], []).append(r["top1"])
+        base = statistics.fmean(floats)
+        lines += ["", f"Against the float net at this latency (mean {base:.2f} over {len(floats)} run(s)): " +
+                  "; ".join(f"`{k}` {statistics.fmean(v) - base:+.2f}" for k, v in means.items()
+                            if not k.endswith(" float")) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -303,6 +348,8 @@ def main() -> None:
     p.add_argument("--labels", default="", help="comma-separated label prefixes: run only those candidates")
     p.add_argument("--dense-seed", type=int, default=0,
                    help="the dense net: RUN_ROOT/seed-S/train (trained if missing)")
+    p.add_argument("--float", action="store_true", help="add the float net to beat: the widest uniform net whose "
+                   "float .pte meets the budget (its fine-tune one epoch longer, in place of QAT)")
     p.add_argument("--pool-from", default="", help="another dense seed's OUT.json: its pool and searched candidate "
                    "(.pte speed does not depend on the weights), instead of timing them again")
     args = p.parse_args()
@@ -335,6 +382,12 @@ def main() -> None:
         if "searched" not in doc:
             doc["searched"] = searched(dense, scores, args)
         doc["candidates"].append(doc["searched"])
+    if args.float:
+        if args.pool_from and "float_pool" not in doc:
+            doc["float_pool"] = json.loads(Path(args.pool_from).read_text()).get("float_pool")
+        if not doc.get("float_pool"):
+            measure_float_pool(dense, args, doc)
+        doc["candidates"].append(widest_float(doc, args.budget))
     store.save()
     log("candidates: " + "; ".join(f"{c['label']} {'/'.join(map(str, c['widths']))} {c['ratio']:.3f}"
                                    for c in doc["candidates"]))

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from repas.atomic import atomic_write_json
+from repas.config import load_config
 from repas.deploy import cpu_name, export_models, latency_each
 from repas.deploy.executorch_export import executorch_version, set_executorch_threads
 from repas.deploy.mixed_precision import quantizable_layers
@@ -39,7 +40,6 @@ SR_SHAPE = (360, 640)  # the SR results' latency input (docs/results.md)
 
 def config_net(path: str) -> tuple[nn.Module, tuple[int, ...], str]:
     """The config's dense net, fused, at random weights, and the shape it is exported at."""
-    from repas.config import load_config
     from repas.graph import fuse_user_model
     from repas.graph.builders import build_from
     from repas.supernet import build, create_supernet_spec, with_branches
@@ -88,6 +88,12 @@ def main() -> None:
             mixed = export_models(model, Path(tmp) / "mixed", shape, ["pte"], calibration=calibration,
                                   float_layers=[first])
             paths[f"int8, {first} float"] = Path(tmp) / "mixed" / mixed["files"]["pte"]["int8"]
+        shipped = load_config(args.config).export.float_layers if args.config else None
+        if shipped:  # the mixed precision the config ships
+            mixed = export_models(model, Path(tmp) / "shipped", shape, ["pte"], calibration=calibration,
+                                  float_layers=shipped)
+            paths[f"int8, {', '.join(shipped)} float (the config's)"] = \
+                Path(tmp) / "shipped" / mixed["files"]["pte"]["int8"]
         runs = args.runs if shape[2] * shape[3] < 100_000 else max(20, args.runs // 25)
         times = latency_each({k: (lambda q=q: pte_runner(q)) for k, q in paths.items()}, shape,
                              warmup=max(3, runs // 10), runs=runs, passes=5)
