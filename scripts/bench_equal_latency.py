@@ -38,6 +38,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_harness import cell  # noqa: E402
+
 from repas.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from repas.config import load_config
 from repas.deploy import cpu_name, export_models, latency_each
@@ -211,12 +214,6 @@ def time_seed(seed: int, rows: list[dict[str, Any]], doc: dict[str, Any], args: 
             "ratio": {k: v / times["dense float"] for k, v in times.items()}}
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "-"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def table(doc: dict[str, Any]) -> str:
     meta, cal = doc["meta"], doc.get("calibration", {})
     lines = ["# Accuracy at equal measured latency: float against int8 (`scripts/bench_equal_latency.py`)", "",
@@ -240,7 +237,7 @@ def table(doc: dict[str, Any]) -> str:
         rs = [r for r in doc["rows"] if (r["fraction"], r["precision"]) == (f, prec)]
         ratios = [timing[r["seed"]]["ratio"].get(f"{f:g} {prec}") for r in rs if r["seed"] in timing]
         shown = ", ".join(f"{x:.2f}" for x in ratios if x is not None) or "-"
-        lines.append(f"| {f:g} | {prec} | {rs[0]['target']:g} | {len(rs)} | {mean_std([r['top1'] for r in rs])} | "
+        lines.append(f"| {f:g} | {prec} | {rs[0]['target']:g} | {len(rs)} | {cell([r['top1'] for r in rs])} | "
                      f"{shown} |")
     lines += ["", "int8 minus float at each budget, per seed, then mean ± std:", ""]
     for f in sorted({k[0] for k in keys}, reverse=True):
@@ -248,7 +245,7 @@ def table(doc: dict[str, Any]) -> str:
         i8 = {r["seed"]: r["top1"] for r in doc["rows"] if r["fraction"] == f and r["precision"] == "int8"}
         d = [i8[s] - fl[s] for s in sorted(fl) if s in i8]
         if d:
-            lines.append(f"- {f:g}x: {mean_std(d)} points ({', '.join(f'{x:+.2f}' for x in d)})")
+            lines.append(f"- {f:g}x: {cell(d)} points ({', '.join(f'{x:+.2f}' for x in d)})")
     return "\n".join(lines) + "\n"
 
 

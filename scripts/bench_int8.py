@@ -44,6 +44,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_harness import cell  # noqa: E402
+
 from repas.atomic import atomic_write_json, atomic_write_text
 from repas.config import load_config
 from repas.deploy import cpu_name
@@ -219,14 +222,6 @@ def seed_context(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- tables ---------------------------------------------------------------------------------
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def write_outputs(out: Path, doc: dict[str, Any]) -> None:
     atomic_write_json(out.with_suffix(".json"), doc)
     meta = doc["meta"]
@@ -261,12 +256,12 @@ def write_outputs(out: Path, doc: dict[str, Any]) -> None:
         deltas = [r["top1_pte"] - floats[r["seed"]] for r in rs if r["seed"] in floats]
         gap = max(abs(r["top1_pte"] - r["top1_torch"]) for r in rs)
         qat = [r for r in rs if "qat_seconds_per_epoch" in r]
-        lines.append(f"| {name} | {len(rs)} | {mean_std([r['top1_pte'] for r in rs])} | "
-                     f"{mean_std(deltas) if name != 'float' else ''} | {mean_std([r['top1_torch'] for r in rs])} | "
+        lines.append(f"| {name} | {len(rs)} | {cell([r['top1_pte'] for r in rs])} | "
+                     f"{cell(deltas) if name != 'float' else ''} | {cell([r['top1_torch'] for r in rs])} | "
                      f"{gap:.2f} | "
-                     f"{mean_std([r['qat_seconds_per_epoch'] for r in qat]) if qat else ''} | "
-                     f"{mean_std([r['float_seconds_per_epoch'] for r in qat]) if qat else ''} | "
-                     f"{mean_std([r['qat_vs_float_epoch'] for r in qat]) if qat else ''} |")
+                     f"{cell([r['qat_seconds_per_epoch'] for r in qat]) if qat else ''} | "
+                     f"{cell([r['float_seconds_per_epoch'] for r in qat]) if qat else ''} | "
+                     f"{cell([r['qat_vs_float_epoch'] for r in qat]) if qat else ''} |")
     lines += ["", "Per seed:", "", "| seed | variant | top-1 .pte | top-1 torch | fake-quant | trained float | "
               "seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
