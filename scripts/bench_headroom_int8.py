@@ -140,11 +140,18 @@ def measure_pool(dense: torch.nn.Module, args: argparse.Namespace, doc: dict[str
     doc["pool"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dense_float_ms": ms["dense float"], "rows": rows}
 
 
+def given_widths(text: str) -> dict[str, list[int]]:
+    """``--float-widths``: 'A/B/C,D/E/F' -> {'given A/B/C': [A, B, C], ...}."""
+    return {f"given {w}": [int(v) for v in w.split("/")] for w in text.split(",") if w}
+
+
 def measure_float_pool(dense: torch.nn.Module, args: argparse.Namespace, doc: dict[str, Any]) -> None:
-    """``--float``: the uniform family's float .pte files, timed with the dense float .pte."""
+    """``--float``: the uniform family's float .pte files (and ``--float-widths``), timed with
+    the dense float .pte."""
     spec = dense.spec
     shape = (1, spec.in_channels, *spec.input_size)
     nets = {name: w for name, w in pool(spec.widths, 0, args.step).items() if name.startswith("uniform")}
+    nets.update(given_widths(args.float_widths))
     with tempfile.TemporaryDirectory() as tmp:
         made = export_models(fuse_repnet(dense).eval(), Path(tmp) / "dense", shape, ["pte"], calibration=None)
         paths = {"dense float": Path(tmp) / "dense" / made["files"]["pte"]["float"]}
@@ -155,15 +162,17 @@ def measure_float_pool(dense: torch.nn.Module, args: argparse.Namespace, doc: di
         log(f"float pool: timing {len(paths)} .pte files interleaved ({args.runs} calls each)")
         ms = time_ptes(paths, shape, args.runs)
     doc["float_pool"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dense_float_ms": ms["dense float"],
-                         "rows": [{"label": f"{name} float", "family": "uniform", "precision": "float",
+                         "rows": [{"label": f"{name} float", "family": name.split()[0], "precision": "float",
                                    "widths": widths, "ms": ms[f"{name} float"],
                                    "ratio": ms[f"{name} float"] / ms["dense float"]} for name, widths in nets.items()]}
 
 
-def widest_float(doc: dict[str, Any], budget: float) -> dict[str, Any]:
-    """The widest uniform net whose float .pte meets the budget: the float net to beat."""
+def float_candidates(doc: dict[str, Any], budget: float) -> list[dict[str, Any]]:
+    """The float nets to beat: the widest uniform net whose float .pte meets the budget, and
+    each ``--float-widths`` net that meets it."""
     fits = [r for r in doc["float_pool"]["rows"] if r["ratio"] <= budget]
-    return max(fits, key=lambda r: sum(r["widths"]))
+    return [max((r for r in fits if r["family"] == "uniform"), key=lambda r: sum(r["widths"])),
+            *(r for r in fits if r["family"] == "given")]
 
 
 def choose(doc: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -317,15 +326,16 @@ def table(doc: dict[str, Any], args: argparse.Namespace) -> str:
                   f"{s['spearman_rerun']:+.2f}.",
                   f"Winner's curse: best in the first run, `{s['best_first']}`, scores {s['best_others']:.2f} in "
                   f"the other runs, against {s['uniform_others']:.2f} for `{s['uniform']}`."]
-    floats = [r["top1"] for r in doc["rows"] if r["precision"] == "float"]
+    runs: dict[str, list[float]] = {}
+    for r in doc["rows"]:
+        runs.setdefault(r["label"], []).append(r["top1"])
+    floats = {k: statistics.fmean(v) for k, v in runs.items() if k.endswith(" float")}
     if floats:
-        means: dict[str, list[float]] = {}
-        for r in doc["rows"]:
-            means.setdefault(r["label"], []).append(r["top1"])
-        base = statistics.fmean(floats)
-        lines += ["", f"Against the float net at this latency (mean {base:.2f} over {len(floats)} run(s)): " +
-                  "; ".join(f"`{k}` {statistics.fmean(v) - base:+.2f}" for k, v in means.items()
-                            if not k.endswith(" float")) + "."]
+        best = max(floats, key=floats.get)
+        lines += ["", f"Against the best float net at this latency (`{best}`, mean {floats[best]:.2f} over "
+                  f"{len(runs[best])} run(s)): " +
+                  "; ".join(f"`{k}` {statistics.fmean(v) - floats[best]:+.2f}" for k, v in runs.items()
+                            if k not in floats) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -350,6 +360,8 @@ def main() -> None:
                    help="the dense net: RUN_ROOT/seed-S/train (trained if missing)")
     p.add_argument("--float", action="store_true", help="add the float net to beat: the widest uniform net whose "
                    "float .pte meets the budget (its fine-tune one epoch longer, in place of QAT)")
+    p.add_argument("--float-widths", default="", help="with --float: more float nets to beat, e.g. 8/8/12/20/16/20 "
+                   "(comma-separated; each kept if its float .pte meets the budget)")
     p.add_argument("--pool-from", default="", help="another dense seed's OUT.json: its pool and searched candidate "
                    "(.pte speed does not depend on the weights), instead of timing them again")
     args = p.parse_args()
@@ -383,11 +395,15 @@ def main() -> None:
             doc["searched"] = searched(dense, scores, args)
         doc["candidates"].append(doc["searched"])
     if args.float:
-        if args.pool_from and "float_pool" not in doc:
-            doc["float_pool"] = json.loads(Path(args.pool_from).read_text()).get("float_pool")
-        if not doc.get("float_pool"):
+        given = {f"{name} float" for name in given_widths(args.float_widths)}
+        timed = lambda d: bool(d.get("float_pool")) and given <= {r["label"] for r in d["float_pool"]["rows"]}  # noqa: E731
+        if not timed(doc) and args.pool_from:  # .pte speed does not depend on the weights
+            source = json.loads(Path(args.pool_from).read_text())
+            if timed(source):
+                doc["float_pool"] = source["float_pool"]
+        if not timed(doc):
             measure_float_pool(dense, args, doc)
-        doc["candidates"].append(widest_float(doc, args.budget))
+        doc["candidates"] += float_candidates(doc, args.budget)
     store.save()
     log("candidates: " + "; ".join(f"{c['label']} {'/'.join(map(str, c['widths']))} {c['ratio']:.3f}"
                                    for c in doc["candidates"]))
@@ -402,7 +418,7 @@ def main() -> None:
                 continue
             row = store.add(run_candidate(cand, rep, ctx, args))
             atomic_write_text(md, table(doc, args))
-            log(f"{cand['label']} run {rep}: int8 .pte top-1 {row['top1']:.2f} ({row['seconds']:.0f} s)")
+            log(f"{cand['label']} run {rep}: {row['precision']} .pte top-1 {row['top1']:.2f} ({row['seconds']:.0f} s)")
     atomic_write_text(md, table(doc, args))
     print(table(doc, args))
 
