@@ -307,7 +307,7 @@ def table(doc: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"# Headroom in width x precision at {args.budget:g}x the dense float .pte latency "
              "(`scripts/bench_headroom_int8.py`)", "",
              f"{meta['date']}, {meta['cpu']}, torch {meta['torch']}, ExecuTorch {meta['executorch']}, 1 thread. "
-             f"Command: `{meta['command']}`", "",
+             "Commands, in order: " + "; then ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]])), "",
              f"Dense float .pte: {doc['pool']['dense_float_ms']:.4f} ms; {len(doc['pool']['rows'])} pool nets timed "
              "interleaved in one process.", "",
              "| candidate | precision | widths | latency (x dense float) | .pte top-1, per run | mean |",
@@ -375,9 +375,11 @@ def main() -> None:
     path, md = out.parent / f"{out.name}.json", out.parent / f"{out.name}.md"  # (a name like b0.25 has a dot)
     store = RowStore(path)
     doc = store.doc
+    earlier = doc.get("meta", {})
+    runs = [c for c in earlier.get("commands", [earlier["command"]] if "command" in earlier else []) if c != command()]
     doc["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "torch": torch.__version__,
                    "executorch": executorch_version(), "budget": args.budget, "epochs": args.epochs,
-                   "command": command()}
+                   "command": command(), "commands": [*runs, command()]}  # every run that added rows here
     args.seeds, args.threads = "0", 1  # what ensure_dense reads
     dense = load_model(ensure_dense(args.dense_seed, args)).eval()
     if args.pool_from and "pool" not in doc:
