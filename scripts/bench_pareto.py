@@ -131,10 +131,13 @@ def table(rows: list[dict], primary: str) -> str:
                 cells[m, b] = (mean_std([r["metric"][primary] for r in got]), len(got),
                                statistics.fmean(r["cost_vs_target"] for r in got),
                                statistics.fmean(r["latency_ms"] for r in got))
-    sparse = {m: [statistics.fmean(r["weight_density"] for r in rows if r["method"] == m and r.get("weight_density")
-                                   is not None and (r["budget_metric"], r["budget"]) == b) for b in budgets
-                  if any(r["method"] == m and r.get("weight_density") is not None
-                         and (r["budget_metric"], r["budget"]) == b for r in rows)] for m in methods}
+    sparse: dict[str, list[float]] = {m: [] for m in methods}  # mean non-zero share, budget by budget
+    for m in methods:
+        for b in budgets:
+            kept = [r["weight_density"] for r in rows if r["method"] == m and (r["budget_metric"], r["budget"]) == b
+                    and r.get("weight_density") is not None]
+            if kept:
+                sparse[m].append(statistics.fmean(kept))
     head = "| method | " + " | ".join(f"{v:g} x dense {k}: {primary} (mean ± std, n) / cost x target / ms"
                                       for k, v in budgets) + " |"
     if any(sparse.values()):  # the unstructured methods: cost counts non-zero weights only, latency stays dense
@@ -249,7 +252,8 @@ def main() -> None:
     atomic_write_json(docs / f"pareto_{args.name}.json", {"header": top, "rows": [
         {k: r[k] for k in ("method", "budget_metric", "budget", "seed", "target", "cost", "cost_vs_target", "macs",
                            "params", "widths", "latency_ms", "metric", "epochs_total", "epochs_at_own_widths")
-         if k in r} | {k: r[k] for k in ("predicted_latency_ms", "carried", "dir") if k in r}
+         if k in r} | {k: r[k] for k in ("predicted_latency_ms", "weight_density", "carried", "dir")
+                       if r.get(k) is not None}
         for r in rows]})
     atomic_write_text(docs / f"pareto_{args.name}.md", text)
     print(text)

@@ -3,6 +3,7 @@ conv + BN form and ResRep's folded compactors equal the nets they come from (eva
 1e-5 relative), the zeros meet the budget in the cost a zero-skipping runtime would pay,
 survive fusion and the fine-tune; and each method runs through ``repas pipeline``."""
 
+import json
 
 import pytest
 import torch
@@ -20,14 +21,11 @@ NEW = ["magnitude", "admm-unstructured", "pattern", "resrep"]
 
 def _supernet(seed: int = 0) -> repas.supernet.RepNet:
     """A gated supernet whose BatchNorms hold non-trivial statistics (folding must use them)."""
+    from conftest import randomize_bn
+
     torch.manual_seed(seed)
     model = repas.create_model("repvgg-fmnist", gated=True)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+    randomize_bn(model, seed)
     return model.eval()
 
 
@@ -87,6 +85,39 @@ def test_resrep_compactors_fold_into_the_convs_exactly_and_forgotten_rows_shrink
     assert sub.spec.widths == widths
 
 
+def test_resrep_under_float_and_int8_tables_records_each_layers_fastest_precision():
+    from conftest import tiny_spec
+    from test_latency_int8 import tables
+
+    from repas.search import Budget, LatencyModel
+    from repas.search.exact_allocation import FastestPrecision
+    from repas.supernet import build
+
+    spec = tiny_spec()
+    t = tables(spec)
+    latency = LatencyModel(t["float"][0], spec, int8_table=t["int8"][0])
+    model = build(spec)
+    target = 0.6 * float(FastestPrecision(latency)(spec.widths))
+    method = create_method("resrep", model, Budget(spec, target, "latency", 1.0, latency), step=4)
+    x = torch.randn(16, spec.in_channels, *spec.input_size)
+    widths = method.prune(x)
+    assert method.precision == method.budget.model.precision_of(widths) and len(method.precision) == len(widths)
+    assert float(method.budget.cost(widths)) <= target
+
+
+def test_a_method_that_keeps_every_channel_refuses_an_error_tolerance_search(tmp_path):
+    from repas.config import load_config
+    from repas.stages import search_stage
+
+    cfg = load_config("configs/fmnist.yaml", overrides=["search.method=magnitude", "search.max_drop=1.0",
+                                                          "search.pte_latency=null"],
+                      values={"run_dir": str(tmp_path / "run")})
+    with pytest.raises(RepasError, match="keeps every channel"):
+        search_stage(cfg)
+    with pytest.raises(RepasError, match="samples feature maps: pass inputs"):
+        create_method("magnitude", _supernet(), target=0.5).prune(None)
+
+
 @pytest.mark.parametrize("name", ["magnitude", "pattern"])
 def test_an_unstructured_method_meets_the_budget_in_non_zero_cost_and_the_fine_tune_holds_its_zeros(name):
     model, x = _supernet(2), torch.randn(64, 1, 28, 28)
@@ -143,6 +174,8 @@ def test_each_method_runs_through_the_pipeline(tmp_path, capsys):
             assert zeros == pytest.approx(1 - extracted["weight_density"], abs=0.01) and zeros > 0.4
             assert any("accuracy only" in w for w in searched["warnings"])
     assert "of weights non-zero" in (run / "report.md").read_text()
+    summary = json.loads((run / "summary.json").read_text())  # the dense net is dense, the searched one sparse
+    assert summary["dense"]["weight_density"] is None and 0 < summary["searched"]["weight_density"] < 0.6
     capsys.readouterr()
     assert main(["methods"]) == 0
     listed = capsys.readouterr().out

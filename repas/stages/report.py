@@ -34,7 +34,7 @@ def summarize(cfg: PipelineConfig, latency: dict[str, dict[str, float]], seconds
                 "epochs": trained.get("config", {}).get("epochs"),
                 "metrics": export.get("metrics", {}), "latency_ms": export.get("latency_ms", {}),
                 "layer_precision": export.get("checks", {}).get("pte_int8_layer_precision"),
-                "weight_density": _extract_report(export_dir).get("weight_density")}
+                "weight_density": None if which == "dense" else _extract_report(export_dir).get("weight_density")}
 
     return {
         "run_dir": str(run), "seconds": seconds, "environment": environment(), "metric": primary,

@@ -47,6 +47,9 @@ def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
 def search_stage(cfg: PipelineConfig, source: str | Path | None = None, *, resume: Resume = False,
                  data: TaskData | None = None) -> Path:
     """Choose the widths of a (trained) supernet under the budget with ``search.method``."""
+    if cfg.search.max_drop is not None and method_class(cfg.search.method).weight_sparsity:
+        raise RepasError(f"search.max_drop shrinks channel widths round by round, and {cfg.search.method} keeps every "
+                         "channel (it zeroes single weights): give it a macs or params target instead (--target 0.5)")
     if cfg.search.pte_latency is not None:
         raise RepasError("search.pte_latency is a budget 'repas pipeline' measures (it times the nets it chooses "
                          "from): run the pipeline, or set search.pte_latency: null and give --target")
@@ -75,7 +78,7 @@ def save_search(cfg: PipelineConfig, model: RepNet, report: dict[str, Any], budg
     """The report leads with the result: the searched widths and their cost (the supernet's
     own under ``supernet``), and warns where the search did not decide the widths."""
     widths = gate_widths(model)
-    sparse = method_class(cfg.search.method).weight_sparsity and cfg.search.max_drop is None
+    sparse = method_class(cfg.search.method).weight_sparsity
     searched = sparse_cost(model, budget) if sparse else float(budget.cost(widths))  # zeros skipped
     report.setdefault("supernet", model_facts(model))
     report.update({"widths": widths, "macs": float(cost(model.spec, widths, "macs")),

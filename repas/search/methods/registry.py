@@ -102,11 +102,16 @@ class PruningMethod:
             raise RepasError(f"method {self.name} samples feature maps: pass inputs (a batch of training images)")
         self.model.eval()
         masks, scores = self.select(inputs)
-        apply_masks(self.model, masks, scores)
+        self.write(masks, scores, inputs)
         widths = [int(m.sum()) for m in masks]
         if isinstance(self.budget.model, FastestPrecision):
             self.precision = self.budget.model.precision_of(widths)
         return widths
+
+    def write(self, masks: Masks, scores: list[torch.Tensor], inputs: torch.Tensor | None) -> None:
+        """Write the decision into the model: the masks into its gates (a method that also
+        changes the weights, as ResRep folds its compactors, does that here first)."""
+        apply_masks(self.model, masks, scores)
 
     def extract(self, inputs: torch.Tensor | None = None) -> torch.nn.Module:
         """Prune, then cut the physically smaller net (no gates), equal to the gated one: a

@@ -152,11 +152,9 @@ class ResRep(PruningMethod):
                 plain.blocks[i].act = acts[i]
 
     @torch.no_grad()
-    def prune(self, inputs: torch.Tensor | None = None) -> list[int]:
-        """Select by row norms, fold the compactors into the net (in place: it becomes the
-        one-branch conv + BN form), then write the masks into its gates."""
-        self.model.eval()
-        masks, scores = self.select(inputs)
+    def write(self, masks: Masks, scores: list[torch.Tensor], inputs: torch.Tensor | None) -> None:
+        """Fold the compactors into the net (in place: it becomes the one-branch conv + BN
+        form), then write the masks into its gates."""
         mix = [self.compactors[i].matrix().detach() if i in self.compactors else None
                for i in range(len(self.model.blocks))]
         for i in self.compactors:
@@ -164,7 +162,5 @@ class ResRep(PruningMethod):
         conv_bn_form(self.model, inputs, mix=mix, inplace=True)
         self.compactors = {}
         apply_masks(self.model, masks, scores)
-        return [int(m.sum()) for m in masks]
-
 
 __all__ = ["Compacted", "Compactor", "ResRep"]

@@ -70,14 +70,13 @@ class WeightSparsityMethod(PruningMethod):
         raise NotImplementedError
 
     @torch.no_grad()
-    def prune(self, inputs: torch.Tensor | None = None) -> list[int]:
+    def write(self, masks: Masks, scores: list[torch.Tensor], inputs: torch.Tensor | None) -> None:
         deploy = conv_bn_form(self.model, inputs, inplace=True)
         for conv, mask in zip(block_convs(deploy), self.weight_masks(deploy)):
             conv.weight.mul_(mask.to(conv.weight))
         cost = sparse_cost(deploy, self.budget)
         self.measured = {"weight_density": density(deploy), f"sparse_{self.budget.metric}": cost,
                          "sparse_cost_vs_target": cost / self.budget.target}
-        return list(deploy.spec.widths)
 
     def metrics(self) -> dict[str, float]:
         return dict(self.measured)
