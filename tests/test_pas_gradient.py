@@ -52,6 +52,7 @@ def test_pas_and_pas_raw_differ_only_in_the_gates_budget_gradient():
         model = build(tiny_spec())
         budget = Budget(model.spec, 0.3 * float(spec_cost_of(model.spec, model.spec.widths, "macs")), "macs", 5.0)
         method = create_method(name, model, budget)
+        method.update = method.total  # past pas's ramp: both aim at the budget itself
         penalty = method.penalty()
         penalty.backward()
         got[name] = (float(penalty.detach()), [g.weight.grad.abs().mean().item() for g in model.gate_modules()
@@ -59,3 +60,54 @@ def test_pas_and_pas_raw_differ_only_in_the_gates_budget_gradient():
     assert got["pas"][0] == pytest.approx(got["pas-raw"][0])
     raw, norm = got["pas-raw"][1], got["pas"][1]
     assert max(norm) / min(norm) < 1.01 < 1.5 < max(raw) / min(raw)  # alike per channel, or by cost
+
+
+def _search_cost_trace(name: str, updates: int = 60) -> tuple[list[float], list[int], list[int]]:
+    """The budget loss alone (no task loss) driving the gates of a tiny net down to 0.4x its
+    MACs with the trainer's gate optimizer: cost over target after each update, final widths."""
+    from repas.supernet.gating import gate_widths
+    from repas.train.optim import gate_optimizer
+
+    torch.manual_seed(0)
+    model = build(tiny_spec())
+    dense = float(spec_cost_of(model.spec, model.spec.widths, "macs"))
+    budget = Budget(model.spec, 0.4 * dense, "macs", 5.0)
+    method = create_method(name, model, budget, updates_per_epoch=updates, epochs=1)
+    opt = gate_optimizer(model, 0.05)
+    trace = []
+    for update in range(1, updates + 1):
+        opt.zero_grad()
+        method.penalty().backward()
+        opt.step()
+        method.after_step(update)
+        trace.append(float(budget.cost(gate_widths(model))) / budget.target)
+    return trace, gate_widths(model), model.spec.widths
+
+
+def test_pas_tracks_the_budget_down_without_collapsing_where_published_pas_does():
+    trace, widths, dense = _search_cost_trace("pas")
+    assert min(trace) > 0.8, trace  # never far under the budget on the way
+    assert 0.85 < trace[-1] < 1.15, trace
+    assert all(w >= d / 8 for w, d in zip(widths, dense)), widths  # no layer thinned to a sliver
+    raw, raw_widths, _ = _search_cost_trace("pas-raw")
+    assert min(raw) < 0.5, raw  # gates all at 1.0 cross together and overshoot the budget
+
+
+def test_pas_starts_with_every_channel_on_ranked_by_filter_norm_and_ramps_the_target():
+    from repas.search.prunable import filter_norms
+
+    torch.manual_seed(0)
+    model = build(tiny_spec())
+    budget = Budget(model.spec, 0.5 * float(spec_cost_of(model.spec, model.spec.widths, "macs")), "macs", 5.0)
+    method = create_method("pas", model, budget, updates_per_epoch=10, epochs=2)
+    for gate, norms in zip(model.gate_modules(), filter_norms(model)):
+        if gate is not None:
+            w = gate.weight.detach()
+            assert bool((w > gate.threshold).all()) and bool((w <= 1.0).all())
+            assert torch.equal(torch.argsort(w), torch.argsort(norms, stable=True))
+    assert float(method.penalty().detach()) == 0.0  # update 0 aims at the dense cost
+    assert method.current_target() == pytest.approx(method.dense_cost)
+    method.after_step(5)  # a quarter of the way: half-way down the ramp (ramp_fraction 0.5)
+    assert method.current_target() == pytest.approx((method.dense_cost + budget.target) / 2)
+    method.load_state_dict(method.state_dict() | {"update": 20})
+    assert method.current_target() == pytest.approx(budget.target)
