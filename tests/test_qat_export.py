@@ -1,5 +1,5 @@
-"""``export.qat``: the int8 .pte of a bundle is the net quantization-aware training produced
-(no fresh calibration), and bad int8 options are one line."""
+"""``export.qat``: the int8 .pte and .onnx of a bundle are the net quantization-aware training
+produced (no fresh calibration), and bad int8 options are one line."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def fused_run(tmp_path_factory):
 def test_the_int8_pte_is_the_trained_qat_net(fused_run, tmp_path):
     from repas.config import load_config
     from repas.deploy import export_models
-    from repas.deploy.runner import pte_runner
+    from repas.deploy.runner import onnx_runner, pte_runner
     from repas.stages.common import get_data
     from repas.stages.qat import qat_int8
     from repas.supernet import load_model
@@ -49,18 +49,21 @@ def test_the_int8_pte_is_the_trained_qat_net(fused_run, tmp_path):
     made = export_models(model, tmp_path, shape, ["pte", "onnx"], calibration=calibration, qat=(int8, trained))
     assert made["files"]["pte"]["int8"] == "model-int8.pte" and (tmp_path / "model-int8.onnx").exists()
     assert not (tmp_path / ".qat-float.onnx").exists()
-    run_pte = pte_runner(tmp_path / "model-int8.pte")
     x = calibration[0][:8]
     with torch.no_grad():
         reference = torch.cat([int8(x[i:i + 1]) for i in range(8)])
-        fresh = export_models(model, tmp_path / "ptq", shape, ["pte"], calibration=calibration)
-    got = torch.from_numpy(np.concatenate([run_pte(x[i:i + 1].numpy()) for i in range(8)]))
+        fresh = export_models(model, tmp_path / "ptq", shape, ["pte", "onnx"], calibration=calibration)
     spread = float(reference.abs().max())
-    # XNNPACK's int8 kernels round like PyTorch's reference within a few output steps (here 0.0011 each)
-    assert float((got - reference).abs().max()) <= 0.05 * spread
-    ptq = pte_runner(tmp_path / "ptq" / fresh["files"]["pte"]["int8"])
-    ptq_out = torch.from_numpy(np.concatenate([ptq(x[i:i + 1].numpy()) for i in range(8)]))
-    assert float((ptq_out - reference).abs().max()) > float((got - reference).abs().max())  # not a recalibration
+    for fmt, runner in (("pte", pte_runner), ("onnx", onnx_runner)):
+        got = torch.from_numpy(np.concatenate([runner(tmp_path / f"model-int8.{fmt}")(x[i:i + 1].numpy())
+                                               for i in range(8)]))
+        # XNNPACK's and onnxruntime's int8 kernels round like PyTorch's reference within a few
+        # output steps (here 0.0011 each)
+        assert float((got - reference).abs().max()) <= 0.05 * spread, fmt
+        ptq = runner(tmp_path / "ptq" / fresh["files"][fmt]["int8"])
+        ptq_out = torch.from_numpy(np.concatenate([ptq(x[i:i + 1].numpy()) for i in range(8)]))
+        assert float((ptq_out - reference).abs().max()) > float((got - reference).abs().max()), fmt  # not recalibrated
+    assert made["checks"]["onnx_int8_max_abs_diff_vs_torch_int8"] <= 0.05 * spread
 
 
 def test_repas_export_qat_writes_a_bundle_that_records_it(fused_run, tmp_path, capsys):
@@ -77,8 +80,23 @@ def test_repas_export_qat_writes_a_bundle_that_records_it(fused_run, tmp_path, c
     assert not out.exists()
 
 
+def test_qat_with_onnx_alone_writes_the_qat_net_as_int8_onnx(fused_run, capsys):
+    # a net with no XNNPACK kernel for some op (the U-Net's upsampling) ships ONNX alone
+    import onnx
+
+    run, data = fused_run
+    code = main(["export", str(run / "fuse"), "--data", str(data), "--format", "onnx", "--qat",
+                 "--set", "export.qat_epochs=0.5", "--set", "finetune.batch_size=64", "--set", "export.runs=5",
+                 "--set", "export.warmup=1", "--set", "export.calibration=16"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((run / "export" / "model.json").read_text())
+    assert manifest["checks"]["qat"]["steps"] == 2 and "onnx int8" in manifest["metrics"]
+    assert manifest["checks"]["onnx_int8_max_abs_diff_vs_torch_int8"] < 0.05
+    ops = {n.op_type for n in onnx.load(run / "export" / "model-int8.onnx").graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--format", "onnx", "--qat"], "export.qat trains the int8 .pte: add pte to export.formats"),
     (["--set", "export.observer=median"], "unknown int8 observer 'median'"),
     (["--set", "export.qat_lr=0"], "qat_lr be > 0"),
     (["--set", "export.qat_epochs=.nan"], "not a finite number"),
@@ -126,9 +144,9 @@ def test_mixed_precision_keeps_the_named_layers_float_in_one_xnnpack_delegate(fu
     convs = [n for n in graph.node if n.op_type == "Conv"]
     float_convs = [n for n in convs if n.input[1] not in dequantized]
     assert [n.input[1] for n in float_convs] == [f"{first}.weight"] and len(convs) > 1
-    run_pte = pte_runner(tmp_path / "model-int8.pte")
     with torch.no_grad():
         reference = mixed(x[:4]).numpy()
+    run_pte = pte_runner(tmp_path / "model-int8.pte")
     got = np.concatenate([run_pte(x[i:i + 1].numpy()) for i in range(4)])
     assert np.abs(got - reference).max() <= 0.05 * np.abs(reference).max()
 

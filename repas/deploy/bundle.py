@@ -76,6 +76,13 @@ def max_abs_diff(run: Run, model: nn.Module, shape: tuple[int, ...], *, trials: 
     return worst
 
 
+def _output_spread(model: nn.Module, shape: tuple[int, ...], *, seed: int = 0) -> float:
+    """Largest |model(x)| over an input of ``shape`` drawn as ``max_abs_diff`` draws them."""
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 3 - 1
+    with torch.no_grad():
+        return float(model(x).abs().max())
+
+
 def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], formats: Sequence[str], *,
                   calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4,
                   observer: str = "histogram", qat: tuple[nn.Module, nn.Module] | None = None,
@@ -104,7 +111,8 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
 
     int8 is post-training, activations calibrated by ``observer`` (``repas.deploy.qat``),
     unless ``qat`` = (the converted QAT graph, the float net with its trained weights): the
-    int8 .pte is then that graph, and the int8 .onnx is calibrated on the trained weights.
+    int8 .pte and .onnx are then that graph, with the quantization parameters training ended
+    with (no calibration; the .onnx is checked against PyTorch's int8 reference).
     ``float_layers`` stay float in the int8 .pte and .onnx (mixed precision): in the post-training
     .pte, or, with ``qat``, the caller's QAT graph must have been trained with them float."""
     from repas.deploy.executorch_export import executorch_version, lower_program
@@ -135,14 +143,18 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
         if diff > tolerance:
             raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> {tolerance:g}): please report")
         log.info(f"export: {path.name}, |onnxruntime - torch| = {diff:.1e}")
-        if calibration:
-            source = path
-            if qat is not None:  # onnxruntime's quantizer calibrates the QAT-trained weights
-                source = export_onnx(qat[1].eval().to(memory_format=torch.contiguous_format), shape,
-                                     out / ".qat-float.onnx")
-            quantize_onnx(source, add("onnx", "int8"), calibration, keep_float=float_layers)
-            if source != path:
-                source.unlink()
+        if qat is not None:  # the QAT net itself: its quantize / dequantize pairs become QDQ nodes
+            int8_path = export_onnx(qat[0], shape, add("onnx", "int8"))
+            diff = max_abs_diff(onnx_runner(int8_path), qat[0], shape)
+            checks["onnx_int8_max_abs_diff_vs_torch_int8"] = diff
+            spread = _output_spread(qat[0], shape)
+            # onnxruntime's int8 kernels round like PyTorch's reference within a few output steps
+            if diff > 0.05 * spread:
+                raise RepasError(f"the int8 .onnx differs from PyTorch's int8 reference of the QAT net by {diff:.2e} "
+                                 f"(> 5% of its output range {spread:.2e}): please report")
+            log.info(f"export: {int8_path.name} (the QAT net, |onnxruntime - torch int8| = {diff:.1e})")
+        elif calibration:
+            quantize_onnx(path, add("onnx", "int8"), calibration, keep_float=float_layers)
             log.info(f"export: {FILES['onnx', 'int8']} (int8, {sum(len(x) for x in calibration)} "
                      "calibration inputs)")
     if "pte" in formats:

@@ -28,7 +28,10 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
                 dynamic_hw: bool = False) -> Path:
     """Export ``model`` (eval mode) at ``input_shape`` to ``path``, atomically; with
     ``dynamic_hw`` the height and width stay free (fully convolutional nets, e.g. SR)."""
-    model = model.eval()
+    try:
+        model = model.eval()
+    except NotImplementedError:  # a converted int8 graph (torch.export): no train-mode behaviour to switch off
+        pass
     example = torch.randn(*input_shape)
     buf = io.BytesIO()
     dynamic = None

@@ -13,7 +13,6 @@ from repas.atomic import atomic_write_json, atomic_write_text, staged_directory
 from repas.config import PipelineConfig
 from repas.deploy import cpu_name, export_models, latency_each, write_manifest
 from repas.deploy.runner import onnx_runner, pte_runner
-from repas.errors import RepasError
 from repas.json_files import read_json
 from repas.spec import ArchSpec
 from repas.stages.common import (
@@ -141,12 +140,10 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
         check_layers(model, float_layers, "export.float_layers")
     qat, qat_report = None, None
     if int8 and e.qat:
-        if "pte" not in formats:
-            raise RepasError("export.qat trains the int8 .pte: add pte to export.formats (needs ExecuTorch)")
         from repas.deploy.executorch_export import executorch_version
         from repas.stages.qat import qat_int8
 
-        executorch_version()  # a clear error before minutes of training
+        executorch_version()  # (the XNNPACK quantizer QAT trains with) a clear error before minutes of training
         int8_graph, trained, qat_report = qat_int8(cfg, model, data, spec)
         qat = (int8_graph, trained)
     sensitivity = int8_sensitivity_of(cfg, model, spec, data, shape, calibration) if int8 and e.sensitivity else None
