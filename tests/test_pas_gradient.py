@@ -111,3 +111,18 @@ def test_pas_starts_with_every_channel_on_ranked_by_filter_norm_and_ramps_the_ta
     assert method.current_target() == pytest.approx((method.dense_cost + budget.target) / 2)
     method.load_state_dict(method.state_dict() | {"update": 20})
     assert method.current_target() == pytest.approx(budget.target)
+
+
+def test_pas_warns_when_its_gates_end_the_search_above_the_budget():
+    from repas.search.allocation import uniform_masks
+    from repas.supernet.gating import apply_masks
+
+    torch.manual_seed(0)
+    model = build(tiny_spec())
+    budget = Budget(model.spec, 0.5 * float(spec_cost_of(model.spec, model.spec.widths, "macs")), "macs", 5.0)
+    method = create_method("pas", model, budget)
+    (lagged,) = method.warnings()  # every gate still on: the dense cost, 2x the budget
+    assert "2.00x the budget" in lagged and "search.gate_lr" in lagged
+    scores = [-torch.arange(lay.out_channels, dtype=torch.float32) for lay in model.spec.layers]
+    apply_masks(model, uniform_masks(model.spec, scores, budget), scores)
+    assert method.warnings() == []  # at the budget: nothing to say

@@ -50,6 +50,8 @@ def method_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Re
     if method.trains:
         model, report = run_training(cfg, "search", model, s, resume, data=data, terms=[method],
                                      gate_lr=s.gate_lr if method.learns_gates else None)
+        for message in method.warnings():
+            warn(report, message)
     if not method.learns_gates:
         widths = method.prune(sample_inputs(model, data, method.input_count) if method.needs_inputs else None)
         log.info(f"search ({s.method}): widths {widths}" + (f", precision {method.precision}"

@@ -104,6 +104,7 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
         run_training(cfg, "search", gated, s, False, data=data, terms=[method], out=out / "search",
                      label=f"search ({method_name})", gate_lr=s.gate_lr if method.learns_gates else None,
                      teacher=_teacher(dense, s.distill))
+    searched = method.warnings() if method.trains else []  # the gates as the search left them
     inputs = sample_inputs(gated, data, method.input_count) if method.needs_inputs else None
     small = method.extract(inputs)
     masks = gated.masks()
@@ -121,8 +122,8 @@ def prune_user_model(cfg: PipelineConfig, dense: nn.Module, method_name: str, ou
               "finetune": tuned}
     report.update(export_user_model(cfg, fuse_user_model(small.eval()), gated.spec, facts, out / "export", data),
                   seconds=time.perf_counter() - started)
-    report["warnings"] = result_warnings(method_name, tuned["test"], gated.spec.widths, widths,
-                                         len(data.labels()) if data.task_name == "classification" else 0)
+    report["warnings"] = searched + result_warnings(method_name, tuned["test"], gated.spec.widths, widths,
+                                                    len(data.labels()) if data.task_name == "classification" else 0)
     for w in report["warnings"]:
         log.warning(w)
     atomic_write_json(out / "report.json", report)

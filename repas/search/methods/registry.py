@@ -83,6 +83,10 @@ class PruningMethod:
         """Numbers worth logging once an epoch."""
         return {}
 
+    def warnings(self) -> list[str]:
+        """What makes this search's result suspect, each in one sentence (after training)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs besides the model's and optimizers' state."""
         return {}
