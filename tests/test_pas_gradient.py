@@ -122,7 +122,7 @@ def test_pas_warns_when_its_gates_end_the_search_above_the_budget():
     budget = Budget(model.spec, 0.5 * float(spec_cost_of(model.spec, model.spec.widths, "macs")), "macs", 5.0)
     method = create_method("pas", model, budget)
     (lagged,) = method.warnings()  # every gate still on: the dense cost, 2x the budget
-    assert "2.00x the budget" in lagged and "search.gate_lr" in lagged
+    assert "the search ended at 2.00 x its target" in lagged and "search.gate_lr" in lagged
     scores = [-torch.arange(lay.out_channels, dtype=torch.float32) for lay in model.spec.layers]
     apply_masks(model, uniform_masks(model.spec, scores, budget), scores)
     assert method.warnings() == []  # at the budget: nothing to say

@@ -46,7 +46,7 @@ def test_the_int8_pte_is_the_trained_qat_net(fused_run, tmp_path):
     assert changed > 0  # the weights trained
     shape = (1, 1, 28, 28)
     calibration = dataset.calibration_inputs(shape, 16)
-    made = export_models(model, tmp_path, shape, ["pte", "onnx"], calibration=calibration, qat=(int8, trained))
+    made = export_models(model, tmp_path, shape, ["pte", "onnx"], calibration=calibration, qat=int8)
     assert made["files"]["pte"]["int8"] == "model-int8.pte" and (tmp_path / "model-int8.onnx").exists()
     assert not (tmp_path / ".qat-float.onnx").exists()
     x = calibration[0][:8]
@@ -166,12 +166,12 @@ def test_qat_keeps_the_named_layers_float_and_the_pte_is_that_mixed_net(fused_ru
     cfg = load_config(values={"data.root": str(data), "run_dir": str(run), "finetune.batch_size": 64,
                               "export.qat_epochs": 0.5, "export.qat": True, "export.float_layers": [layers[0]]})
     dataset = get_data(cfg)
-    int8, trained, _ = qat_int8(cfg, model, dataset, model.spec)
+    int8, _, _ = qat_int8(cfg, model, dataset, model.spec)
     weights_int8 = sum("dequantize_per_channel" in str(n.target) for n in int8.graph.nodes)
     assert weights_int8 == len(layers) - 1  # every layer's weights int8 but the first's
     shape = (1, 1, 28, 28)
     calibration = dataset.calibration_inputs(shape, 16)
-    made = export_models(model, tmp_path, shape, ["pte"], calibration=calibration, qat=(int8, trained),
+    made = export_models(model, tmp_path, shape, ["pte"], calibration=calibration, qat=int8,
                          float_layers=[layers[0]])
     checks = made["checks"]
     assert checks["pte_int8_non_delegated_ops"] == [] and checks["pte_int8_float_layers"] == [layers[0]]

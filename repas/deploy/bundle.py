@@ -85,7 +85,7 @@ def _output_spread(model: nn.Module, shape: tuple[int, ...], *, seed: int = 0) -
 
 def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], formats: Sequence[str], *,
                   calibration: list[torch.Tensor] | None = None, tolerance: float = 1e-4,
-                  observer: str = "histogram", qat: tuple[nn.Module, nn.Module] | None = None,
+                  observer: str = "histogram", qat: nn.Module | None = None,
                   float_layers: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``model`` (fused, eval) at static input ``shape`` in each format: see
     ``_export_models``. A failure (a check, an op XNNPACK does not take, Ctrl-C) removes the
@@ -103,14 +103,14 @@ def export_models(model: nn.Module, out: str | Path, shape: tuple[int, ...], for
 
 def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats: Sequence[str], *,
                    calibration: list[torch.Tensor] | None, tolerance: float, observer: str,
-                   qat: tuple[nn.Module, nn.Module] | None, float_layers: Sequence[str]) -> dict[str, Any]:
+                   qat: nn.Module | None, float_layers: Sequence[str]) -> dict[str, Any]:
     """Write ``model`` (fused, eval) at static input ``shape`` in each format, float and (with
     ``calibration`` inputs) int8. Every float file must equal PyTorch within ``tolerance``
     (max abs difference), and every .pte must run wholly on XNNPACK; either failure is a
     RepasError. Returns {"files": {fmt: {precision: name}}, "checks": {...}}.
 
     int8 is post-training, activations calibrated by ``observer`` (``repas.deploy.qat``),
-    unless ``qat`` = (the converted QAT graph, the float net with its trained weights): the
+    unless ``qat`` is given (the converted QAT graph, ``repas.deploy.qat.convert_qat``): the
     int8 .pte and .onnx are then that graph, with the quantization parameters training ended
     with (no calibration; the .onnx is checked against PyTorch's int8 reference).
     ``float_layers`` stay float in the int8 .pte and .onnx (mixed precision): in the post-training
@@ -144,10 +144,10 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
             raise RepasError(f"onnxruntime output differs from PyTorch by {diff:.2e} (> {tolerance:g}): please report")
         log.info(f"export: {path.name}, |onnxruntime - torch| = {diff:.1e}")
         if qat is not None:  # the QAT net itself: its quantize / dequantize pairs become QDQ nodes
-            int8_path = export_onnx(qat[0], shape, add("onnx", "int8"))
-            diff = max_abs_diff(onnx_runner(int8_path), qat[0], shape)
+            int8_path = export_onnx(qat, shape, add("onnx", "int8"))
+            diff = max_abs_diff(onnx_runner(int8_path), qat, shape)
             checks["onnx_int8_max_abs_diff_vs_torch_int8"] = diff
-            spread = _output_spread(qat[0], shape)
+            spread = _output_spread(qat, shape)
             # onnxruntime's int8 kernels round like PyTorch's reference within a few output steps
             if diff > 0.05 * spread:
                 raise RepasError(f"the int8 .onnx differs from PyTorch's int8 reference of the QAT net by {diff:.2e} "
@@ -165,7 +165,7 @@ def _export_models(model: nn.Module, out: Path, shape: tuple[int, ...], formats:
         model, checks["pte_rewritten_modules"] = rewrite_for_xnnpack(model, example)
         variants = [("float", model)]
         if qat is not None:
-            variants.append(("int8", qat[0]))
+            variants.append(("int8", qat))
             if float_layers:
                 checks["pte_int8_float_layers"] = list(float_layers)
         elif calibration and float_layers:

@@ -144,8 +144,7 @@ def write_bundle(cfg: PipelineConfig, model: nn.Module, spec: Any, facts: dict[s
         from repas.stages.qat import qat_int8
 
         executorch_version()  # (the XNNPACK quantizer QAT trains with) a clear error before minutes of training
-        int8_graph, trained, qat_report = qat_int8(cfg, model, data, spec)
-        qat = (int8_graph, trained)
+        qat, _, qat_report = qat_int8(cfg, model, data, spec)
     sensitivity = int8_sensitivity_of(cfg, model, spec, data, shape, calibration) if int8 and e.sensitivity else None
     with staged_directory(out) as staging:
         # with QAT the float files stay the net before QAT: the trained weights run in float

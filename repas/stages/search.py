@@ -29,8 +29,8 @@ from repas.supernet import RepNet
 from repas.task_data import TaskData
 
 log = logging.getLogger("repas.stages")
-# a search whose gates end this far from the target did not decide the widths
-FAR_ABOVE, FAR_BELOW = 1.3, 0.5
+# a search whose gates end this far under the target collapsed
+FAR_BELOW = 0.5
 
 
 def search_budget(cfg: PipelineConfig, model: RepNet) -> Budget:
@@ -93,14 +93,10 @@ def save_search(cfg: PipelineConfig, model: RepNet, report: dict[str, Any], budg
 
 
 def check_search(report: dict[str, Any], widths: list[int], cost: float, budget: Budget) -> None:
-    """Say so where the gates ended far from the target: the extract stage's fit then
-    decides the widths by ranking, not the search."""
+    """Say so where the gates collapsed far under the target, or cut a layer to one channel
+    (a search that ended above it, the method says so itself: ``PruningMethod.warnings``)."""
     ratio = cost / budget.target
-    if ratio > FAR_ABOVE:
-        warn(report, f"the search ended at {ratio:.2f} x its target ({format_cost(cost, budget.metric)} "
-                     f"{budget.metric}): its gates did not reach the budget, so the widths will come from the "
-                     "extract stage's fit by gate ranking; raise search.alpha, search.gate_lr or search.epochs")
-    elif ratio < FAR_BELOW:
+    if ratio < FAR_BELOW:
         warn(report, f"the search collapsed to {ratio:.2f} x its target ({format_cost(cost, budget.metric)} "
                      f"{budget.metric}): lower search.alpha or search.gate_lr")
     thin = [i for i, (w, full) in enumerate(zip(widths, report["supernet"]["widths"])) if full > 1 and w <= 1]

@@ -29,6 +29,7 @@ import torch
 
 from repas.graph import GatedModel
 from repas.search.allocation import fit_gates
+from repas.search.cost import format_cost
 from repas.search.methods.registry import Masks, PruningMethod, register_method
 from repas.search.prunable import filter_norms
 from repas.supernet.gating import gate_scores, gate_widths
@@ -125,14 +126,17 @@ class PaS(PruningMethod):
         return {self.budget.metric: float(self.budget.cost(gate_widths(self.model)))}
 
     def warnings(self) -> list[str]:
-        ratio = float(self.budget.cost(gate_widths(self.model))) / self.budget.target
+        cost = float(self.budget.cost(gate_widths(self.model)))
+        ratio = cost / self.budget.target
         if ratio <= LAGGED:
             return []
         gated = sum(lay.out_channels for lay, g in zip(self.model.spec.layers, self.model.gate_modules())
                     if g is not None)
-        return [f"{self.name}: the gates ended the search at {ratio:.2f}x the budget (they lagged its target), so "
-                f"extraction cut the rest by gate ranking; raise search.gate_lr: the budget's pull on each gate "
-                f"falls as 1/channels ({gated} gated here; Fashion-MNIST's 272 take 0.05, ResNet-18's 2,880 0.5)"]
+        return [f"the search ended at {ratio:.2f} x its target ({format_cost(cost, self.budget.metric)} "
+                f"{self.budget.metric}): its gates did not reach the budget, so the widths will come from the "
+                "extract stage's fit by gate ranking; raise search.gate_lr (the budget's pull on each gate falls "
+                f"as 1/channels: {gated} gated here; Fashion-MNIST's 272 take 0.05, ResNet-18's 2,880 0.5), "
+                "search.alpha or search.epochs"]
 
     def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
         return fit_gates(self.model, self.budget, step=self.step, tolerance=self.tolerance), gate_scores(self.model)
