@@ -147,7 +147,9 @@ class SearchConfig(TrainConfig):
     target: float | None = 0.5  # fraction of the dense cost
     target_abs: str | None = None  # absolute cost, e.g. "2.5M" or "1.5ms" (overrides target)
     alpha: float = 5.0
-    gate_lr: float = 0.05
+    # the gates' SGD lr; None: 0.05 per 272 gated channels (the budget's pull on each gate
+    # falls as 1/channels, so a fixed lr would leave a wide net's gates behind its budget)
+    gate_lr: float | None = None
     latency_table: str | None = None  # None: <run_dir>/latency.csv
     # Width and precision searched together: with metric latency, each layer is priced in float
     # or int8 (this table: repas profile --backend executorch-int8), whichever runs it faster at
@@ -207,7 +209,7 @@ class SearchConfig(TrainConfig):
 
         for method in [self.method, *(self.compare or [])]:
             method_class(method.split("@", 1)[0])
-        if self.alpha < 0 or self.gate_lr <= 0:
+        if self.alpha < 0 or (self.gate_lr is not None and self.gate_lr <= 0):
             raise RepasError(f"search alpha must be >= 0 and gate_lr > 0, got {self.alpha} and {self.gate_lr}")
         if self.metric not in COST_METRICS:
             raise RepasError(f"search metric {self.metric!r} is unknown; expected one of {COST_METRICS}")

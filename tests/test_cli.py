@@ -315,6 +315,7 @@ def test_a_search_that_never_reaches_its_target_says_so(pipeline_run, tmp_path, 
     assert "repas: warning: the search ended at 2.00 x its target" in out
     searched = json.loads((tmp_path / "search" / "report.json").read_text())
     assert any("did not reach the budget" in w for w in searched["warnings"])
+    assert searched["gate_lr"] == 1e-6  # the lr the gates learned at is in the report
     code, out, err = run(capsys, "extract", "--run-dir", tmp_path, *QUICK)
     # the recorded data.root lies outside this run directory: a recorded config may not point there
     assert code == 2 and "sets data.root to" in err and "outside the run directory" in err

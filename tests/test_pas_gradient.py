@@ -62,18 +62,25 @@ def test_pas_and_pas_raw_differ_only_in_the_gates_budget_gradient():
     assert max(norm) / min(norm) < 1.01 < 1.5 < max(raw) / min(raw)  # alike per channel, or by cost
 
 
-def _search_cost_trace(name: str, updates: int = 60) -> tuple[list[float], list[int], list[int]]:
-    """The budget loss alone (no task loss) driving the gates of a tiny net down to 0.4x its
-    MACs with the trainer's gate optimizer: cost over target after each update, final widths."""
+def _search_cost_trace(name: str, updates: int = 60, wider: int = 1, gate_lr: float | None = 0.05
+                       ) -> tuple[list[float], list[int], list[int]]:
+    """The budget loss alone (no task loss) driving the gates of a tiny net (each layer
+    ``wider`` x as wide) down to 0.4x its MACs with the trainer's gate optimizer at
+    ``gate_lr`` (None: the method's default): cost over target after each update, final widths."""
+    import dataclasses
+
     from repas.supernet.gating import gate_widths
     from repas.train.optim import gate_optimizer
 
     torch.manual_seed(0)
-    model = build(tiny_spec())
+    spec = tiny_spec()
+    spec = dataclasses.replace(spec, layers=[dataclasses.replace(lay, out_channels=lay.out_channels * wider)
+                                             for lay in spec.layers])
+    model = build(spec)
     dense = float(spec_cost_of(model.spec, model.spec.widths, "macs"))
     budget = Budget(model.spec, 0.4 * dense, "macs", 5.0)
     method = create_method(name, model, budget, updates_per_epoch=updates, epochs=1)
-    opt = gate_optimizer(model, 0.05)
+    opt = gate_optimizer(model, method.default_gate_lr() if gate_lr is None else gate_lr)
     trace = []
     for update in range(1, updates + 1):
         opt.zero_grad()
@@ -91,6 +98,18 @@ def test_pas_tracks_the_budget_down_without_collapsing_where_published_pas_does(
     assert all(w >= d / 8 for w, d in zip(widths, dense)), widths  # no layer thinned to a sliver
     raw, raw_widths, _ = _search_cost_trace("pas-raw")
     assert min(raw) < 0.5, raw  # gates all at 1.0 cross together and overshoot the budget
+
+
+def test_the_default_gate_lr_makes_the_search_the_same_at_any_width():
+    # the budget's pull on each gate falls as 1/channels: at a fixed lr a net 8x as wide
+    # lags its budget; at the default lr (scaled to the gated channels) it follows the same path
+    narrow, _, _ = _search_cost_trace("pas", updates=120, gate_lr=None)
+    wide, _, _ = _search_cost_trace("pas", updates=120, wider=8, gate_lr=None)
+    fixed, _, _ = _search_cost_trace("pas", updates=120, wider=8, gate_lr=0.05 * 44 / 272)
+    assert 0.85 < narrow[-1] < 1.15 and 0.85 < wide[-1] < 1.15, (narrow[-1], wide[-1])
+    assert max(abs(a - b) for a, b in zip(narrow, wide)) < 0.2  # the narrow net's steps are 1/8 of a layer
+    assert wide[59] < 1.1 < 1.4 < fixed[59], (wide[59], fixed[59])  # the ramp's end: the narrow lr lags
+    assert max(abs(a - b) for a, b in zip(narrow, fixed)) > 0.4
 
 
 def test_pas_starts_with_every_channel_on_ranked_by_filter_norm_and_ramps_the_target():

@@ -213,7 +213,7 @@ def test_distillation_pulls_the_student_to_its_teacher(tmp_path):
     assert gap(t.model) < 0.5 * before
 
 
-def test_pas_gates_learn_at_the_configs_gate_lr_when_none_is_given(tmp_path):
+def test_pas_gates_learn_at_the_configs_gate_lr_else_at_one_scaled_to_the_gated_channels(tmp_path):
     torch.manual_seed(0)
     model = build(tiny_spec())
     method = create_method("pas", model, Budget(model.spec, 0.5 * spec_cost(model.spec), alpha=5.0))
@@ -222,9 +222,11 @@ def test_pas_gates_learn_at_the_configs_gate_lr_when_none_is_given(tmp_path):
     assert t.gate_optimizer is not None and t.gate_optimizer.param_groups[0]["lr"] == 0.3
     t.fit(loader())
     assert all(float((g.weight.detach() - 1.0).abs().max()) > 0 for g in model.gate_modules())
-    with pytest.raises(RepasError, match="needs their learning rate"):
-        Trainer(build(tiny_spec()), ClassificationTask(0.1), TrainConfig(epochs=1), tmp_path / "x",
-                terms=[create_method("pas", model, method.budget)])
+    gated = sum(lay.out_channels for lay in model.spec.layers)  # every layer of the tiny net is gated
+    for cfg in (TrainConfig(epochs=1), SearchConfig(epochs=1)):  # no gate_lr / gate_lr unset (None)
+        unset = Trainer(build(tiny_spec()), ClassificationTask(0.1), cfg, tmp_path / "x",
+                        terms=[create_method("pas", model, method.budget)], progress=False)
+        assert unset.gate_optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * gated / 272)
 
 
 def test_eval_every_evaluates_every_n_epochs_and_always_after_the_last(tmp_path):

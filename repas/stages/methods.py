@@ -50,6 +50,8 @@ def method_search(cfg: PipelineConfig, model: RepNet, budget: Budget, resume: Re
     if method.trains:
         model, report = run_training(cfg, "search", model, s, resume, data=data, terms=[method],
                                      gate_lr=s.gate_lr if method.learns_gates else None)
+        if method.learns_gates:
+            report["gate_lr"] = s.gate_lr or method.default_gate_lr()  # unset: scaled to the gated channels
         for message in method.warnings():
             warn(report, message)
     if not method.learns_gates:

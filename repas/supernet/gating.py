@@ -23,6 +23,11 @@ def gate_widths(model: RepNet) -> list[int]:
     return [int(m.sum()) for m in gate_masks(model)]
 
 
+def gated_channels(model: RepNet) -> int:
+    """How many channels have a gate (a fixed layer's have none)."""
+    return sum(lay.out_channels for lay, g in zip(model.spec.layers, model.gate_modules()) if g is not None)
+
+
 def gate_scores(model: RepNet) -> list[torch.Tensor]:
     """Continuous gate weights (the channel ranking); +inf where a layer has no gate."""
     return [g.weight.detach().clone() if g is not None else torch.full((lay.out_channels,), float("inf"))

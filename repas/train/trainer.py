@@ -94,10 +94,9 @@ class Trainer:
                                              lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
         # gates learn when a term learns them (PaS: at gate_lr, else the config's search gate_lr);
         # a method may want their gradients alone (taylor), read in its after_step
-        if gate_lr is None and any(getattr(t, "learns_gates", False) for t in self.terms):
-            gate_lr = getattr(cfg, "gate_lr", None)
-            if gate_lr is None:
-                raise RepasError("a method that learns its gates needs their learning rate: Trainer(..., gate_lr=0.05)")
+        learner = next((t for t in self.terms if getattr(t, "learns_gates", False)), None)
+        if gate_lr is None and learner is not None:
+            gate_lr = getattr(cfg, "gate_lr", None) or learner.default_gate_lr()
         self.gate_optimizer = gate_optimizer(model, gate_lr) if gate_lr is not None else None
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         self.history: list[dict[str, float]] = []

@@ -32,7 +32,7 @@ from repas.search.allocation import fit_gates
 from repas.search.cost import format_cost
 from repas.search.methods.registry import Masks, PruningMethod, register_method
 from repas.search.prunable import filter_norms
-from repas.supernet.gating import gate_scores, gate_widths
+from repas.supernet.gating import gate_scores, gate_widths, gated_channels
 from repas.supernet.net import RepNet
 
 
@@ -130,12 +130,10 @@ class PaS(PruningMethod):
         ratio = cost / self.budget.target
         if ratio <= LAGGED:
             return []
-        gated = sum(lay.out_channels for lay, g in zip(self.model.spec.layers, self.model.gate_modules())
-                    if g is not None)
         return [f"the search ended at {ratio:.2f} x its target ({format_cost(cost, self.budget.metric)} "
                 f"{self.budget.metric}): its gates did not reach the budget, so the widths will come from the "
-                "extract stage's fit by gate ranking; raise search.gate_lr (the budget's pull on each gate falls "
-                f"as 1/channels: {gated} gated here; Fashion-MNIST's 272 take 0.05, ResNet-18's 2,880 0.5), "
+                "extract stage's fit by gate ranking; raise search.gate_lr (unset, it is "
+                f"{self.default_gate_lr():.3g} for the {gated_channels(self.model)} gated channels here), "
                 "search.alpha or search.epochs"]
 
     def select(self, inputs: torch.Tensor | None = None) -> tuple[Masks, list[torch.Tensor]]:
