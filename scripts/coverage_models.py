@@ -42,12 +42,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from coverage_table import versions, write_table  # noqa: E402
 
 TARGET = 0.5                       # fraction of the dense MACs
 TP_RATIO = 1 - math.sqrt(TARGET)   # Torch-Pruning's channel ratio for about that fraction
 METHODS = ("uniform", "l1-layer")  # the default method, and one that keeps the largest-norm channels
 MAX_REL_ERR = 1e-4
 MAX_MACS_ERR = 0.01
+CHECKS = {"target": TARGET, "methods": METHODS, "tp_ratio": TP_RATIO, "max_rel_err": MAX_REL_ERR,
+          "max_macs_err": MAX_MACS_ERR}
 
 # one small model per timm CNN family
 TIMM = ["resnet10t", "resnext26ts", "seresnext26d_32x4d", "regnetx_002", "regnety_002", "mobilenetv3_small_050",
@@ -284,19 +288,6 @@ def worker(key: str, part: str, path: str, memory_gb: float) -> None:
 
 # ---- the walk ------------------------------------------------------------------------------
 
-def versions() -> dict:
-    from importlib.metadata import version
-
-    names = ("torch", "torchvision", "timm", "torch-pruning", "onnxruntime", "repas")
-    found = {}
-    for n in names:
-        try:
-            found[n] = version(n)
-        except Exception:  # noqa: BLE001
-            found[n] = "missing"
-    return found
-
-
 def model_list(with_timm: bool) -> list[str]:
     import torchvision
 
@@ -363,52 +354,6 @@ def by_size(keys: list[str]) -> list[str]:
     return sorted(keys, key=params)
 
 
-def write_table(results: dict, meta: dict, out: Path) -> None:
-    from repas.atomic import atomic_write_json, atomic_write_text
-
-    atomic_write_json(out.with_suffix(".json"), {"meta": meta, "models": results})
-    rows = list(results.values())
-    lines = [f"# Coverage: repas's GatedModel beside Torch-Pruning ({meta['date']})", "",
-             f"- command: `{meta['command']}`", f"- CPU: {meta['cpu']} (one thread a model)",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-             f"- repas: gate, extract at {TARGET}x MACs with {' and '.join(METHODS)}, output equal to the gated "
-             f"model within {MAX_REL_ERR:g} relative, MACs within {MAX_MACS_ERR:.0%} of torch's flop counter, "
-             "save_pruned / load_pruned, fused ONNX export checked in onnxruntime. Random weights and BatchNorm "
-             "statistics, batch of 2 at the input shown.",
-             f"- Torch-Pruning: MetaPruner, magnitude importance (p=2), channel ratio {TP_RATIO:.3f} (1 - sqrt"
-             f"({TARGET})), classifier ignored; ok = it runs and the pruned model forwards to the same output shape.",
-             ""]
-    for source in ("torchvision", "timm"):
-        part = sorted((r for r in rows if r.get("source") == source), key=lambda r: r["model"])
-        if not part:
-            continue
-        ok_r = sum(r.get("repas") == "ok" for r in part)
-        ok_t = sum(r.get("tp") == "ok" for r in part)
-        both = sum(r.get("repas") == "ok" and r.get("tp") == "ok" for r in part)
-        lines += [f"## {source}: repas {ok_r} / {len(part)} ok, Torch-Pruning {ok_t} / {len(part)} ok "
-                  f"({both} both)", "",
-                  "| model | input | repas | Torch-Pruning | rel err (uniform / l1-layer) | MACs analytic / counted "
-                  "| MACs kept (uniform / l1-layer / TP) | seconds (repas / TP) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in part:
-            def fmt(key: str, field: str, spec: str, r: dict = r) -> str:
-                v = (r.get(key) or {}).get(field) if key != "tp" else r.get("tp_macs_fraction")
-                return "-" if v is None else format(v, spec)
-            ratio = [(r.get(m) or {}).get("macs_ratio") for m in METHODS]
-            ratio_s = " / ".join("-" if v is None else f"{v:.4f}" for v in ratio)
-            size = "x".join(str(s) for s in r.get("input", [])[1:]) or "-"
-            lines.append(f"| {r['model']} | {size} | {_cell(r.get('repas'))} | {_cell(r.get('tp'))} | "
-                         f"{fmt('uniform', 'rel_err', '.1e')} / {fmt('l1-layer', 'rel_err', '.1e')} | {ratio_s} | "
-                         f"{fmt('uniform', 'macs_fraction', '.2f')} / {fmt('l1-layer', 'macs_fraction', '.2f')} / "
-                         f"{fmt('tp', '', '.2f')} | {r.get('repas_seconds', '-')} / {r.get('tp_seconds', '-')} |")
-        lines.append("")
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
-
-
-def _cell(text: str | None) -> str:
-    return "-" if text is None else text.replace("|", "/")[:220]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--timm", action="store_true", help="also one small model of each timm CNN family")
@@ -446,8 +391,8 @@ def main() -> None:
         results[key] = r
         print(f"[{i}/{len(keys)}] {key}: repas {r['repas'][:150]} | TP {r['tp'][:100]} ({r['seconds']} s)",
               flush=True)
-        write_table(results, meta, out)
-    write_table(results, meta, out)
+        write_table(results, meta, out, CHECKS)
+    write_table(results, meta, out, CHECKS)
 
 
 if __name__ == "__main__":
