@@ -92,7 +92,7 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.optimizer = create_optimizer_v2(param_groups(model, cfg.weight_decay), opt=cfg.opt,
                                              lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        # gates learn when a term learns them (PaS: at gate_lr, else the config's search gate_lr);
+        # gates learn when a term learns them: at gate_lr, else the config's, else the term's default;
         # a method may want their gradients alone (taylor), read in its after_step
         learner = next((t for t in self.terms if getattr(t, "learns_gates", False)), None)
         if gate_lr is None and learner is not None:
