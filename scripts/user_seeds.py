@@ -1,5 +1,5 @@
-"""Collect the seeds of a user-model pipeline (``repas pipeline`` with ``model.builder``, one run
-directory per seed) into docs/<name>.json and a markdown table: each method's metric (mean ±
+"""Collect the seeds of a pipeline (``repas pipeline`` with ``model.builder``, or on a repas
+supernet, one run directory per seed) into docs/<name>.json and a markdown table: each method's metric (mean ±
 std over the seeds), MACs, cost / target and ONNX latency, beside the dense net and (denoising)
 the noisy input.
 
@@ -22,6 +22,8 @@ from bench_harness import RowStore, cell  # noqa: E402
 
 
 def rows_of(run: Path) -> list[dict]:
+    if not (run / "report.json").exists() and (run / "summary.json").exists():
+        return supernet_rows_of(run)
     summary = json.loads((run / "report.json").read_text())
     key = summary.get("primary", "top1")
     cfg = json.loads((run / "config.json").read_text())
@@ -35,6 +37,23 @@ def rows_of(run: Path) -> list[dict]:
                     "onnx": export["onnx_metrics"], "latency_ms": export["latency"]["median_ms"],
                     "dense": summary["dense"].get("test"), "dense_macs": r["dense_macs"],
                     "baseline": summary.get("baseline"), "finetune_epochs": r["finetune"]["epochs"]})
+    return out
+
+
+def supernet_rows_of(run: Path) -> list[dict]:
+    """The same rows from a repas supernet's pipeline (``summary.json``: the searched net and
+    each ``search.compare`` method, all from one dense net)."""
+    summary = json.loads((run / "summary.json").read_text())
+    seed, key = json.loads((run / "config.json").read_text())["seed"], summary["metric"]
+    nets = {summary["method"]: summary["searched"], **summary.get("compared", {})}
+    out = []
+    for method, r in nets.items():
+        onnx = r["metrics"]["onnx float"]
+        out.append({"seed": seed, "method": method, "widths": r["widths"], "macs": r["macs"],
+                    "cost_vs_target": r["macs"] / summary["target"] if summary["cost_metric"] == "macs"
+                    else summary["cost_vs_target"], "metric": key, "torch": {key: r["torch"]}, "onnx": onnx,
+                    "latency_ms": r["onnx_ms"], "dense": summary["dense"]["metrics"]["onnx float"],
+                    "dense_macs": summary["dense"]["macs"], "baseline": None, "finetune_epochs": r["epochs"]})
     return out
 
 
