@@ -300,12 +300,17 @@ def _need_val(split: Any) -> Any:
 TaskData = ClassificationData | SuperResolutionData | DenoisingData
 
 
-def make_task_data(cfg: PipelineConfig) -> TaskData:
+def task_data_class(cfg: PipelineConfig) -> type[TaskData]:
+    """The adapter ``cfg.data.name`` takes (its ``primary`` metric is known before any data loads)."""
     if cfg.data.name in SR_DATASETS:
-        return SuperResolutionData(cfg)
+        return SuperResolutionData
     if cfg.data.name in DENOISE_DATASETS:
-        return DenoisingData(cfg)
-    return ClassificationData(cfg)
+        return DenoisingData
+    return ClassificationData
+
+
+def make_task_data(cfg: PipelineConfig) -> TaskData:
+    return task_data_class(cfg)(cfg)
 
 
 def shaped_spec(cfg: PipelineConfig, data: TaskData) -> ArchSpec:

@@ -52,9 +52,11 @@ from repas.config import load_config
 from repas.deploy import cpu_name, export_models, latency_each
 from repas.deploy.executorch_export import executorch_version, set_executorch_threads
 from repas.deploy.runner import pte_runner
+from repas.spec import ArchSpec
 from repas.stages import extract_stage, search_stage
 from repas.supernet import build, create_supernet_spec, fuse, load_model
-from repas.task_data import DENOISE_DATASETS, SR_DATASETS
+from repas.supernet.spaces import list_spaces
+from repas.task_data import task_data_class
 
 GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.17, 0.14, 0.12, 0.1, 0.08, 0.06, 0.04)
 
@@ -157,7 +159,7 @@ def calibrate(args: argparse.Namespace, doc: dict[str, Any]) -> None:
         for t, net in nets.items():
             for prec, p in pte_files(net, Path(tmp) / t, shape).items():
                 paths[f"{t} {prec}"] = p
-        paths.update(reference_pte(args, Path(tmp), shape))
+        paths.update(reference_pte(args, Path(tmp), spec))
         times = time_ptes(paths, shape, args.runs)
     dense = times["reference float"] if args.reference else times["1 float"]
     grid = [{"target": float(t), "widths": list(nets[t].spec.widths), "float_ms": times[f"{t} float"],
@@ -173,13 +175,21 @@ def calibrate(args: argparse.Namespace, doc: dict[str, Any]) -> None:
     log(f"calibration: {reference_name(args.reference)}'s float .pte {dense:.4f} ms; candidates {choice}")
 
 
-def reference_pte(args: argparse.Namespace, where: Path, shape: tuple[int, ...]) -> dict[str, Path]:
-    """``--reference``'s fixed net (random weights: it is timed, not scored) as a float .pte."""
+def reference_pte(args: argparse.Namespace, where: Path, spec: ArchSpec) -> dict[str, Path]:
+    """``--reference``'s fixed net, shaped as the config's net ``spec`` (its input, and its
+    classes or SR scale), as a float .pte; random weights: it is timed, not scored."""
     if not args.reference:
         return {}
+    task = create_supernet_spec(args.reference).task
+    if task != spec.task:
+        raise SystemExit(f"--reference {args.reference} is a {task} space and {args.config} a {spec.task} "
+                         "config: give a reference of the same task")
+    shape = {"in_channels": spec.in_channels, "input_size": spec.input_size}
+    shape.update({"scale": spec.scale} if spec.task == "super-resolution" else {"num_classes": spec.num_classes})
+    ref = create_supernet_spec(args.reference, **shape)
     torch.manual_seed(0)
-    net = fuse(build(create_supernet_spec(args.reference)).eval()).eval()
-    return {"reference float": pte_files(net, where / "reference", shape)["float"]}
+    net = fuse(build(ref).eval()).eval()
+    return {"reference float": pte_files(net, where / "reference", (1, spec.in_channels, *spec.input_size))["float"]}
 
 
 def config_for(args: argparse.Namespace, seed: int, run: Path, overrides: list[str]) -> Any:  # noqa: ANN401
@@ -244,7 +254,7 @@ def time_seed(seed: int, rows: list[dict[str, Any]], doc: dict[str, Any], args: 
     shape = (1, dense.spec.in_channels, *dense.spec.input_size)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"dense float": pte_files(dense, Path(tmp), shape)["float"]}
-        paths.update(reference_pte(args, Path(tmp), shape))
+        paths.update(reference_pte(args, Path(tmp), dense.spec))
         paths.update({f"{r['fraction']:g} {r['precision']}": Path(r["pte"]) for r in rows})
         times = time_ptes(paths, shape, args.runs)
     base = times["reference float"] if args.reference else times["dense float"]
@@ -312,8 +322,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     args.fractions = [float(f) for f in args.fractions.split(",")]
     args.grid = [float(t) for t in args.grid.split(",")]
-    name = load_config(args.config, overrides=list(args.set)).data.name
-    args.metric = "psnr" if name in SR_DATASETS + DENOISE_DATASETS else "top1"
+    args.metric = task_data_class(load_config(args.config, overrides=list(args.set))).primary
+    if args.reference and args.reference not in list_spaces():
+        p.error(f"--reference {args.reference!r} is not a search space; one of {', '.join(list_spaces())}")
     torch.set_num_threads(1)
     set_executorch_threads(1)
     out = Path(args.out)

@@ -49,9 +49,13 @@ def supernet_rows_of(run: Path) -> list[dict]:
     out = []
     for method, r in nets.items():
         onnx = r["metrics"]["onnx float"]
+        # each net's own cost in the budget's metric (summary's cost_vs_target is the searched net's)
+        cost = {"macs": r["macs"], "params": r["params"], "latency": r.get("predicted_ms")}.get(summary["cost_metric"])
+        if cost is None:
+            raise SystemExit(f"{run}: {method} has no {summary['cost_metric']} cost in summary.json to set against "
+                             "the target")
         out.append({"seed": seed, "method": method, "widths": r["widths"], "macs": r["macs"],
-                    "cost_vs_target": r["macs"] / summary["target"] if summary["cost_metric"] == "macs"
-                    else summary["cost_vs_target"], "metric": key, "torch": {key: r["torch"]}, "onnx": onnx,
+                    "cost_vs_target": cost / summary["target"], "metric": key, "torch": {key: r["torch"]}, "onnx": onnx,
                     "latency_ms": r["onnx_ms"], "dense": summary["dense"]["metrics"]["onnx float"],
                     "dense_macs": summary["dense"]["macs"], "baseline": None, "finetune_epochs": r["epochs"]})
     return out

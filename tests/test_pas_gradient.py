@@ -62,21 +62,23 @@ def test_pas_and_pas_raw_differ_only_in_the_gates_budget_gradient():
     assert max(norm) / min(norm) < 1.01 < 1.5 < max(raw) / min(raw)  # alike per channel, or by cost
 
 
+def _wider(spec, factor: int):
+    import dataclasses
+
+    return dataclasses.replace(spec, layers=[dataclasses.replace(lay, out_channels=lay.out_channels * factor)
+                                             for lay in spec.layers])
+
+
 def _search_cost_trace(name: str, updates: int = 60, wider: int = 1, gate_lr: float | None = 0.05
                        ) -> tuple[list[float], list[int], list[int]]:
     """The budget loss alone (no task loss) driving the gates of a tiny net (each layer
     ``wider`` x as wide) down to 0.4x its MACs with the trainer's gate optimizer at
     ``gate_lr`` (None: the method's default): cost over target after each update, final widths."""
-    import dataclasses
-
     from repas.supernet.gating import gate_widths
     from repas.train.optim import gate_optimizer
 
     torch.manual_seed(0)
-    spec = tiny_spec()
-    spec = dataclasses.replace(spec, layers=[dataclasses.replace(lay, out_channels=lay.out_channels * wider)
-                                             for lay in spec.layers])
-    model = build(spec)
+    model = build(_wider(tiny_spec(), wider))
     dense = float(spec_cost_of(model.spec, model.spec.widths, "macs"))
     budget = Budget(model.spec, 0.4 * dense, "macs", 5.0)
     method = create_method(name, model, budget, updates_per_epoch=updates, epochs=1)
@@ -103,6 +105,12 @@ def test_pas_tracks_the_budget_down_without_collapsing_where_published_pas_does(
 def test_the_default_gate_lr_makes_the_search_the_same_at_any_width():
     # the budget's pull on each gate falls as 1/channels: at a fixed lr a net 8x as wide
     # lags its budget; at the default lr (scaled to the gated channels) it follows the same path
+    lrs = []
+    for wider in (1, 8):
+        model = build(_wider(tiny_spec(), wider))
+        budget = Budget(model.spec, 0.4 * float(spec_cost_of(model.spec, model.spec.widths, "macs")), "macs", 5.0)
+        lrs.append(create_method("pas", model, budget).default_gate_lr())
+    assert lrs[0] == pytest.approx(0.05 * 44 / 272) and lrs[1] == pytest.approx(8 * lrs[0])  # 44 gated channels
     narrow, _, _ = _search_cost_trace("pas", updates=120, gate_lr=None)
     wide, _, _ = _search_cost_trace("pas", updates=120, wider=8, gate_lr=None)
     fixed, _, _ = _search_cost_trace("pas", updates=120, wider=8, gate_lr=0.05 * 44 / 272)
